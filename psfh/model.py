@@ -1,0 +1,279 @@
+"""PSFHModel: one shared SamModel base, one LoRA adapter per fold, and the TTA soft ensemble.
+
+    model = PSFHModel.from_pretrained()              # the embedded package (models/psfh-lite-medsam)
+    model = PSFHModel.from_pretrained("some/folder")  # or a hub repo id (offline: the local HF cache)
+    result = model.predict("scan.mha")                # Prediction: label map, probabilities, AoP, ...
+
+All fold adapters live as named peft adapters on ONE base in memory and are switched with
+``set_adapter``; a lock makes :meth:`PSFHModel.predict` safe to call from several threads
+(the Gradio demo) without ever mixing adapters.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from psfh import inference
+from psfh.aop import AoPMeasurement, measure_aop
+from psfh.errors import PSFHInputError
+from psfh.io import load_image
+from psfh.lora import adapts_encoder, describe, make_lora_config
+from psfh.package import (PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights)
+
+
+@dataclass
+class Prediction:
+    """The result of :meth:`PSFHModel.predict` for one image of H x W pixels.
+
+    Attributes:
+        label_map: H x W uint8, 0 background, 1 pubic symphysis, 2 fetal head.
+        probabilities: 3 x H x W float32 ensemble class probabilities.
+        disagreement: H x W float32 in [0, 1], fraction of ensemble members that disagree with the label.
+        aop: the angle of progression measured on ``label_map`` (with its construction).
+        fold_aop: the AoP of each fold's own (TTA-averaged) prediction: the spread across folds.
+        folds, tta: what the ensemble used.
+        timings: seconds spent per step.
+        name: the input's name (file name without extension), when known.
+    """
+
+    label_map: np.ndarray
+    probabilities: np.ndarray
+    disagreement: np.ndarray
+    aop: AoPMeasurement
+    fold_aop: dict[str, AoPMeasurement]
+    folds: list[str]
+    tta: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    name: str | None = None
+
+    def report(self) -> dict:
+        """A JSON-able summary: AoP and its construction, per-fold AoPs, areas, timings."""
+        areas = {cls: int((self.label_map == value).sum()) for value, cls in ((1, "pubic_symphysis"),
+                                                                             (2, "fetal_head"))}
+        return {
+            "name": self.name,
+            "image_size": list(self.label_map.shape),
+            "aop": self.aop.to_dict(),
+            "fold_aop_deg": {fold: m.angle_deg for fold, m in self.fold_aop.items()},
+            "area_pixels": areas,
+            "mean_disagreement": float(self.disagreement.mean()),
+            "folds": list(self.folds),
+            "tta": self.tta,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class PSFHModel:
+    """A psfh model package in memory: config, a peft-wrapped SamModel base, fold adapters."""
+
+    def __init__(self, config: PackageConfig, network: torch.nn.Module, source: Path | None = None):
+        self.config = config
+        self.network = network
+        self.source = source
+        self.device = next(network.parameters()).device
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def from_base(cls, base: str, folds: list[str], lora_config: LoraConfig | None = None,
+                  device: str | torch.device | None = None, base_folder: Path | None = None,
+                  **config_overrides) -> "PSFHModel":
+        """A new package: the registry's base (weights from ``base_folder`` when embedded) with
+        freshly initialised adapters named ``folds`` (what train.py starts from)."""
+        if not folds:
+            raise PSFHInputError("a model needs at least one fold adapter name")
+        config = PackageConfig.for_base(base, folds=list(folds), **config_overrides)
+        if config.embedded_base and base_folder is None and base != "tiny-random":
+            raise PSFHInputError(f"base {base!r} embeds its weights: pass base_folder (e.g. models/psfh-lite-medsam)")
+        if base == "tiny-random" and base_folder is None:
+            base_model = _built_base(config)
+        else:
+            base_model = load_base(config, base_folder)
+        lora_config = lora_config or make_lora_config()
+        config.lora = lora_config.to_dict()
+        config.trained = describe(lora_config)
+        network = get_peft_model(base_model, lora_config, adapter_name=folds[0])
+        for fold in folds[1:]:
+            network.add_adapter(fold, lora_config)
+        network.set_adapter(folds[0])
+        return cls(config, network.to(device or default_device()).eval())
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, revision: str | None = None,
+                        device: str | torch.device | None = None, cache_dir: str | os.PathLike | None = None,
+                        ) -> "PSFHModel":
+        """Load a package from a folder, a hub repo id (offline from the HF cache when
+        ``HF_HUB_OFFLINE=1``), or, with no argument, the embedded package."""
+        folder = resolve_package(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+        refuse_pickle_weights(folder)
+        config = PackageConfig.load(folder)
+        base_model = load_base(config, folder)
+        if not config.folds:
+            return cls(config, base_model.to(device or default_device()).eval(), source=folder)
+        for fold in config.folds:
+            if not (folder / fold / "adapter_model.safetensors").is_file():
+                raise PSFHInputError(f"{folder}: fold {fold!r} has no {fold}/adapter_model.safetensors")
+        network = PeftModel.from_pretrained(base_model, str(folder / config.folds[0]), adapter_name=config.folds[0])
+        for fold in config.folds[1:]:
+            network.load_adapter(str(folder / fold), adapter_name=fold)
+        network.set_adapter(config.folds[0])
+        return cls(config, network.to(device or default_device()).eval(), source=folder)
+
+    # ----------------------------------------------------------------------------- saving
+    def save_pretrained(self, folder: str | os.PathLike, folds: list[str] | None = None) -> Path:
+        """Write the package (config, embedded base weights, fold adapters) to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        folds = list(folds or self.config.folds)
+        if self.config.embedded_base:
+            save_base_weights(self.network, folder)
+        if folds:
+            self.network.save_pretrained(str(folder), selected_adapters=folds)
+            for fold in folds:
+                _move_adapter_to_subfolder(folder, fold)
+        self.config.save(folder)
+        if self.source is not None and (self.source / "folds.json").is_file() and self.source != folder:
+            shutil.copy2(self.source / "folds.json", folder / "folds.json")
+        return folder
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    model_card: str | os.PathLike | None = None, commit_message: str = "Upload psfh model package"):
+        """Upload the package to the Hugging Face hub (with ``model_card`` as its README.md)."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as staging:
+            self.save_pretrained(staging)
+            card = Path(model_card) if model_card else Path(__file__).resolve().parents[1] / "model_card.md"
+            if card.is_file():
+                shutil.copy2(card, Path(staging) / "README.md")
+            return api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
+
+    # ----------------------------------------------------------------------------- inference
+    @property
+    def folds(self) -> list[str]:
+        return list(self.config.folds)
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The shared SamModel under every adapter."""
+        return self.network.get_base_model() if isinstance(self.network, PeftModel) else self.network
+
+    def preprocess(self, pixels: np.ndarray, name: str = "image") -> torch.Tensor:
+        """H x W image -> 1 x 3 x S x S model input on the model's device."""
+        c = self.config
+        return inference.preprocess(pixels, c.input_size, c.pixel_mean, c.pixel_std, name).to(self.device)
+
+    def _check_folds(self, folds: list[str] | None) -> list[str]:
+        if not self.config.folds:
+            raise PSFHInputError("this package holds the base model only (no fold adapters): it cannot segment "
+                                 "PS/FH yet; train it with train.py or load a trained package")
+        folds = list(folds) if folds is not None else self.folds
+        unknown = [f for f in folds if f not in self.config.folds]
+        if unknown or not folds:
+            raise PSFHInputError(f"unknown or empty folds {unknown or folds}; this package has {self.folds}")
+        return folds
+
+    def _autocast(self, precision: str):
+        if precision == "fp32":
+            return nullcontext()
+        if precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        raise PSFHInputError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+
+    @torch.inference_mode()
+    def fold_probabilities(self, pixel_values: torch.Tensor, folds: list[str] | None = None, tta: bool = True,
+                           precision: str = "fp32") -> torch.Tensor:
+        """Class probabilities of every fold and TTA view: 1 x 3 x S x S -> F x V x 3 x S x S.
+
+        When no adapter touches the image encoder (the CPU recipe), the encoder runs once per view
+        and only the decoder runs per fold: the ensemble's answer is the same, its cost about a
+        fifth.
+        """
+        folds = self._check_folds(folds)
+        views = inference.tta_views(pixel_values, tta)
+        size = self.config.input_size
+        per_fold = []
+        with self._lock, self._autocast(precision):
+            shared = None
+            if not adapts_encoder(self.config.lora):
+                shared = self.base_model.get_image_embeddings(views)
+            for fold in folds:
+                self.network.set_adapter(fold)
+                if shared is not None:
+                    logits = inference.mask_logits(self.network, size, image_embeddings=shared)
+                else:
+                    logits = inference.mask_logits(self.network, size, pixel_values=views)
+                per_fold.append(inference.undo_tta(logits.float().softmax(dim=1), tta)[:, 0])
+        return torch.stack(per_fold)
+
+    def predict(self, image, folds: list[str] | None = None, tta: bool | None = None,
+                precision: str = "fp32") -> Prediction:
+        """Segment PS and FH in one image and measure the AoP.
+
+        Args:
+            image: a file path (.png .jpg .bmp .tif .mha .nii .nii.gz .nrrd), an H x W or H x W x C
+                numpy array (uint8, uint16 or float) or a PIL image.
+            folds: which fold adapters to ensemble (default: all).
+            tta: horizontal-flip test-time augmentation (default: the package's setting).
+            precision: "fp32" (reference) or "bf16" (autocast; faster on CPUs with AVX512-BF16).
+        Raises:
+            PSFHInputError: unreadable or invalid input, unknown folds, a package without folds.
+        """
+        timings = {}
+        start = time.perf_counter()
+        loaded = load_image(image)
+        tta = self.config.tta.get("horizontal_flip", True) if tta is None else bool(tta)
+        folds = self._check_folds(folds)
+        pixel_values = self.preprocess(loaded.pixels, loaded.name or "image")
+        timings["load_and_preprocess"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        members = self.fold_probabilities(pixel_values, folds, tta, precision).cpu()
+        timings["ensemble_forward"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        size = loaded.pixels.shape
+        mean, disagreement = inference.ensemble(members.flatten(0, 1))
+        label_map, probabilities = inference.to_label_map(mean, size)
+        disagreement_map = inference.resize_map(disagreement, size).numpy()
+        aop = measure_aop(label_map)
+        fold_aop = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0])
+                    for i, fold in enumerate(folds)}
+        timings["postprocess_and_aop"] = time.perf_counter() - start
+        timings["total"] = sum(timings.values())
+        return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,
+                          aop=aop, fold_aop=fold_aop, folds=folds, tta=tta, timings=timings, name=loaded.name)
+
+
+def _built_base(config: PackageConfig) -> torch.nn.Module:
+    from psfh.bases import get_base
+    return get_base(config.base).build(config.input_size).eval()
+
+
+def _move_adapter_to_subfolder(folder: Path, adapter: str) -> None:
+    """peft writes a non-default adapter to ``folder/<adapter>/``; make sure that is where it is."""
+    target = folder / adapter
+    if (target / "adapter_model.safetensors").is_file():
+        return
+    # Older peft versions write the first adapter at the root: move it into its own folder.
+    target.mkdir(exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if (folder / name).is_file():
+            os.replace(folder / name, target / name)

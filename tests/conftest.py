@@ -1,0 +1,52 @@
+"""Shared fixtures: the real data set, the examples, tiny-random packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "psfhs"
+EXAMPLES = ROOT / "examples"
+EMBEDDED = ROOT / "models" / "psfh-lite-medsam"
+
+# Two cores: more torch threads than that only adds contention.
+torch.set_num_threads(2)
+
+
+def randomise_adapters(model, seed: int = 0, scale: float = 0.5) -> None:
+    """Give every LoRA B matrix random values so the folds really differ (peft starts them at 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.network.named_parameters():
+            if "lora_B" in name or ".modules_to_save." in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory):
+    """A saved tiny-random package with 3 folds whose adapters differ."""
+    from psfh.lora import make_lora_config
+    from psfh.model import PSFHModel
+
+    model = PSFHModel.from_base("tiny-random", ["fold_0", "fold_1", "fold_2"],
+                                make_lora_config(encoder_rank=4, decoder_rank=4), device="cpu")
+    randomise_adapters(model)
+    folder = tmp_path_factory.mktemp("tiny_package")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lite_medsam_base():
+    """The converted LiteMedSAM base (no adapters)."""
+    from psfh.package import PackageConfig, load_base
+
+    return load_base(PackageConfig.load(EMBEDDED), EMBEDDED)
+
+
+@pytest.fixture
+def example_images():
+    return sorted((EXAMPLES / "image_mha").glob("*.mha"))

@@ -86,7 +86,7 @@ def tiny_random_config(input_size: int = 64) -> SamConfig:
     config = SamConfig()
     config.vision_config.update(dict(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, image_size=input_size,
-        patch_size=8, global_attn_indexes=[1], window_size=4, output_channels=32,
+        patch_size=8, global_attn_indexes=[1], window_size=4, output_channels=32, num_pos_feats=16,
     ))
     config.prompt_encoder_config.update(dict(hidden_size=32, image_size=input_size, patch_size=8, mask_input_channels=4))
     config.prompt_encoder_config.image_embedding_size = input_size // 8

@@ -143,9 +143,13 @@ class PSFHModel:
         if self.config.embedded_base:
             save_base_weights(self.network, folder)
         if folds:
+            had_readme = (folder / "README.md").exists()
             self.network.save_pretrained(str(folder), selected_adapters=folds)
             for fold in folds:
                 _move_adapter_to_subfolder(folder, fold)
+            if not had_readme:
+                # peft writes a placeholder card; the package's card is model_card.md (push_to_hub)
+                (folder / "README.md").unlink(missing_ok=True)
         self.config.save(folder)
         if self.source is not None and (self.source / "folds.json").is_file() and self.source != folder:
             shutil.copy2(self.source / "folds.json", folder / "folds.json")

@@ -1,0 +1,433 @@
+"""Reading ultrasound images and reading/writing label maps.
+
+The first step of psfh's data flow: file (or array) -> :class:`LoadedImage`, an H x W float32
+grayscale array in the image's own intensity scale, plus what is needed to write a label map
+back aligned with it. Label maps are H x W uint8 with 0 = background, 1 = pubic symphysis (PS),
+2 = fetal head (FH).
+
+Every problem a user can cause raises :class:`~psfh.errors.PSFHInputError` naming the file (or
+"array input") and the problem; reader exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from psfh.errors import PSFHInputError
+
+PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SITK_EXTENSIONS = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
+SUPPORTED_EXTENSIONS = PILLOW_EXTENSIONS + SITK_EXTENSIONS
+# Lossless formats only: a JPEG label map would have its class values smeared by compression.
+LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff") + SITK_EXTENSIONS
+# .mhd is left out: it writes a second (.raw) file, which cannot be replaced atomically.
+LABEL_WRITE_EXTENSIONS = (".png", ".mha", ".nii", ".nii.gz", ".nrrd")
+
+MAX_PIXELS = 40_000_000  # far above any ultrasound frame; stops a huge file from exhausting memory
+MIN_SIDE = 8  # smaller images cannot hold the anatomy and break the network's down-sampling
+MAX_CHANNELS = 4
+LABEL_VALUES = (0, 1, 2)
+# ITU-R BT.601 luma weights (what Pillow's "L" conversion uses) for R, G, B.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing numpy arrays with == is ambiguous
+class LoadedImage:
+    """One image, ready for preprocessing.
+
+    pixels: H x W float32 grayscale in the original intensity scale (not normalised).
+    name: file name without extension ("03744" for "03744.mha"), None for arrays.
+    path: the file read, None for arrays and PIL images.
+    spatial: for SimpleITK files, {"spacing": (sx, sy), "origin": (ox, oy), "direction":
+        (d00, d01, d10, d11)} of the 2-D image, so a label map can be written back aligned;
+        None otherwise.
+    original_dtype: numpy dtype name of the stored pixels ("uint8", "uint16", "float32", ...).
+    """
+
+    pixels: np.ndarray
+    name: str | None
+    path: Path | None
+    spatial: dict | None
+    original_dtype: str
+
+
+def image_extension(path: str | os.PathLike) -> str:
+    """The lower-case extension of `path`, with the double extension ".nii.gz" kept whole."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def image_name(path: str | os.PathLike) -> str:
+    """The file name without its extension: "03744" for "03744.mha", "case" for "case.nii.gz"."""
+    name = Path(path).name
+    return name[: len(name) - len(image_extension(name))]
+
+
+def load_image(source: str | os.PathLike | np.ndarray | Image.Image) -> LoadedImage:
+    """Read one 2-D image from a file path, a numpy array or a PIL image.
+
+    Arrays are H x W or H x W x C (channels last, C <= 4). Colour becomes grayscale: 1 channel
+    is squeezed, 2 (gray + alpha) keep the first, 3 (RGB) become BT.601 luminance (exactly the
+    channel when all three are equal), 4 (RGBA) drop alpha and are then treated as RGB.
+
+    Returns a :class:`LoadedImage` whose pixels are H x W float32. Raises PSFHInputError for a
+    missing, empty, corrupt or unsupported file and for arrays that are not a usable image.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _load_file(Path(source))
+    if isinstance(source, Image.Image):
+        where = "PIL image input"
+        array = _pil_to_array(source, where)
+    elif isinstance(source, np.ndarray):
+        where = "array input"
+        array = source
+    else:
+        raise PSFHInputError(
+            f"cannot read an image from a {type(source).__name__}: "
+            "give a file path, a numpy array (H x W or H x W x C) or a PIL image"
+        )
+    pixels = _to_grayscale(array, where)
+    return LoadedImage(pixels, None, None, None, array.dtype.name)
+
+
+def load_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map file (.png, .bmp, .tif, .mha, .mhd, .nii, .nii.gz, .nrrd).
+
+    Returns H x W uint8. A leading singleton axis (a 1 x H x W volume) is squeezed, and so are
+    identical colour channels (an RGB or gray+alpha PNG). Raises PSFHInputError when the file
+    cannot be read, is not 2-D, or holds values that are not integers in 0..255.
+    """
+    path = Path(path)
+    _check_file(path, LABEL_EXTENSIONS, "a label map")
+    where = str(path)
+    # _read_sitk already turns a 1 x H x W volume into H x W x 1, squeezed by _label_array.
+    if image_extension(path) in SITK_EXTENSIONS:
+        array = _read_sitk(path)[0]
+    else:
+        array = _read_pillow(path, palette_indices=True)
+    return _label_array(array, where)
+
+
+def save_label_map(
+    label_map: np.ndarray,
+    path: str | os.PathLike,
+    spatial: dict | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write an H x W label map with values in {0, 1, 2} as uint8.
+
+    .png goes through Pillow (mode "L"); .mha, .nii, .nii.gz and .nrrd through SimpleITK,
+    compressed, with spacing/origin/direction from `spatial` (as in :class:`LoadedImage`) when
+    given (PNG has no geometry, so `spatial` is ignored there). The file is written next to its
+    destination and moved into place with os.replace, so a crash never leaves half a file.
+    With overwrite=False an existing file is refused (the CLI uses this to protect inputs).
+    Parent folders are created. Returns the path written.
+    """
+    path = Path(path)
+    extension = image_extension(path)
+    if extension not in LABEL_WRITE_EXTENSIONS:
+        raise PSFHInputError(
+            f"{path}: cannot write a label map as '{extension or 'no extension'}'; "
+            f"use one of {', '.join(LABEL_WRITE_EXTENSIONS)}"
+        )
+    if path.is_dir():
+        raise PSFHInputError(f"{path}: is a folder; give a file name for the label map")
+    if path.exists() and not overwrite:
+        raise PSFHInputError(f"{path}: file exists; refusing to overwrite it")
+    labels = _valid_label_values(label_map, f"label map for {path}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder so os.replace is an atomic rename; same extension so the writer picks its
+    # format from the name; the writer creates the file, so the user's umask applies.
+    temporary = path.with_name(f".{image_name(path)}.{uuid.uuid4().hex[:12]}.tmp{extension}")
+    try:
+        if extension == ".png":
+            Image.fromarray(labels).save(temporary, format="PNG")
+        else:
+            sitk.WriteImage(_label_sitk_image(labels, spatial, path), str(temporary), True)
+        os.replace(temporary, path)
+    except PSFHInputError:
+        raise
+    except Exception as error:  # OSError from Pillow, RuntimeError from SimpleITK
+        raise PSFHInputError(f"{path}: cannot write the label map ({error})") from error
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def as_uint8(image: LoadedImage) -> np.ndarray:
+    """The image as H x W uint8, the form training and inference feed the network.
+
+    uint8 images pass through unchanged (colour ones as rounded luminance); any other type is
+    min-max scaled per image to 0..255 (a constant image becomes all zeros), because 16-bit or
+    float images have no fixed display range.
+    """
+    pixels = image.pixels
+    if image.original_dtype == "uint8":
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    low, high = float(pixels.min()), float(pixels.max())
+    if high <= low:
+        return np.zeros(pixels.shape, np.uint8)
+    scaled = (pixels.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def _load_file(path: Path) -> LoadedImage:
+    _check_file(path, SUPPORTED_EXTENSIONS, "an image")
+    spatial = None
+    if image_extension(path) in SITK_EXTENSIONS:
+        array, spatial = _read_sitk(path)
+    else:
+        array = _read_pillow(path)
+    pixels = _to_grayscale(array, str(path))
+    return LoadedImage(pixels, image_name(path), path, spatial, array.dtype.name)
+
+
+def _check_file(path: Path, extensions: tuple[str, ...], what: str) -> None:
+    """Fail early, with the file named, for problems visible before reading."""
+    if not path.exists():
+        raise PSFHInputError(f"{path}: file not found")
+    if path.is_dir():
+        raise PSFHInputError(f"{path}: is a folder, not {what} file")
+    extension = image_extension(path)
+    if extension not in extensions:
+        raise PSFHInputError(
+            f"{path}: unsupported file type '{extension or 'no extension'}' for {what}; "
+            f"use one of {', '.join(extensions)}"
+        )
+    if path.stat().st_size == 0:
+        raise PSFHInputError(f"{path}: file is empty (0 bytes)")
+
+
+def _read_pillow(path: Path, palette_indices: bool = False) -> np.ndarray:
+    """Decode with Pillow; the size is checked from the header before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about huge images at open time; our own, lower, limit is checked
+            # right after and names the size, so the warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                _check_size(height, width, str(path))
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:
+                    raise PSFHInputError(
+                        f"{path}: holds {frames} frames; psfh takes one 2-D image"
+                    )
+                image.load()
+                return _pil_to_array(image, str(path), palette_indices)
+    except PSFHInputError:
+        raise
+    except Image.DecompressionBombError as error:  # over twice Pillow's limit: refused in open
+        raise PSFHInputError(
+            f"{path}: image is too large (Pillow: {error}); the limit is {MAX_PIXELS:,} pixels"
+        ) from error
+    except Exception as error:  # corrupt files raise OSError, SyntaxError, struct.error, ...
+        raise PSFHInputError(f"{path}: cannot read the image file ({error})") from error
+
+
+def _pil_to_array(image: Image.Image, where: str, palette_indices: bool = False) -> np.ndarray:
+    """H x W (or H x W x C) array of a PIL image in its native depth (16-bit stays 16-bit).
+
+    With palette_indices, a palette ("P") image gives its indices: a palette label map stores
+    the class values as indices and only colours them for display.
+    """
+    if image.mode == "P" and palette_indices:
+        return np.asarray(image)
+    if image.mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        # Palette, bilevel and other colour spaces: convert to the plain equivalent first.
+        image = image.convert("RGBA" if "A" in image.mode or "a" in image.mode else "RGB")
+    array = np.asarray(image)
+    if array.dtype.byteorder == ">":  # "I;16B": make it native so later maths is ordinary
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.size == 0:
+        raise PSFHInputError(f"{where}: image is empty")
+    return array
+
+
+def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
+    """Read with SimpleITK: returns (H x W or H x W x C array, 2-D spatial dict).
+
+    A 3-D image with at most MAX_CHANNELS slices is a stack of channels (the PSFHS .mha files
+    are 3 x 256 x 256 with three identical slices); more slices is a volume, which psfh refuses.
+    """
+    where = str(path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(where)
+        reader.ReadImageInformation()  # header only: check the size before reading pixels
+        size = reader.GetSize()  # (x, y[, z]) = (W, H[, D])
+        if len(size) < 2 or len(size) > 3:
+            raise PSFHInputError(f"{where}: {len(size)}-D image; psfh takes one 2-D image")
+        if len(size) == 3 and size[2] > MAX_CHANNELS:
+            raise PSFHInputError(
+                f"{where}: 3-D volume with {size[2]} slices; psfh takes one 2-D image"
+            )
+        _check_size(size[1], size[0], where)
+        image = reader.Execute()
+        array = sitk.GetArrayFromImage(image)
+    except PSFHInputError:
+        raise
+    except Exception as error:  # SimpleITK raises RuntimeError for unreadable files
+        # Its message starts with C++ source locations; the last line says what went wrong.
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+        raise PSFHInputError(f"{where}: cannot read the image file ({reason})") from error
+
+    vector = image.GetNumberOfComponentsPerPixel() > 1
+    if image.GetDimension() == 3:
+        depth = array.shape[0]
+        if vector:  # D x H x W x C: only a single slice can be a 2-D colour image
+            if depth != 1:
+                raise PSFHInputError(
+                    f"{where}: 3-D volume with {depth} slices of vector pixels; "
+                    "psfh takes one 2-D image"
+                )
+            array = array[0]
+        else:  # D x H x W with D <= 4: the slices are channels
+            array = np.moveaxis(array, 0, -1)
+    return array, _spatial_2d(image)
+
+
+def _spatial_2d(image: sitk.Image) -> dict:
+    """Spacing, origin and direction of the image's first two axes (its 2-D plane)."""
+    dimension = image.GetDimension()
+    direction = image.GetDirection()
+    return {
+        "spacing": tuple(float(value) for value in image.GetSpacing()[:2]),
+        "origin": tuple(float(value) for value in image.GetOrigin()[:2]),
+        # Upper-left 2 x 2 of the row-major D x D direction matrix.
+        "direction": tuple(
+            float(direction[row * dimension + col]) for row in range(2) for col in range(2)
+        ),
+    }
+
+
+def _label_sitk_image(labels: np.ndarray, spatial: dict | None, path: Path) -> sitk.Image:
+    image = sitk.GetImageFromArray(labels)
+    if spatial is None:
+        return image
+    try:
+        image.SetSpacing([float(value) for value in spatial["spacing"]])
+        image.SetOrigin([float(value) for value in spatial["origin"]])
+        image.SetDirection([float(value) for value in spatial["direction"]])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise PSFHInputError(
+            f"{path}: bad spatial information {spatial!r} ({error}); expected 2 spacings, "
+            "2 origin coordinates and 4 direction values"
+        ) from error
+    return image
+
+
+# --- arrays ----------------------------------------------------------------------------------
+
+
+def _to_grayscale(array: np.ndarray, where: str) -> np.ndarray:
+    """H x W or H x W x C array -> H x W float32 grayscale, after checking it is a usable image."""
+    _check_dtype(array, where)
+    if array.ndim < 2 or array.ndim > 3:
+        raise PSFHInputError(
+            f"{where}: {array.ndim}-D array of shape {array.shape}; "
+            "expected H x W or H x W x C (channels last)"
+        )
+    if array.size == 0:
+        raise PSFHInputError(f"{where}: image is empty (shape {array.shape})")
+    if array.ndim == 3 and array.shape[2] > MAX_CHANNELS:
+        raise PSFHInputError(
+            f"{where}: {array.shape[2]} channels (shape {array.shape}); at most {MAX_CHANNELS} "
+            "are supported, channels last (H x W x C)"
+        )
+    _check_size(array.shape[0], array.shape[1], where)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise PSFHInputError(f"{where}: image contains NaN or inf values")
+    # astype copies: pixels never alias the caller's array.
+    return _grayscale(array).astype(np.float32)
+
+
+def _grayscale(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        return array
+    channels = array.shape[2]
+    if channels <= 2:  # gray, or gray + alpha
+        return array[..., 0]
+    red, green, blue = array[..., 0], array[..., 1], array[..., 2]  # RGBA: alpha dropped
+    if np.array_equal(red, green) and np.array_equal(green, blue):
+        return red  # grayscale stored as colour: exactly the channel, no rounding error
+    weights = np.asarray(LUMA_WEIGHTS, np.float64)
+    return red * weights[0] + green * weights[1] + blue * weights[2]
+
+
+def _check_dtype(array: np.ndarray, where: str) -> None:
+    if array.dtype.kind not in "uif":  # unsigned, signed, float
+        raise PSFHInputError(
+            f"{where}: pixel type {array.dtype} is not supported; use integer or float pixels"
+        )
+
+
+def _check_size(height: int, width: int, where: str) -> None:
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise PSFHInputError(
+            f"{where}: image is {width} x {height} pixels; the minimum is {MIN_SIDE} x {MIN_SIDE}"
+        )
+    if height * width > MAX_PIXELS:
+        raise PSFHInputError(
+            f"{where}: image is {width} x {height} = {height * width:,} pixels; "
+            f"the limit is {MAX_PIXELS:,} pixels"
+        )
+
+
+def _label_array(array: np.ndarray, where: str) -> np.ndarray:
+    """Any integer-valued H x W (or H x W x C with equal channels) array -> H x W uint8."""
+    _check_dtype(array, where)
+    if array.ndim == 3:
+        array = _label_channel(array, where)
+    if array.ndim != 2:
+        raise PSFHInputError(f"{where}: label map has shape {array.shape}; expected H x W")
+    _check_size(array.shape[0], array.shape[1], where)
+    # NaN never equals itself, so this also catches NaN; inf fails the range check below.
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise PSFHInputError(f"{where}: label map holds values that are not integers")
+    if array.min() < 0 or array.max() > 255:
+        raise PSFHInputError(
+            f"{where}: label values range {array.min()}..{array.max()}; expected 0..255"
+        )
+    return array.astype(np.uint8)
+
+
+def _label_channel(array: np.ndarray, where: str) -> np.ndarray:
+    """H x W x C label map saved as gray(+alpha) or colour with equal channels -> H x W."""
+    colour = array[..., :3] if array.shape[2] >= 3 else array[..., :1]  # alpha ignored
+    if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(colour.shape[2])):
+        raise PSFHInputError(
+            f"{where}: label map has {array.shape[2]} differing channels; expected one channel"
+        )
+    return array[..., 0]
+
+
+def _valid_label_values(label_map: np.ndarray, where: str) -> np.ndarray:
+    """Check a label map to be written: H x W, values in LABEL_VALUES. Returns uint8."""
+    array = np.asarray(label_map)
+    if array.ndim != 2:  # no channel guessing on output: a wrong array must not be written
+        raise PSFHInputError(f"{where}: label map has shape {array.shape}; expected H x W")
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    labels = _label_array(array, where)
+    unexpected = sorted(set(np.unique(labels).tolist()) - set(LABEL_VALUES))
+    if unexpected:
+        raise PSFHInputError(
+            f"{where}: label values {unexpected} are not in {list(LABEL_VALUES)} "
+            "(0 background, 1 PS, 2 FH)"
+        )
+    return labels

@@ -1,0 +1,1 @@
+"""Training of fold adapters: data and augmentation, loss, embedding cache, the fold loop."""

@@ -136,10 +136,13 @@ class PSFHModel:
 
     # ----------------------------------------------------------------------------- saving
     def save_pretrained(self, folder: str | os.PathLike, folds: list[str] | None = None) -> Path:
-        """Write the package (config, embedded base weights, fold adapters) to ``folder``."""
+        """Write the package (config, embedded base weights, fold adapters) to ``folder``.
+
+        ``folds`` selects the adapters to write (None: all; []: none, config and base only).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        folds = list(folds or self.config.folds)
+        folds = self.config.folds if folds is None else list(folds)
         if self.config.embedded_base:
             save_base_weights(self.network, folder)
         if folds:

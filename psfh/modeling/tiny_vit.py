@@ -249,6 +249,10 @@ class TinyViTVisionEncoder(nn.Module):
             LayerNorm2d(config.output_channels),
         )
 
+    def get_input_embeddings(self) -> nn.Module:
+        """What transformers / peft ask a vision encoder for (SamModel.get_input_embeddings)."""
+        return self.patch_embed
+
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> SamVisionEncoderOutput:
         """pixel_values: B x 3 x S x S -> ``last_hidden_state`` B x 256 x S/4 x S/4."""
         x = self.patch_embed(pixel_values)

@@ -1,0 +1,231 @@
+"""Evaluate a model package on a labelled data set: per-image metrics and the challenge summary.
+
+    python -m psfh.evaluate --data ../shared/data/psfhs --out runs/eval
+    python -m psfh.evaluate --model some/folder --data DIR --out DIR --ids-file held_out.txt --limit 50
+
+The data folder is a labelled data set in either layout of :mod:`psfh.data`. Every image goes
+through the full inference (the fold ensemble, TTA, largest components) exactly as
+``python -m psfh.predict`` runs it; the result is scored against its label with
+:mod:`psfh.metrics` and the AoP of both maps is measured with :func:`psfh.aop.measure_aop`.
+
+Writes OUT/per_image.csv (id, the nine metrics, aop_pred, aop_true, aop_error, seconds; empty
+cells where an angle could not be measured) and OUT/summary.json (the means of
+:func:`psfh.metrics.summarize`, the score, n, and what was run: model, folds, tta, precision,
+data, date). Both are written to a temporary file and renamed, so a failed run never leaves
+half a file. Every pair is read and checked before inference starts, so a bad file stops the
+run at once, not after an hour of inference.
+
+Exit status: 0 on success, 2 with an error message for bad input (a folder that is not a
+labelled data set, unknown ids, a model without fold adapters, unreadable files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from psfh.aop import measure_aop
+from psfh.data import Sample, find_samples, validate_samples
+from psfh.errors import PSFHInputError
+from psfh.io import load_label_map
+from psfh.metrics import METRIC_KEYS, aop_error, segmentation_metrics, summarize
+from psfh.predict import PRECISIONS, add_model_arguments, format_cell, load_model, resolve_folds
+
+ROWS_NAME = "per_image.csv"
+SUMMARY_NAME = "summary.json"
+ROW_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error", "seconds")
+
+
+def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = None, tta: bool = True,
+             precision: str = "fp32", progress: bool = True) -> tuple[list[dict], dict]:
+    """Predict every sample with `model`, score it, and summarise.
+
+    Args:
+        model: a PSFHModel (anything with ``.folds`` and ``.predict``; ``.source`` is recorded).
+        samples: labelled pairs, e.g. from :func:`psfh.data.find_samples`.
+        folds: fold adapters to ensemble (default: all); tta, precision: as in ``model.predict``.
+        progress: show tqdm bars (checking, then evaluating) on stderr.
+    Returns:
+        (rows, summary): one dict per sample keyed by ROW_COLUMNS (None where an AoP could not
+        be measured), and :func:`psfh.metrics.summarize` of the rows plus model, folds, tta,
+        precision and date.
+    Raises:
+        PSFHInputError: no samples, a bad pair (listed all together, before any inference),
+        a model without the folds asked for.
+    """
+    if not samples:
+        raise PSFHInputError("no samples to evaluate")
+    if precision not in PRECISIONS:
+        raise PSFHInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    folds = resolve_folds(model, folds)
+    validate_samples(list(samples), progress=progress)
+    rows = [_evaluate_sample(model, sample, folds, tta, precision)
+            for sample in tqdm(samples, desc="evaluating", unit="image", disable=not progress)]
+    summary = {
+        **summarize(rows),
+        "model": None if getattr(model, "source", None) is None else str(model.source),
+        "folds": folds,
+        "tta": bool(tta),
+        "precision": precision,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return rows, summary
+
+
+def _evaluate_sample(model, sample: Sample, folds: list[str], tta: bool, precision: str) -> dict:
+    start = time.perf_counter()
+    prediction = model.predict(sample.image_path, folds=folds, tta=tta, precision=precision)
+    seconds = time.perf_counter() - start  # inference only: the scoring below is not the model's cost
+    target = load_label_map(sample.label_path)
+    aop_pred = prediction.aop.angle_deg
+    aop_true = measure_aop(target).angle_deg
+    return {
+        "id": sample.id,
+        **segmentation_metrics(prediction.label_map, target),
+        "aop_pred": aop_pred,
+        "aop_true": aop_true,
+        "aop_error": aop_error(aop_pred, aop_true),
+        "seconds": seconds,
+    }
+
+
+# --- choosing samples ------------------------------------------------------------------------
+
+
+def read_ids_file(path: str | os.PathLike) -> list[str]:
+    """Ids, one per line; blank lines and lines starting with '#' are ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise PSFHInputError(f"{path}: cannot read the ids file ({error})") from error
+    ids = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not ids:
+        raise PSFHInputError(f"{path}: the ids file lists no ids")
+    return ids
+
+
+def select_samples(samples: list[Sample], ids: Sequence[str] | None = None,
+                   limit: int | None = None) -> list[Sample]:
+    """The samples whose id is in `ids` (all when None), in data set order, then the first `limit`.
+
+    An id that is not in the data set is an error, not a silent omission: evaluating fewer
+    images than intended would go unnoticed in the summary's means.
+    """
+    if ids is not None:
+        known = {sample.id for sample in samples}
+        unknown = [sample_id for sample_id in dict.fromkeys(ids) if sample_id not in known]
+        if unknown:
+            raise PSFHInputError(f"{len(unknown)} id(s) not in the data set: {unknown[:10]}"
+                                 + (" ..." if len(unknown) > 10 else ""))
+        wanted = set(ids)
+        samples = [sample for sample in samples if sample.id in wanted]
+    if limit is not None:
+        if limit < 1:
+            raise PSFHInputError(f"--limit must be at least 1, not {limit}")
+        samples = samples[:limit]
+    return samples
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    def write(file):
+        writer = csv.DictWriter(file, fieldnames=ROW_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({key: format_cell(row.get(key)) for key in ROW_COLUMNS} for row in rows)
+
+    return _write_atomically(path, write, newline="")
+
+
+def write_summary(summary: dict, path: Path) -> Path:
+    return _write_atomically(path, lambda file: file.write(json.dumps(summary, indent=2) + "\n"))
+
+
+def _write_atomically(path: Path, write, newline: str | None = None) -> Path:
+    """Write through a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8", newline=newline) as file:
+            write(file)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    """Create --out before inference, so an unusable folder fails now, not after the run."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PSFHInputError(f"{out_dir}: cannot create the output folder ({error})") from error
+
+
+def _summary_text(summary: dict) -> str:
+    def number(key, digits=3):
+        value = summary.get(key)
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    return (f"n {summary['n']}: Dice PS {number('dice_ps')} FH {number('dice_fh')} all {number('dice_all')}; "
+            f"HD PS {number('hd_ps', 2)} FH {number('hd_fh', 2)} all {number('hd_all', 2)}; "
+            f"ASD all {number('asd_all', 2)}; AoP error mean {number('aop_error_mean', 2)} deg "
+            f"(median {number('aop_error_median', 2)}, measured on {summary['aop_measured']}); "
+            f"score {number('score', 4)}")
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m psfh.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="labelled data set folder (either layout)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for per_image.csv and summary.json")
+    add_model_arguments(parser)
+    parser.add_argument("--ids-file", type=Path, default=None,
+                        help="evaluate only the ids listed in this file (one per line)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N (selected) images")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        # The data set is checked before the model loads: a wrong --data fails in a second.
+        ids = read_ids_file(args.ids_file) if args.ids_file else None
+        samples = select_samples(find_samples(args.data), ids, args.limit)
+        _make_out_dir(args.out)
+        model = load_model(args.model, args.device)
+        rows, summary = evaluate(model, samples, folds=args.folds, tta=not args.no_tta,
+                                 precision=args.precision)
+    except PSFHInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary.update(model=args.model or summary["model"], data=str(args.data),
+                   ids_file=None if args.ids_file is None else str(args.ids_file), limit=args.limit)
+    try:
+        write_rows(rows, args.out / ROWS_NAME)
+        write_summary(summary, args.out / SUMMARY_NAME)
+    except OSError as error:  # e.g. --out is a file or not writable
+        print(f"error: cannot write the results to {args.out} ({error})", file=sys.stderr)
+        return 2
+    print(_summary_text(summary))
+    print(f"wrote {args.out / ROWS_NAME} and {args.out / SUMMARY_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

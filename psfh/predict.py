@@ -1,0 +1,308 @@
+"""Batch inference: segment PS and FH in many images, write label maps and an AoP table.
+
+    python -m psfh.predict scans/ extra.png --out results/
+    python -m psfh.predict scan.mha --model owner/psfh-model --out results/ --folds fold_0 fold_1 --no-tta
+
+Inputs are files or folders; a folder contributes every supported image directly inside it
+(non-recursive, sorted by name); its other files are listed as skipped, hidden files ignored.
+For each input NAME.EXT the label map goes to OUT/NAME.mha when the input was read by SimpleITK
+(.mha .mhd .nii .nii.gz .nrrd: the label map keeps the input's spacing, origin and direction)
+and to OUT/NAME.png otherwise. OUT/aop.csv gets one row per input (see CSV_COLUMNS), written and
+flushed as each image finishes, so an interrupted run keeps the rows of what it wrote.
+
+Inputs are never overwritten. An item is refused, with an error in its row, when its output
+would be one of the inputs (e.g. --out is the input folder and the input is NAME.png), or when
+an earlier input in the run already claimed the same output: inputs are taken in order (files in
+the order given, folders sorted), so of a.jpg and a.png in one folder, a.jpg writes a.png and
+a.png is refused. Output names are compared case-insensitively, since A.png and a.png are one
+file on macOS and Windows.
+
+Exit status: 0 when every input gave a label map; 1 when some failed (each failure is named on
+stderr and in the error column); 2 when nothing could start (bad model, arguments or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from psfh.errors import PSFHInputError
+from psfh.io import SITK_EXTENSIONS, SUPPORTED_EXTENSIONS, image_extension, image_name, load_image, save_label_map
+
+CSV_NAME = "aop.csv"
+CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "ps_area_px", "fh_area_px",
+               "mean_disagreement", "fold_aop_min", "fold_aop_max", "seconds", "error")
+PRECISIONS = ("fp32", "bf16")
+MAX_LISTED_SKIPPED = 10  # skipped files named per folder; the rest are counted
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input file and where its label map goes; `refused` says why it must not be written."""
+
+    path: Path
+    output: Path
+    refused: str | None = None
+
+
+# --- shared with psfh.evaluate ---------------------------------------------------------------
+
+
+def resolve_folds(model, folds: Sequence[str] | None) -> list[str]:
+    """The folds to ensemble (default: all of the model's), checked before any image is read.
+
+    Raises PSFHInputError for a package without fold adapters (e.g. the embedded base before
+    training) or unknown fold names, so a batch fails once, up front, not once per image.
+    """
+    available = list(model.folds)
+    if not available:
+        raise PSFHInputError("this model package holds the base only (no fold adapters), so it cannot "
+                             "segment PS/FH yet; train it or pass a trained package with --model")
+    chosen = list(folds) if folds else available
+    unknown = [fold for fold in chosen if fold not in available]
+    if unknown:
+        raise PSFHInputError(f"unknown folds {unknown}; this package has {available}")
+    return chosen
+
+
+def format_cell(value) -> str:
+    """A CSV cell: "" for None, 6 significant digits for floats, str() for the rest."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def load_model(model: str | None, device: str | None = None):
+    """PSFHModel.from_pretrained, imported here because torch takes seconds to import."""
+    from psfh.model import PSFHModel
+
+    return PSFHModel.from_pretrained(model, device=device)
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """(files to predict, unsupported files skipped in folders).
+
+    A folder gives its supported images (sorted, non-recursive); a path given as a file is kept
+    whatever it is, so that a missing or unsupported file becomes an error row naming it rather
+    than vanishing. A file reached twice (given twice, or given and inside a given folder) is
+    predicted once.
+    """
+    files, skipped, seen = [], [], set()
+    for given in inputs:
+        path = Path(given)
+        found = _folder_images(path, skipped) if path.is_dir() else [path]
+        for file in found:
+            key = _identity(file)
+            if key not in seen:
+                seen.add(key)
+                files.append(file)
+    return files, skipped
+
+
+def _folder_images(folder: Path, skipped: list[Path]) -> list[Path]:
+    images = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue  # hidden files (.DS_Store, our own temporaries) and subfolders are not inputs
+        (images if image_extension(path) in SUPPORTED_EXTENSIONS else skipped).append(path)
+    return images
+
+
+def _identity(path: Path) -> tuple:
+    """What makes two paths one file: the inode when it exists (hard links, symlinks), else the path."""
+    try:
+        status = path.stat()
+        return ("inode", status.st_dev, status.st_ino)
+    except OSError:
+        return ("path", str(path.resolve()))
+
+
+def output_path(path: Path, out_dir: Path) -> Path:
+    """OUT/NAME.mha for SimpleITK inputs (geometry kept), OUT/NAME.png for the others."""
+    suffix = ".mha" if image_extension(path) in SITK_EXTENSIONS else ".png"
+    return out_dir / f"{image_name(path)}{suffix}"
+
+
+def plan_outputs(files: Sequence[Path], out_dir: Path) -> list[Item]:
+    """One Item per file, refusing outputs that are inputs or that an earlier file claimed."""
+    inputs = {_identity(path): path for path in files}
+    claimed: dict[str, Path] = {}
+    items = []
+    for path in files:
+        output = output_path(path, out_dir)
+        refused = None
+        clash = inputs.get(_identity(output))
+        key = str(output.resolve()).casefold()
+        if clash is not None:
+            target = "the input itself" if clash == path else f"the input {clash}"
+            refused = f"its label map {output} would overwrite {target}; choose another --out folder"
+        elif key in claimed:
+            refused = (f"its label map {output} is already the output of {claimed[key]} "
+                       "(same name); rename one of them or predict them into different --out folders")
+        else:
+            claimed[key] = path
+        items.append(Item(path, output, refused))
+    return items
+
+
+def _check_csv_target(out_dir: Path, files: Sequence[Path]) -> Path:
+    csv_path = out_dir / CSV_NAME
+    if _identity(csv_path) in {_identity(path) for path in files}:
+        raise PSFHInputError(f"{csv_path} is one of the inputs; choose another --out folder")
+    if csv_path.is_dir():
+        raise PSFHInputError(f"{csv_path} is a folder; choose another --out folder")
+    return csv_path
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                  folds: Sequence[str] | None = None, tta: bool | None = None,
+                  precision: str = "fp32", progress: bool = True) -> list[dict]:
+    """Predict every input (files or folders), write the label maps and OUT/aop.csv.
+
+    Args:
+        model: a PSFHModel (anything with ``.folds`` and ``.predict``), loaded once by the caller.
+        inputs: image files and/or folders of images.
+        out_dir: the output folder (created if needed).
+        folds, tta, precision: passed to ``model.predict`` (default: all folds, the package's TTA).
+        progress: show a tqdm bar on stderr.
+    Returns:
+        One dict per input, keyed by CSV_COLUMNS (None for empty cells); ``error`` is None for
+        the inputs that gave a label map. Per-input problems go in the rows (and on stderr);
+        they never stop the batch.
+    Raises:
+        PSFHInputError: no inputs, a model without the folds asked for, an unusable out_dir.
+    """
+    if precision not in PRECISIONS:
+        raise PSFHInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    folds = resolve_folds(model, folds)
+    files, skipped = collect_inputs(inputs)
+    _note_skipped(skipped)
+    if not files:
+        raise PSFHInputError("no input images (supported: " + " ".join(SUPPORTED_EXTENSIONS) + ")")
+    out_dir = Path(out_dir)
+    csv_path = _check_csv_target(out_dir, files)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PSFHInputError(f"{out_dir}: cannot create the output folder ({error})") from error
+
+    rows = []
+    with open(csv_path, "w", newline="", encoding="utf-8") as table:
+        writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        bar = tqdm(plan_outputs(files, out_dir), desc="predicting", unit="image", disable=not progress)
+        for item in bar:
+            row = _predict_item(model, item, folds, tta, precision)
+            if row["error"]:
+                tqdm.write(f"error: {item.path}: {row['error']}", file=sys.stderr)
+            writer.writerow({key: format_cell(value) for key, value in row.items()})
+            table.flush()  # a long run that is interrupted keeps the rows already done
+            rows.append(row)
+    return rows
+
+
+def _note_skipped(skipped: list[Path]) -> None:
+    if not skipped:
+        return
+    shown = ", ".join(str(path) for path in skipped[:MAX_LISTED_SKIPPED])
+    more = f", ... ({len(skipped)} in all)" if len(skipped) > MAX_LISTED_SKIPPED else ""
+    print(f"skipped {len(skipped)} unsupported file(s): {shown}{more}", file=sys.stderr)
+
+
+def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precision: str) -> dict:
+    """Predict and write one input; every failure becomes the row's error, never an exception."""
+    start = time.perf_counter()
+    row = dict.fromkeys(CSV_COLUMNS)
+    row.update(name=image_name(item.path), input=str(item.path))
+    try:
+        if item.refused:
+            raise PSFHInputError(item.refused)
+        row.update(_write_prediction(model, item, folds, tta, precision))
+    except PSFHInputError as error:
+        row["error"] = _without_path(str(error), item.path)
+    except Exception as error:  # noqa: BLE001 - one odd file must not end a batch of thousands
+        row["error"] = f"{type(error).__name__}: {error}"
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, precision: str) -> dict:
+    # Read the file here, once, for its geometry; predict takes the pixels (preprocessing
+    # min-max scales them, so the result is the same as predicting from the path).
+    loaded = load_image(item.path)
+    prediction = model.predict(loaded.pixels, folds=folds, tta=tta, precision=precision)
+    save_label_map(prediction.label_map, item.output, spatial=loaded.spatial, overwrite=True)
+    fold_angles = [m.angle_deg for m in prediction.fold_aop.values() if m.angle_deg is not None]
+    return {
+        "label_map": str(item.output),
+        "aop_deg": prediction.aop.angle_deg,
+        "aop_reason": prediction.aop.reason,
+        "ps_area_px": int((prediction.label_map == 1).sum()),
+        "fh_area_px": int((prediction.label_map == 2).sum()),
+        "mean_disagreement": float(prediction.disagreement.mean()),
+        "fold_aop_min": min(fold_angles, default=None),
+        "fold_aop_max": max(fold_angles, default=None),
+    }
+
+
+def _without_path(message: str, path: Path) -> str:
+    """The error without a leading "PATH: ", since the row (and stderr line) already names it."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m psfh.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    add_model_arguments(parser)
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --folds, --no-tta, --precision, --device (shared with psfh.evaluate)."""
+    parser.add_argument("--model", default=None,
+                        help="model package folder or hub repo id (default: the embedded package)")
+    parser.add_argument("--folds", nargs="+", default=None, help="fold adapters to ensemble (default: all)")
+    parser.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if any)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        model = load_model(args.model, args.device)
+        rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
+                             tta=False if args.no_tta else None, precision=args.precision)
+    except PSFHInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed = sum(1 for row in rows if row["error"])
+    print(f"{len(rows) - failed} of {len(rows)} images predicted; results in {args.out / CSV_NAME}"
+          + (f"; {failed} failed (see the error column)" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

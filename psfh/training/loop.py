@@ -1,0 +1,135 @@
+"""The training loop of one fold adapter: epochs, validation, best epoch, resumable checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from psfh.inference import mask_logits
+from psfh.training.checkpoint import load_checkpoint, save_checkpoint
+from psfh.training.loss import dice_per_class, segmentation_loss
+from psfh.training.recipe import TrainConfig
+
+
+@dataclass
+class FoldResult:
+    """What one fold's training produced."""
+
+    fold: str
+    best_epoch: int
+    best_score: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def epoch_generator(seed: int, fold_index: int, epoch: int) -> torch.Generator:
+    """The RNG of one epoch: a pure function of (seed, fold, epoch), so resuming repeats it exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + fold_index * 10_007 + epoch)
+
+
+def warmup_then_linear_decay(optimizer, total_steps: int, warmup_fraction: float):
+    """LambdaLR: linear warm-up over the first steps, then linear decay to 0."""
+    warmup = max(1, int(round(total_steps * warmup_fraction)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def trainable_parameters(network) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in network.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def validate(network, source, indices: torch.Tensor, input_size: int, batch_size: int) -> torch.Tensor:
+    """Mean Dice (PS, FH) over the held-out images (identity view, no augmentation) -> (2,)."""
+    network.eval()
+    scores = []
+    for start in range(0, len(indices), batch_size):
+        inputs, labels = source.batch(indices[start:start + batch_size], None, augment=False)
+        device = next(network.parameters()).device
+        logits = mask_logits(network, input_size, **{k: v.to(device) for k, v in inputs.items()})
+        scores.append(dice_per_class(logits.float().cpu(), labels))
+    return torch.cat(scores).mean(dim=0)
+
+
+def train_fold(network, fold: str, fold_index: int, source, train_indices: torch.Tensor,
+               val_indices: torch.Tensor, config: TrainConfig, input_size: int, checkpoint_dir: Path,
+               accelerator: Accelerator, resume: bool = False, progress: bool = True) -> FoldResult:
+    """Train the adapter ``fold`` of a peft model on ``source[train_indices]``.
+
+    After each epoch the held-out Dice is measured, the best epoch's adapter weights are kept,
+    and a checkpoint is written. On return the network holds the BEST epoch's weights.
+    """
+    network.set_adapter(fold)  # peft: only this adapter's weights require grad now
+    params = trainable_parameters(network)
+    optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    shard = accelerator.num_processes
+    steps_per_epoch = math.ceil(len(train_indices) / (config.batch_size * shard))
+    scheduler = warmup_then_linear_decay(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
+    network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
+    loss_fn = segmentation_loss(config.ce_weight, config.dice_weight)
+
+    start_epoch, history = 0, []
+    best_score, best_epoch = -1.0, 0
+    best = {k: v.detach().clone() for k, v in params.items()}
+    state = load_checkpoint(checkpoint_dir) if resume else None
+    if state is not None:
+        meta, trainable, best, optimizer_state = state
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None]})
+        start_epoch, history = meta["epoch"], meta["history"]
+        best_score, best_epoch = meta["best_score"], meta["best_epoch"]
+
+    started = time.perf_counter() - sum(h["seconds"] for h in history)
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        generator = epoch_generator(config.seed, fold_index, epoch)
+        order = train_indices[torch.randperm(len(train_indices), generator=generator)]
+        order = order[accelerator.process_index::shard]
+        network.train()
+        losses = []
+        bar = tqdm(range(0, len(order), config.batch_size), desc=f"{fold} epoch {epoch + 1}/{config.epochs}",
+                   disable=not (progress and accelerator.is_local_main_process), unit="batch", leave=False)
+        for start in bar:
+            inputs, labels = source.batch(order[start:start + config.batch_size], generator, config.augment)
+            inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
+            with accelerator.autocast():
+                logits = mask_logits(network, input_size, **inputs)
+            loss = loss_fn(logits.float(), labels[:, None].to(accelerator.device))
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        dice_ps, dice_fh = validate(network, source, val_indices, input_size, config.batch_size).tolist()
+        score = (dice_ps + dice_fh) / 2
+        if score > best_score:
+            best_score, best_epoch = score, epoch + 1
+            best = {k: v.detach().clone() for k, v in params.items()}
+        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
+                        "val_dice_ps": dice_ps, "val_dice_fh": dice_fh, "val_score": score,
+                        "seconds": time.perf_counter() - epoch_start})
+        if accelerator.is_local_main_process:
+            tqdm.write(f"{fold} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} "
+                       f"val Dice PS {dice_ps:.4f} FH {dice_fh:.4f} ({history[-1]['seconds']:.0f} s)")
+            save_checkpoint(checkpoint_dir, epoch + 1, params, best, optimizer, scheduler,
+                            {"history": history, "best_score": best_score, "best_epoch": best_epoch, "fold": fold})
+
+    with torch.no_grad():
+        for name, value in best.items():
+            params[name].copy_(value)
+    return FoldResult(fold, best_epoch, best_score, history, time.perf_counter() - started)

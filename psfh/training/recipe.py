@@ -1,0 +1,60 @@
+"""Training recipes: every knob of train.py with its default, in one dataclass.
+
+Two presets:
+- ``paper`` (the default; for GPUs): LoRA rank 4 on the image encoder's qkv plus the decoder
+  side, images augmented on the fly with MONAI (flip, Gaussian noise, blur, zoom, affine),
+  0.2 x cross-entropy + 0.8 x Dice, AdamW with linear warm-up then linear decay, 400 epochs
+  (Elbatel et al., 2023; FACTS.md).
+- ``cpu``: what fits 5 folds into about two hours on 2 CPU cores. The encoder stays frozen, so
+  its image embeddings are computed once (identity and horizontal flip) and cached; only the
+  decoder side trains (LoRA on the mask decoder's linear layers + its output tokens), on the
+  cached embeddings, with the flip as augmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (saved with the package)."""
+
+    recipe: str = "paper"
+    base: str = "lite-medsam"
+    base_package: str | None = None      # folder or hub id holding the base weights (None: embedded)
+    folds: int = 5
+    block_size: int = 20                 # consecutive ids per fold block (frames of one exam)
+    holdout: float = 0.0                 # fraction of id blocks kept out of training entirely (a test set)
+    epochs: int = 400
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05        # of all optimiser steps
+    encoder_rank: int = 4
+    decoder_rank: int = 16
+    train_decoder_tokens: bool = True
+    ce_weight: float = 0.2
+    dice_weight: float = 0.8
+    augment: bool = True
+    mixed_precision: str = "no"          # accelerate: "no", "bf16" or "fp16"
+    seed: int = 0
+    cache_dir: str | None = None         # cpu recipe: where image embeddings are cached
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "paper": TrainConfig(),
+    "cpu": TrainConfig(recipe="cpu", epochs=4, batch_size=8, learning_rate=5e-4, encoder_rank=0,
+                       decoder_rank=16),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The named recipe with ``overrides`` (None values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,113 @@
+"""psfh.evaluate: per-image metrics and summary on a small labelled set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import psfh.evaluate
+from psfh.aop import measure_aop
+from psfh.data import find_samples
+from psfh.errors import PSFHInputError
+from psfh.evaluate import ROW_COLUMNS, evaluate, main, select_samples
+from psfh.io import load_label_map
+from psfh.metrics import METRIC_KEYS
+from psfh.model import Prediction
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SUMMARY_KEYS = {*METRIC_KEYS, "aop_error_mean", "aop_error_median", "score", "n",
+                "model", "folds", "tta", "data", "date"}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run the tiny model on one thread: its matrices are too small to share, and a second thread
+    spinning against a busy core made these tests 20-40 times slower on the 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def labelled(tmp_path) -> Path:
+    """Three real pairs from examples/ in the published layout."""
+    root = tmp_path / "data"
+    names = [p.name for p in sorted((EXAMPLES / "image_mha").glob("*.mha"))[:3]]
+    for folder in ("image_mha", "label_mha"):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(EXAMPLES / folder / name, root / folder / name)
+    return root
+
+
+class GroundTruthModel:
+    """A stand-in model whose prediction is the image's own label map: a perfect model."""
+
+    folds = ["truth"]
+    source = None
+
+    def predict(self, image, folds=None, tta=None, precision="fp32") -> Prediction:
+        label = load_label_map(Path(image).parents[1] / "label_mha" / Path(image).name)
+        one_hot = np.stack([label == value for value in (0, 1, 2)]).astype(np.float32)
+        return Prediction(label_map=label, probabilities=one_hot, disagreement=np.zeros(label.shape, np.float32),
+                          aop=measure_aop(label), fold_aop={}, folds=list(folds or self.folds), tta=bool(tta))
+
+
+def test_evaluate_cli_writes_rows_and_summary(tiny_package, labelled, tmp_path):
+    out = tmp_path / "eval"
+    code = main(["--model", str(tiny_package), "--data", str(labelled), "--out", str(out),
+                 "--no-tta", "--folds", "fold_0", "fold_2", "--device", "cpu"])
+    assert code == 0
+    with open(out / "per_image.csv", newline="") as file:
+        reader = csv.DictReader(file)
+        assert tuple(reader.fieldnames) == ROW_COLUMNS
+        rows = list(reader)
+    assert [row["id"] for row in rows] == [s.id for s in find_samples(labelled)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["n"] == 3 and summary["folds"] == ["fold_0", "fold_2"] and summary["tta"] is False
+    assert summary["model"] == str(tiny_package) and summary["data"] == str(labelled)
+
+
+def test_a_perfect_model_scores_one(labelled):
+    rows, summary = evaluate(GroundTruthModel(), find_samples(labelled), progress=False)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["dice_ps"] == row["dice_fh"] == row["dice_all"] == 1.0
+        assert row["hd_all"] == 0.0 and row["asd_all"] == 0.0
+        assert row["aop_error"] == 0.0 and row["aop_pred"] == row["aop_true"] is not None
+    assert summary["aop_error_mean"] == 0.0 and summary["aop_error_median"] == 0.0
+    assert summary["score"] == pytest.approx(1.0)
+    assert summary["folds"] == ["truth"] and summary["tta"] is True
+
+
+def test_ids_file_and_limit_select_a_subset(labelled, tmp_path, monkeypatch):
+    monkeypatch.setattr(psfh.evaluate, "load_model", lambda model, device: GroundTruthModel())
+    ids = [s.id for s in find_samples(labelled)]
+    ids_file = tmp_path / "held_out.txt"
+    ids_file.write_text(f"# held-out ids\n{ids[2]}\n\n{ids[0]}\n")
+    out = tmp_path / "eval"
+    assert main(["--data", str(labelled), "--out", str(out), "--ids-file", str(ids_file)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["score"] == pytest.approx(1.0)
+    assert [s.id for s in select_samples(find_samples(labelled), limit=1)] == ids[:1]
+    with pytest.raises(PSFHInputError, match="not in the data set"):
+        select_samples(find_samples(labelled), ["99999"])
+
+
+def test_a_folder_that_is_not_a_data_set_exits_2(tmp_path, capsys):
+    folder = tmp_path / "just_images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    assert main(["--data", str(folder), "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err
+    assert str(folder) in error and "not a labelled data set" in error
+    assert not (tmp_path / "eval").exists()

@@ -1,0 +1,185 @@
+"""k-fold LoRA training of a psfh model package (the paper's recipe, or the CPU recipe).
+
+    python train.py --data ../shared/data/psfhs --base lite-medsam --folds 5 --out models/my-package
+    python train.py --data ../shared/data/psfhs --recipe cpu --out models/my-package     # 2 CPU cores
+    accelerate launch train.py --data psfhs.pack --base facebook/sam-vit-huge --out runs/vit-h  # GPUs
+
+Reads top to bottom: config, data, folds, model, (embedding cache), one training loop per fold,
+then the package (base + fold adapters + folds.json + metrics) that PSFHModel.from_pretrained loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from psfh.data import find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, validate_samples
+from psfh.errors import PSFHInputError
+from psfh.lora import make_lora_config
+from psfh.model import PSFHModel
+from psfh.package import DEFAULT_PACKAGE_DIR, resolve_package, write_text_atomic
+from psfh.training.loop import train_fold
+from psfh.training.recipe import PRESETS, preset
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="labelled folder (image_mha/+label_mha/ or images/+masks/) or a pack file")
+    p.add_argument("--out", type=Path, required=True, help="package folder to write")
+    p.add_argument("--recipe", choices=sorted(PRESETS), default="paper", help="paper (GPU default) or cpu (cached embeddings)")
+    p.add_argument("--base", default=None, help="base name: lite-medsam, facebook/sam-vit-{base,large,huge}, tiny-random")
+    p.add_argument("--base-package", default=None, help="package folder or hub id holding the base weights (default: the embedded package)")
+    p.add_argument("--folds", type=int, default=None, help="number of cross-validation folds (5)")
+    p.add_argument("--fold", type=int, default=None, help="train only this fold (0-based)")
+    p.add_argument("--block-size", type=int, default=None, help="consecutive ids per fold block (20)")
+    p.add_argument("--holdout", type=float, default=None, help="fraction of id blocks kept out of all folds as a test set")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", dest="learning_rate", type=float, default=None)
+    p.add_argument("--rank", dest="encoder_rank", type=int, default=None, help="LoRA rank on the encoder qkv (0: frozen)")
+    p.add_argument("--decoder-rank", type=int, default=None, help="LoRA rank on the mask decoder (0: frozen)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cache-dir", default=None, help="cpu recipe: embedding cache folder (default OUT/../.cache-NAME)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke runs)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # ---- config -------------------------------------------------------------------------
+    config = preset(args.recipe, base=args.base, base_package=args.base_package, folds=args.folds,
+                    block_size=args.block_size, holdout=args.holdout, epochs=args.epochs, batch_size=args.batch_size,
+                    learning_rate=args.learning_rate, encoder_rank=args.encoder_rank,
+                    decoder_rank=args.decoder_rank, augment=args.augment, mixed_precision=args.mixed_precision,
+                    seed=args.seed, cache_dir=args.cache_dir)
+    if config.recipe == "cpu" and config.encoder_rank:
+        raise PSFHInputError("the cpu recipe trains on cached embeddings: the encoder must stay frozen (--rank 0)")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    torch.manual_seed(config.seed)
+    out = args.out
+
+    # ---- data ---------------------------------------------------------------------------
+    if args.data.is_file():
+        ids, images, labels = load_pack(args.data)
+    else:
+        samples = find_samples(args.data)[: args.limit]
+        validate_samples(samples, progress=args.progress)
+        ids, images, labels = load_arrays(samples, progress=args.progress)
+    ids, images, labels = ids[: args.limit], images[: args.limit], labels[: args.limit]
+
+    # ---- folds --------------------------------------------------------------------------
+    linked = find_duplicate_images(ids, images)  # identical frames stay on one side of a split
+    test_ids: list[str] = []
+    if config.holdout > 0:
+        outer = make_folds(ids, n_folds=round(1 / config.holdout), block_size=config.block_size,
+                           seed=config.seed, linked=linked)
+        test_ids = [i for i in ids if outer[i] == 0]
+    cv_ids = [i for i in ids if i not in set(test_ids)]
+    assignment = make_folds(cv_ids, n_folds=config.folds, block_size=config.block_size, seed=config.seed,
+                            linked=[[i for i in group if i in set(cv_ids)] for group in linked])
+    fold_names = [f"fold_{k}" for k in range(config.folds)]
+    to_train = [args.fold] if args.fold is not None else list(range(config.folds))
+
+    # ---- model: one shared base, one adapter per fold -------------------------------------
+    lora = make_lora_config(config.encoder_rank, config.decoder_rank, config.train_decoder_tokens)
+    base_folder = resolve_package(config.base_package) if config.base_package else (
+        DEFAULT_PACKAGE_DIR if config.base == "lite-medsam" else None)
+    model = PSFHModel.from_base(config.base, fold_names, lora, device=accelerator.device, base_folder=base_folder)
+    size = model.config.input_size
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images, labels = _resize(images, labels, size)
+
+    # ---- batches: cached embeddings (cpu) or augmented images (paper) ---------------------
+    source = _make_source(config, model, ids, images, labels, out, args.progress)
+
+    # ---- one training loop per fold ------------------------------------------------------
+    index_of = {i: n for n, i in enumerate(ids)}
+    results = {}
+    for k in to_train:
+        fold = fold_names[k]
+        if args.resume and (out / fold / "metrics.json").is_file():
+            print(f"{fold}: already trained, skipped")
+            continue
+        train_idx = torch.tensor([index_of[i] for i in cv_ids if assignment[i] != k])
+        val_idx = torch.tensor([index_of[i] for i in cv_ids if assignment[i] == k])
+        result = train_fold(model.network, fold, k, source, train_idx, val_idx, config, size,
+                            out / "checkpoints" / fold, accelerator, resume=args.resume, progress=args.progress)
+        results[fold] = result
+        if accelerator.is_main_process:
+            _save_fold(model, fold, result, out)
+
+    # ---- the package --------------------------------------------------------------------
+    if accelerator.is_main_process:
+        done = [f for f in fold_names if (out / f / "adapter_model.safetensors").is_file()]
+        model.config.folds = done
+        model.config.training = {"recipe": config.to_dict(), "images": len(ids), "cv_images": len(cv_ids),
+                                 "test_images": len(test_ids),
+                                 "seconds_per_fold": {f: r.seconds for f, r in results.items()}}
+        model.save_pretrained(out, folds=[])  # base + config; the adapters are already in place
+        write_text_atomic(out / "folds.json", json.dumps({"fold_of_id": {i: fold_names[assignment[i]] for i in cv_ids},
+                                                          "test_ids": test_ids}, indent=1))
+        if set(done) == set(fold_names):
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        print(f"package written to {out} with folds {done}")
+    return 0
+
+
+def _resize(images, labels, size):
+    import torch.nn.functional as F
+    x = F.interpolate(torch.as_tensor(images)[:, None].float(), size=(size, size), mode="bilinear",
+                      align_corners=False, antialias=True).round().clamp(0, 255).to(torch.uint8)[:, 0]
+    y = F.interpolate(torch.as_tensor(labels)[:, None].float(), size=(size, size), mode="nearest-exact")
+    return x.numpy(), y.to(torch.uint8)[:, 0].numpy()
+
+
+def _make_source(config, model, ids, images, labels, out: Path, progress: bool):
+    from psfh.training.augment import paper_augmentations
+    from psfh.training.embedding_cache import VIEWS, build_cache, load_embeddings
+    from psfh.training.sources import CachedEmbeddingSource, ImageSource
+
+    labels_t = torch.as_tensor(labels)
+    if config.recipe != "cpu":
+        augmentation = paper_augmentations() if config.augment else None
+        return ImageSource(torch.as_tensor(images), labels_t, model.config.pixel_mean, model.config.pixel_std,
+                           augmentation)
+    cache = Path(config.cache_dir) if config.cache_dir else out.parent / f".cache-{out.name}"
+    build_cache(cache, model.base_model, ids, list(images), model.preprocess, progress=progress)
+    embeddings = {view: load_embeddings(cache, ids, view) for view in VIEWS}
+    return CachedEmbeddingSource(embeddings, labels_t)
+
+
+def _save_fold(model: PSFHModel, fold: str, result, out: Path) -> None:
+    """The fold's best adapter (peft safetensors) and its metrics (JSON and CSV)."""
+    staging = out / f".{fold}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.network.save_pretrained(str(staging), selected_adapters=[fold])
+    target = out / fold
+    shutil.rmtree(target, ignore_errors=True)
+    (staging / fold).rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    metrics = {"fold": fold, "best_epoch": result.best_epoch, "best_val_score": result.best_score,
+               "seconds": result.seconds, "history": result.history}
+    with open(target / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(result.history[0]))
+        writer.writeheader()
+        writer.writerows(result.history)
+    write_text_atomic(target / "metrics.json", json.dumps(metrics, indent=1))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except PSFHInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

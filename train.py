@@ -22,6 +22,7 @@ from accelerate import Accelerator
 
 from psfh.data import find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, validate_samples
 from psfh.errors import PSFHInputError
+from psfh.evaluate import read_ids_file, select_samples
 from psfh.lora import make_lora_config
 from psfh.model import PSFHModel
 from psfh.package import DEFAULT_PACKAGE_DIR, resolve_package, write_text_atomic
@@ -50,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cache-dir", default=None, help="cpu recipe: embedding cache folder (default OUT/../.cache-NAME)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke runs)")
+    p.add_argument("--ids-file", type=Path, default=None, help="train only on these ids (one per line), e.g. to keep a test set out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
@@ -70,13 +72,15 @@ def main(argv=None) -> int:
     out = args.out
 
     # ---- data ---------------------------------------------------------------------------
+    wanted = read_ids_file(args.ids_file) if args.ids_file else None
     if args.data.is_file():
         ids, images, labels = load_pack(args.data)
+        keep = [n for n, i in enumerate(ids) if wanted is None or i in set(wanted)][: args.limit]
+        ids, images, labels = [ids[n] for n in keep], images[keep], labels[keep]
     else:
-        samples = find_samples(args.data)[: args.limit]
+        samples = select_samples(find_samples(args.data), wanted, args.limit)
         validate_samples(samples, progress=args.progress)
         ids, images, labels = load_arrays(samples, progress=args.progress)
-    ids, images, labels = ids[: args.limit], images[: args.limit], labels[: args.limit]
 
     # ---- folds --------------------------------------------------------------------------
     linked = find_duplicate_images(ids, images)  # identical frames stay on one side of a split

@@ -98,12 +98,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
+    parser.add_argument("--ids-file", type=Path, default=None, help="only these ids (one per line)")
     args = parser.parse_args(argv)
 
     model = PSFHModel.from_pretrained(args.model, device="cpu")
     if isinstance(model.base_model.vision_encoder, TinyViTVisionEncoder):
         fuse_for_inference(model.base_model.vision_encoder)  # frozen and never saved here: safe
-    samples = find_samples(args.data)[: args.limit]
+    samples = find_samples(args.data)
+    if args.ids_file:
+        from psfh.evaluate import read_ids_file, select_samples
+        samples = select_samples(samples, read_ids_file(args.ids_file), None)
+    samples = samples[: args.limit]
     ids = [s.id for s in samples]
     images = (load_image(s.image_path).pixels for s in samples)
     summary = build_cache(args.out, model.base_model, ids, images, model.preprocess, args.precision)

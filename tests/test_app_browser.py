@@ -1,0 +1,162 @@
+"""The demo in a real browser: headless Debian Chromium driven by Playwright.
+
+Upload an example, run, read the AoP off the page, see the overlay, keep a screenshot
+(docs/screenshots/demo.png); bad files get a clear message and the page keeps working.
+
+Needs Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium`) and the
+playwright package; the test FAILS, not skips, without them, so CI cannot pass without
+running it. Playwright's own browser download (`playwright install`) is never used.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+from psfh.io import as_uint8, load_image
+from psfh.model import PSFHModel
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = sorted((ROOT / "examples" / "image_mha").glob("*.mha"))[0]
+SCREENSHOT = ROOT / "docs" / "screenshots" / "demo.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+TIMEOUT_MS = 60_000  # a busy 2-core machine: generous, but a broken page still fails in a minute
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium) "
+                    "to run the browser test")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install -r requirements-test.txt")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def outputs(tmp_path_factory):
+    """The app's downloads go under pytest's tmp dir, not the machine's /tmp/psfh-app."""
+    saved = app.OUTPUT_ROOT
+    app.OUTPUT_ROOT = tmp_path_factory.mktemp("app_outputs")
+    yield app.OUTPUT_ROOT
+    app.OUTPUT_ROOT = saved
+
+
+@pytest.fixture(scope="module")
+def model(tiny_package):
+    return PSFHModel.from_pretrained(tiny_package, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def url(model):
+    demo = app.build_demo(model)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **app.launch_options())
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("#run").wait_for()
+    yield page
+    page.close()
+
+
+def upload(page, path: Path) -> None:
+    """Put a file in the upload box (clearing the one there), as a user choosing it would."""
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():
+        clear.click()
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+
+
+def image_loaded(page, selector: str) -> bool:
+    return page.locator(selector).evaluate("img => img.complete && img.naturalWidth > 0")
+
+
+def test_upload_run_and_read_the_aop(page, model, tmp_path):
+    upload(page, EXAMPLE)
+    page.locator("#preview img").wait_for()
+    assert f"{EXAMPLE.name}: 256" in page.locator("#status").inner_text()
+
+    page.locator("#run").click()
+    page.locator("#aop-text").get_by_text("Angle of progression:").wait_for()
+    page.locator("#overlay img").wait_for()
+    page.locator("#heatmap img").wait_for()
+    assert image_loaded(page, "#overlay img") and image_loaded(page, "#heatmap img")
+
+    # The page's defaults: all folds, the package's TTA setting.
+    expected = model.predict(EXAMPLE)
+    shown = page.locator("#aop-text").inner_text()
+    if expected.aop.measured:
+        angle = float(re.search(r"Angle of progression: ([0-9.]+)\N{DEGREE SIGN}", shown).group(1))
+        assert angle == round(expected.aop.angle_deg, 1)
+        assert float(page.locator("#aop-value input").input_value()) == angle
+    else:
+        assert "not measured" in shown and expected.aop.reason[1:] in shown
+    assert "not a medical device" in shown.lower()
+    folds = page.locator("#fold-aop").inner_text()
+    assert all(fold in folds for fold in model.folds)
+    assert "Time:" in page.locator("#timing").inner_text()
+    assert page.locator("#label-png [data-testid=download-link]").get_attribute("download") == "03811_labels.png"
+    assert page.locator("#report-file [data-testid=download-link]").get_attribute("download") == "03811_report.json"
+
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT)
+    assert Image.open(SCREENSHOT).size[0] == 1400
+
+
+def test_bad_files_get_a_clear_message_and_the_page_keeps_working(page, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("a text file, renamed")
+    upload(page, text)
+    status = page.locator("#status")
+    status.get_by_text("notes.png: cannot read the image file").wait_for()
+
+    page.locator("#run").click()  # running it anyway: an error toast says the same
+    toast = page.locator("[data-testid=toast-text]").filter(has_text="cannot read the image file")
+    toast.first.wait_for()
+    assert "/tmp/" not in toast.first.inner_text()
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    upload(page, empty)
+    status.get_by_text("file is empty").wait_for()
+
+    # A 16-bit image is fine: it is segmented, with a note on how it was scaled.
+    deep = tmp_path / "deep.png"
+    Image.fromarray(as_uint8(load_image(EXAMPLE)).astype(np.uint16) * 257).save(deep)
+    upload(page, deep)
+    status.get_by_text("uint16 pixels").wait_for()
+    page.locator("#run").click()
+    page.locator("#aop-text").get_by_text("Angle of progression:").wait_for()
+    status.get_by_text("Done").wait_for()
+    assert "uint16 pixels" in status.inner_text()
+    assert image_loaded(page, "#overlay img")
+
+    # An example, picked from the list, is previewed like an upload.
+    page.get_by_role("button", name="04511.mha").click()
+    status.get_by_text("04511.mha: 256").wait_for()

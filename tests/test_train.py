@@ -1,0 +1,153 @@
+"""train.py: a tiny 2-fold run, resume after a kill, bad data, and over-fitting real images."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from conftest import DATA, EMBEDDED, EXAMPLES, ROOT
+from psfh.errors import PSFHInputError
+from psfh.model import PSFHModel
+
+
+def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--base", "tiny-random", "--folds", "2", "--block-size", "2",
+            "--epochs", "2", "--batch-size", "4", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    """12 real image/label pairs (published layout) copied from the data set."""
+    root = tmp_path_factory.mktemp("psfhs12")
+    for sub in ("image_mha", "label_mha"):
+        (root / sub).mkdir()
+        for path in sorted((DATA / sub).glob("*.mha"))[:12]:
+            shutil.copy(path, root / sub / path.name)
+    return root
+
+
+def test_two_fold_tiny_run_writes_a_package_that_loads_and_predicts(small_dataset, tmp_path):
+    out = tmp_path / "package"
+    assert train.main(tiny_args(small_dataset, out, "--recipe", "paper")) == 0
+    model = PSFHModel.from_pretrained(out, device="cpu")
+    assert model.folds == ["fold_0", "fold_1"]
+    result = model.predict(EXAMPLES / "image_mha" / "03811.mha")
+    assert result.label_map.shape == (256, 256) and set(np.unique(result.label_map)) <= {0, 1, 2}
+    folds = json.loads((out / "folds.json").read_text())["fold_of_id"]
+    assert len(folds) == 12 and set(folds.values()) == {"fold_0", "fold_1"}
+    for fold in model.folds:
+        metrics = json.loads((out / fold / "metrics.json").read_text())
+        assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+        assert 1 <= metrics["best_epoch"] <= 2
+        assert (out / fold / "metrics.csv").read_text().startswith("epoch,")
+        assert (out / fold / "adapter_model.safetensors").stat().st_size < 10e6
+    assert not (out / "checkpoints").exists(), "checkpoints are removed once every fold is done"
+
+
+def test_training_one_fold_only(small_dataset, tmp_path):
+    out = tmp_path / "one"
+    assert train.main(tiny_args(small_dataset, out, "--fold", "1", "--epochs", "1")) == 0
+    assert PSFHModel.from_pretrained(out, device="cpu").folds == ["fold_1"]
+
+
+def _run_train(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+
+
+def _adapter(out: Path, fold: str = "fold_0") -> dict[str, torch.Tensor]:
+    return load_file(str(out / fold / "adapter_model.safetensors"))
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_adapters(small_dataset, tmp_path):
+    args = ["--fold", "0", "--epochs", "6", "--recipe", "paper"]
+    straight = tmp_path / "straight"
+    assert _run_train(tiny_args(small_dataset, straight, *args)).wait(timeout=600) == 0
+
+    resumed = tmp_path / "resumed"
+    process = _run_train(tiny_args(small_dataset, resumed, *args))
+    state = resumed / "checkpoints" / "fold_0" / "state.json"
+    deadline = time.time() + 600
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # mid-run: after epoch 1's checkpoint, before the end
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    epochs_done = json.loads(state.read_text())["epoch"]
+    assert 1 <= epochs_done < 6
+    assert not (resumed / "fold_0" / "adapter_model.safetensors").exists()
+
+    assert _run_train(tiny_args(small_dataset, resumed, *args, "--resume")).wait(timeout=600) == 0
+    expected, got = _adapter(straight), _adapter(resumed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    # and the comparison is not vacuous: training moved the adapters away from their start
+    assert any(v.abs().max() > 0 for k, v in expected.items() if "lora_B" in k)
+
+
+def _broken_copy(small_dataset: Path, tmp_path: Path) -> Path:
+    broken = tmp_path / "broken"
+    shutil.copytree(small_dataset, broken)
+    return broken
+
+
+def test_unpaired_file_stops_the_run_naming_it(small_dataset, tmp_path):
+    broken = _broken_copy(small_dataset, tmp_path)
+    lonely = sorted((broken / "label_mha").glob("*.mha"))[0]
+    lonely.unlink()
+    with pytest.raises(PSFHInputError, match=lonely.stem):
+        train.main(tiny_args(broken, tmp_path / "out"))
+
+
+def test_label_values_outside_0_1_2_stop_the_run_naming_the_file(small_dataset, tmp_path):
+    import SimpleITK as sitk
+
+    broken = _broken_copy(small_dataset, tmp_path)
+    path = sorted((broken / "label_mha").glob("*.mha"))[3]
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    label[0, 0] = 7
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(path))
+    with pytest.raises(PSFHInputError, match=rf"{path.stem}.*7|7.*{path.stem}"):
+        train.main(tiny_args(broken, tmp_path / "out"))
+    assert not (tmp_path / "out" / "psfh_config.json").exists()
+
+
+def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
+    """The CPU recipe (frozen LiteMedSAM encoder, decoder LoRA on cached embeddings) can fit 4 real images."""
+    from accelerate import Accelerator
+
+    from psfh.data import find_samples, load_arrays
+    from psfh.lora import make_lora_config
+    from psfh.training.embedding_cache import VIEWS, build_cache, load_embeddings
+    from psfh.training.loop import train_fold
+    from psfh.training.recipe import preset
+    from psfh.training.sources import CachedEmbeddingSource
+
+    samples = find_samples(EXAMPLES)[:4]
+    ids, images, labels = load_arrays(samples, progress=False)
+    torch.manual_seed(0)
+    model = PSFHModel.from_base("lite-medsam", ["fold_0"], make_lora_config(0, 16), device="cpu",
+                                base_folder=EMBEDDED)
+    build_cache(tmp_path / "cache", model.base_model, ids, list(images), model.preprocess, progress=False)
+    source = CachedEmbeddingSource({v: load_embeddings(tmp_path / "cache", ids, v) for v in VIEWS},
+                                   torch.as_tensor(labels))
+    config = preset("cpu", epochs=30, batch_size=4, learning_rate=2e-3, augment=False, warmup_fraction=0.1)
+    everything = torch.arange(4)
+    result = train_fold(model.network, "fold_0", 0, source, everything, everything, config, 256,
+                        tmp_path / "checkpoints", Accelerator(cpu=True), progress=False)
+    best = result.history[result.best_epoch - 1]
+    assert best["val_dice_ps"] > 0.9 and best["val_dice_fh"] > 0.9, best
+    assert result.history[0]["val_score"] < best["val_score"]

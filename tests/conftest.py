@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ DATA = ROOT.parent / "shared" / "data" / "psfhs"
 EXAMPLES = ROOT / "examples"
 EMBEDDED = ROOT / "models" / "psfh-lite-medsam"
 
-# Two cores: more torch threads than that only adds contention.
-torch.set_num_threads(2)
+# Two cores: more torch threads than that only adds contention (PSFH_TEST_THREADS=1 beside a busy job).
+torch.set_num_threads(int(os.environ.get("PSFH_TEST_THREADS", "2")))
 
 
 def randomise_adapters(model, seed: int = 0, scale: float = 0.5) -> None:
@@ -31,6 +32,7 @@ def tiny_package(tmp_path_factory):
     from psfh.lora import make_lora_config
     from psfh.model import PSFHModel
 
+    torch.manual_seed(0)  # LoRA A matrices are drawn from the global RNG: keep the fixture reproducible
     model = PSFHModel.from_base("tiny-random", ["fold_0", "fold_1", "fold_2"],
                                 make_lora_config(encoder_rank=4, decoder_rank=4), device="cpu")
     randomise_adapters(model)

@@ -1,0 +1,363 @@
+"""psfh demo: segment the pubic symphysis and fetal head in a transperineal ultrasound frame
+and measure the angle of progression (AoP). Research and education only, not a medical device.
+
+    python app.py                         # serves on 0.0.0.0:7860 (GRADIO_SERVER_NAME / _PORT)
+    PSFH_MODEL=org/repo python app.py     # another model package: hub repo id or folder
+
+A thin layer over the library: psfh.model loads the package once and predicts (fold adapters
+hot-swapped over one shared base, behind a lock), psfh.io reads and writes files, psfh.overlay
+draws. This file only wires them to Gradio components. Importing it launches nothing:
+
+    from app import build_demo, create_app
+    demo = create_app("path/to/package")   # or build_demo(PSFHModel.from_pretrained(...))
+
+API: the Run button is the endpoint "/segment" (image file, tta, folds) -> (label map PNG,
+label map MHA, AoP in degrees or None, report dict); see README.md for a gradio_client call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from psfh.errors import PSFHInputError
+from psfh.io import PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, image_extension, load_image, \
+    save_label_map
+from psfh.model import PSFHModel, Prediction
+from psfh.overlay import render_disagreement, render_segmentation
+
+log = logging.getLogger("psfh.app")
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = ROOT / "examples" / "image_mha"
+MAX_UPLOAD = "50mb"  # Gradio refuses larger uploads before they reach the handler ...
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # ... and the handler checks again (API callers, examples).
+# Where each request writes its downloads (Gradio copies them to its own cache when serving).
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / "psfh-app"
+OUTPUT_MAX_AGE_S = 3600
+# Requests that may run at once. Fold adapters are switched under PSFHModel's lock, so only the
+# forward passes queue up; reading, post-processing and drawing of other requests overlap them.
+CONCURRENCY = int(os.environ.get("PSFH_CONCURRENCY", "2"))
+
+TITLE = "psfh: pubic symphysis & fetal head segmentation, angle of progression"
+DISCLAIMER = ("**Research and education only. Not a medical device:** do not use it to make or "
+              "support clinical decisions.")
+AOP_EXPLAINED = (
+    "The **angle of progression (AoP)** is the angle between the long axis of the pubic "
+    "symphysis and a line from the symphysis' inferior end drawn tangent to the fetal skull. "
+    "A larger angle means the fetal head has descended further down the birth canal. In published "
+    "research, intrapartum AoP values above about 120\N{DEGREE SIGN} have been associated with a "
+    "higher chance of spontaneous vaginal delivery; that is research context about groups of "
+    "women, not a prediction or advice for anyone."
+)
+
+
+# ------------------------------------------------------------------------------- the handlers
+
+
+@dataclass
+class Analysis:
+    """What one run produced, kept (in a gr.State) for drawing: the display image (H x W
+    uint8), the prediction, notes about the input, the request's wall time."""
+
+    image: np.ndarray
+    prediction: Prediction
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _user_error(error: Exception, path: str | os.PathLike | None) -> gr.Error:
+    """A gr.Error with the message of a PSFHInputError, the server's temp path cut to the file name."""
+    message = str(error)
+    if path is not None:
+        message = message.replace(str(path), Path(path).name)
+    return gr.Error(message, duration=30, print_exception=False)
+
+
+def check_upload(path: str | os.PathLike | None) -> Path:
+    """The uploaded file's path, or gr.Error: nothing chosen, a missing file, over the size limit."""
+    if path is None or str(path) == "":
+        raise gr.Error("Upload an image or pick one of the examples first.", print_exception=False)
+    path = Path(path)
+    if not path.is_file():
+        raise gr.Error(f"{path.name}: the upload was not found on the server; upload it again.",
+                       print_exception=False)
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise gr.Error(f"{path.name}: the file is {size / 2**20:.1f} MB; the limit is "
+                       f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB.", print_exception=False)
+    return path
+
+
+def input_notes(path: Path, loaded: LoadedImage) -> list[str]:
+    """Plain-words notes on how an unusual input was converted (16-bit, colour, alpha)."""
+    notes = []
+    if loaded.original_dtype != "uint8":
+        notes.append(f"{loaded.original_dtype} pixels: scaled min-max to 0-255 for display (the model "
+                     "min-max scales every image).")
+    if image_extension(path) in PILLOW_EXTENSIONS:
+        with Image.open(path) as header:  # reads the header only; the pixels were read already
+            mode = header.mode
+        if "A" in mode or "a" in mode:
+            notes.append(f"Image mode {mode}: the transparency (alpha) channel was ignored.")
+        if mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F", "1", "LA"):
+            notes.append(f"Image mode {mode}: converted to grayscale (luminance).")
+    return notes
+
+
+def describe_upload(image: str | None) -> tuple[np.ndarray | None, str]:
+    """Upload -> (preview H x W uint8, status text). Problems are shown, not raised: the user
+    sees at once what is wrong with the file, before running anything."""
+    if not image:
+        return None, ""
+    try:
+        path = check_upload(image)
+        loaded = load_image(path)
+    except gr.Error as error:
+        return None, f"\N{WARNING SIGN} {error.message}"
+    except PSFHInputError as error:
+        return None, f"\N{WARNING SIGN} {_user_error(error, image).message}"
+    height, width = loaded.pixels.shape
+    lines = [f"**{path.name}**: {width} \N{MULTIPLICATION SIGN} {height} pixels, {loaded.original_dtype}. "
+             "Press **Run**."]
+    lines += [f"- {note}" for note in input_notes(path, loaded)]
+    return as_uint8(loaded), "\n".join(lines)
+
+
+def _output_folder() -> Path:
+    """A new folder for one request's downloads; folders older than an hour are removed."""
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUT_ROOT.iterdir():
+        try:
+            if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another request removed it first
+            pass
+    folder = OUTPUT_ROOT / uuid.uuid4().hex
+    folder.mkdir()
+    return folder
+
+
+def fold_count(model: PSFHModel, folds) -> int:
+    """The number of folds asked for (an int from the slider or the API), checked."""
+    available = len(model.folds)
+    try:
+        count = int(round(float(folds)))
+    except (TypeError, ValueError):
+        raise gr.Error(f"folds must be a whole number from 1 to {available}, not {folds!r}",
+                       print_exception=False) from None
+    if available and not 1 <= count <= available:
+        raise gr.Error(f"folds must be from 1 to {available}, not {count}", print_exception=False)
+    return count
+
+
+def run_segment(model: PSFHModel, image: str | None, tta: bool = True, folds: int | None = None,
+                progress=None):
+    """The "/segment" handler: file -> (label map PNG, label map MHA, AoP deg or None, report, Analysis).
+
+    Thread-safe: PSFHModel.predict switches adapters under its lock, and each request writes
+    into its own folder. Bad input raises gr.Error with psfh's message.
+    """
+    start = time.perf_counter()
+    progress = progress or (lambda *args, **kwargs: None)
+    progress(0.05, desc="Reading the image")
+    path = check_upload(image)
+    count = fold_count(model, folds if folds is not None else len(model.folds) or 1)
+    try:
+        loaded = load_image(path)
+        progress(0.2, desc=f"Segmenting with {count} fold(s){' and flip TTA' if tta else ''}")
+        prediction = model.predict(path, folds=model.folds[:count] or None, tta=bool(tta))
+        progress(0.9, desc="Writing the label maps")
+        out = _output_folder()
+        name = loaded.name or "image"
+        label_png = save_label_map(prediction.label_map, out / f"{name}_labels.png")
+        label_mha = save_label_map(prediction.label_map, out / f"{name}_labels.mha", spatial=loaded.spatial)
+    except PSFHInputError as error:
+        raise _user_error(error, path) from None
+    analysis = Analysis(as_uint8(loaded), prediction, input_notes(path, loaded), time.perf_counter() - start)
+    aop = prediction.aop.angle_deg
+    log.info("segmented %s: folds=%d tta=%s aop=%s in %.2fs", name, count, tta, aop, analysis.wall_s)
+    return (str(label_png), str(label_mha), None if aop is None else round(aop, 1), prediction.report(),
+            analysis)
+
+
+# ------------------------------------------------------------------------------- the texts
+
+
+def aop_markdown(prediction: Prediction) -> str:
+    """The AoP, or why there is none, and what it means."""
+    aop = prediction.aop
+    if aop.measured:
+        headline = f"### Angle of progression: {aop.angle_deg:.1f}\N{DEGREE SIGN}"
+    else:
+        headline = f"### Angle of progression: not measured\n{aop.reason[:1].upper()}{aop.reason[1:]}."
+    return f"{headline}\n\n{AOP_EXPLAINED}\n\n{DISCLAIMER}"
+
+
+def fold_markdown(prediction: Prediction) -> str:
+    """Each fold's AoP and their spread (min-max, SD): how much the ensemble's members agree."""
+    rows = ["| fold | AoP |", "| --- | --- |"]
+    for fold, measurement in prediction.fold_aop.items():
+        value = (f"{measurement.angle_deg:.1f}\N{DEGREE SIGN}" if measurement.measured
+                 else f"not measured ({measurement.reason})")
+        rows.append(f"| {fold} | {value} |")
+    angles = np.array([m.angle_deg for m in prediction.fold_aop.values() if m.measured])
+    if len(angles) >= 2:
+        spread = (f"Spread over {len(angles)} folds: {angles.min():.1f}\N{DEGREE SIGN} to "
+                  f"{angles.max():.1f}\N{DEGREE SIGN} (range {np.ptp(angles):.1f}\N{DEGREE SIGN}), "
+                  f"SD {angles.std(ddof=1):.1f}\N{DEGREE SIGN}.")
+    else:
+        spread = "A spread needs at least two folds with a measured AoP."
+    return "\n".join(rows) + f"\n\n{spread}"
+
+
+def timing_markdown(analysis: Analysis) -> str:
+    prediction = analysis.prediction
+    steps = ", ".join(f"{step.replace('_', ' ')} {seconds:.2f} s"
+                      for step, seconds in prediction.timings.items() if step != "total")
+    return (f"**Time:** {analysis.wall_s:.2f} s for the request; the model took "
+            f"{prediction.timings.get('total', 0.0):.2f} s ({steps}). {len(prediction.folds)} fold(s), "
+            f"flip TTA {'on' if prediction.tta else 'off'}.")
+
+
+def show_result(analysis: Analysis | None):
+    """Analysis -> the pictures, texts and report file of the page."""
+    if analysis is None:
+        raise gr.Error("No result to show; press Run again.", print_exception=False)
+    prediction = analysis.prediction
+    overlay = render_segmentation(analysis.image, prediction.label_map, prediction.aop)
+    heatmap = render_disagreement(analysis.image, prediction.disagreement)
+    report_file = _output_folder() / f"{prediction.name or 'image'}_report.json"
+    report_file.write_text(json.dumps(prediction.report(), indent=2))
+    status = f"Done: **{prediction.name or 'image'}**."
+    status += "".join(f"\n- {note}" for note in analysis.notes)
+    return (overlay, aop_markdown(prediction), heatmap, fold_markdown(prediction), timing_markdown(analysis),
+            str(report_file), status)
+
+
+# ------------------------------------------------------------------------------- the page
+
+
+def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blocks:
+    """The Gradio app around a loaded model (loaded once; every request shares it)."""
+    n_folds = len(model.folds)
+    source = model.source.name if model.source is not None else "in memory"
+    default_tta = bool(model.config.tta.get("horizontal_flip", True))
+    examples = sorted(EXAMPLES.glob("*.mha")) if EXAMPLES.is_dir() else []
+
+    def segment(image: str | None, tta: bool, folds: float, progress=gr.Progress()):
+        """Segment PS and FH in one image and measure the AoP.
+
+        Args:
+            image: the ultrasound image (.png .jpg .bmp .tif .mha .nii.gz .nrrd).
+            tta: horizontal-flip test-time augmentation.
+            folds: how many of the fold adapters to ensemble (1 to all).
+        Returns:
+            The label map as PNG and as MHA (0 background, 1 PS, 2 FH), the AoP in degrees
+            (None when it cannot be measured; the report says why) and the JSON report.
+        """
+        return run_segment(model, image, tta, folds, progress)
+
+    with gr.Blocks(title="psfh: angle of progression", analytics_enabled=False,
+                   delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
+        gr.Markdown(f"# {TITLE}\n{DISCLAIMER}")
+        gr.Markdown(f"Model `{source}`: base `{model.config.base}`, {n_folds} fold adapter(s), "
+                    f"device `{model.device}`.")
+        if not n_folds:
+            gr.Markdown("\N{WARNING SIGN} This model package holds the base model only (no fold adapters): "
+                        "it cannot segment yet. Set `PSFH_MODEL` to a trained package.")
+        analysis = gr.State(None, time_to_live=OUTPUT_MAX_AGE_S)
+        with gr.Row():
+            with gr.Column(scale=2):
+                upload = gr.File(label="Ultrasound image (png, jpg, bmp, tif, mha, nii.gz, nrrd; up to 50 MB)",
+                                 file_types=list(SUPPORTED_EXTENSIONS), type="filepath", elem_id="upload")
+                preview = gr.Image(label="Preview", type="numpy", interactive=False, height=280,
+                                   elem_id="preview")
+                if examples:
+                    gr.Examples([[str(path)] for path in examples], inputs=[upload],
+                                label="Examples (PSFHS test frames)", examples_per_page=8)
+                with gr.Accordion("Options", open=True):
+                    tta = gr.Checkbox(default_tta, label="Flip test-time augmentation (twice the time)",
+                                      elem_id="tta")
+                    if n_folds > 1:
+                        folds = gr.Slider(1, n_folds, value=n_folds, step=1, precision=0,
+                                          label="Folds in the ensemble (fewer is faster)", elem_id="folds")
+                    else:  # a slider needs two ends: with one fold (or none yet) there is no choice
+                        folds = gr.Number(1, precision=0, minimum=1, maximum=1, interactive=False,
+                                          label="Folds in the ensemble", elem_id="folds")
+                run = gr.Button("Run", variant="primary", elem_id="run")
+                status = gr.Markdown(elem_id="status")
+            with gr.Column(scale=3):
+                overlay = gr.Image(label="Segmentation and AoP construction", type="numpy", interactive=False,
+                                   format="png", elem_id="overlay")
+                aop_value = gr.Number(label="Angle of progression (degrees)", precision=1, interactive=False,
+                                      elem_id="aop-value")
+                aop_text = gr.Markdown(elem_id="aop-text")
+                heatmap = gr.Image(label="Fold disagreement: where the ensemble's members disagree",
+                                   type="numpy", interactive=False, format="png", elem_id="heatmap")
+                fold_table = gr.Markdown(elem_id="fold-aop")
+                timing = gr.Markdown(elem_id="timing")
+                label_png = gr.File(label="Label map (PNG; 0 background, 1 PS, 2 FH)", interactive=False,
+                                    elem_id="label-png")
+                label_mha = gr.File(label="Label map (MHA, with the image's geometry)", interactive=False,
+                                    elem_id="label-mha")
+                report_file = gr.File(label="Report (JSON)", interactive=False, elem_id="report-file")
+                with gr.Accordion("Report", open=False):
+                    report = gr.JSON(label="Report", elem_id="report")
+        with gr.Accordion("About the angle of progression", open=False):
+            gr.Markdown(AOP_EXPLAINED + "\n\n" + DISCLAIMER)
+
+        results = [overlay, aop_value, aop_text, heatmap, fold_table, timing, label_png, label_mha,
+                   report_file, report]
+        # A new upload clears the last result, so a picture never sits beside another file's name.
+        upload.change(lambda image: (*describe_upload(image), *[None] * len(results)), inputs=upload,
+                      outputs=[preview, status, *results], api_visibility="private", concurrency_limit=4)
+        run.click(segment, inputs=[upload, tta, folds], outputs=[label_png, label_mha, aop_value, report, analysis],
+                  api_name="segment", concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
+                  ).success(show_result, inputs=analysis,
+                            outputs=[overlay, aop_text, heatmap, fold_table, timing, report_file, status],
+                            api_visibility="private", concurrency_limit=4)
+    demo.queue(max_size=64)
+    return demo
+
+
+def create_app(model_source: str | os.PathLike | None = None) -> gr.Blocks:
+    """Load the model once (``model_source``, else $PSFH_MODEL, else the embedded package: a
+    folder or a hub repo id, offline from the HF cache when HF_HUB_OFFLINE=1) and build the app."""
+    source = model_source or os.environ.get("PSFH_MODEL") or None
+    return build_demo(PSFHModel.from_pretrained(source))
+
+
+# System font stacks: the default theme would fetch web fonts, which an offline machine cannot.
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "monospace"])
+
+
+def launch_options() -> dict:
+    """What every launch of the app needs (tests pass these too): the upload limit, the theme."""
+    return {"max_file_size": MAX_UPLOAD, "theme": THEME}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks, one line each
+    demo = create_app()
+    # Spaces route traffic to 0.0.0.0:7860; both can be overridden the usual Gradio way.
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **launch_options())
+
+
+if __name__ == "__main__":
+    main()

@@ -209,25 +209,36 @@ class PSFHModel:
                            precision: str = "fp32") -> torch.Tensor:
         """Class probabilities of every fold and TTA view: 1 x 3 x S x S -> F x V x 3 x S x S.
 
-        When no adapter touches the image encoder (the CPU recipe), the encoder runs once per view
-        and only the decoder runs per fold: the ensemble's answer is the same, its cost about a
-        fifth.
+        When no adapter touches the image encoder (the CPU recipe), the encoder runs once for
+        both views and only the decoder runs per fold: the ensemble's answer is the same, its
+        cost about a fifth.
         """
         folds = self._check_folds(folds)
         views = inference.tta_views(pixel_values, tta)
-        size = self.config.input_size
-        per_fold = []
         with self._lock, self._autocast(precision):
-            shared = None
-            if not adapts_encoder(self.config.lora):
-                shared = self.base_model.get_image_embeddings(views)
-            for fold in folds:
-                self.network.set_adapter(fold)
-                if shared is not None:
-                    logits = inference.mask_logits(self.network, size, image_embeddings=shared)
-                else:
-                    logits = inference.mask_logits(self.network, size, pixel_values=views)
-                per_fold.append(inference.undo_tta(logits.float().softmax(dim=1), tta)[:, 0])
+            if adapts_encoder(self.config.lora):
+                return self._members(folds, tta, pixel_values=views)
+            embeddings = self.base_model.get_image_embeddings(views)
+            return self._members(folds, tta, image_embeddings=embeddings)
+
+    @torch.inference_mode()
+    def fold_probabilities_from_embeddings(self, view_embeddings: torch.Tensor, folds: list[str] | None = None,
+                                           tta: bool = True) -> torch.Tensor:
+        """Like :meth:`fold_probabilities` from precomputed encoder embeddings of the views
+        (V x C x g x g: identity, then the horizontal flip), e.g. an embedding cache."""
+        if adapts_encoder(self.config.lora):
+            raise PSFHInputError("this package adapts the image encoder: embeddings differ per fold")
+        folds = self._check_folds(folds)
+        with self._lock:
+            return self._members(folds, tta, image_embeddings=view_embeddings[: 2 if tta else 1].to(self.device))
+
+    def _members(self, folds: list[str], tta: bool, **inputs) -> torch.Tensor:
+        """Run each fold adapter on the views (hot-swapped on the shared base); call under the lock."""
+        per_fold = []
+        for fold in folds:
+            self.network.set_adapter(fold)
+            logits = inference.mask_logits(self.network, self.config.input_size, **inputs)
+            per_fold.append(inference.undo_tta(logits.float().softmax(dim=1), tta)[:, 0])
         return torch.stack(per_fold)
 
     def predict(self, image, folds: list[str] | None = None, tta: bool | None = None,

@@ -27,6 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionEncoderOutput
 
+# Fold BatchNorm into the convolutions in eval mode (see ConvBN). Off only to benchmark the
+# unoptimised design (psfh.benchmark) and to test that folding changes nothing.
+FOLD_BATCHNORM = True
+
 
 @dataclass(frozen=True)
 class TinyViTConfig:
@@ -47,13 +51,40 @@ class TinyViTConfig:
 
 
 class ConvBN(nn.Sequential):
-    """Conv2d without bias followed by BatchNorm2d (names ``c`` and ``bn`` as in TinyViT)."""
+    """Conv2d without bias followed by BatchNorm2d (names ``c`` and ``bn`` as in TinyViT).
+
+    In eval mode the BatchNorm is folded into the convolution (one conv instead of a conv and a
+    normalisation pass over a 256 x 256 x 256 activation): same result up to float rounding,
+    ~20 % faster. The folded weights are cached and recomputed whenever any source tensor
+    changes (training steps, ``load_state_dict``), so they can never go stale.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, pad: int = 0,
                  groups: int = 1):
         super().__init__()
         self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_ch))
+        self._folded: tuple | None = None
+
+    def _sources(self) -> tuple:
+        tensors = (self.c.weight, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var)
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+    def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        key = self._sources()
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+                weight = (self.c.weight * scale[:, None, None, None]).contiguous(memory_format=torch.channels_last)
+                bias = self.bn.bias - self.bn.running_mean * scale
+            self._folded = (key, weight, bias)
+        return self._folded[1], self._folded[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not FOLD_BATCHNORM:
+            return self.bn(self.c(x))
+        weight, bias = self._folded_weights()
+        return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, self.c.dilation, self.c.groups)
 
 
 class PatchEmbed(nn.Module):
@@ -263,19 +294,3 @@ class TinyViTVisionEncoder(nn.Module):
         x = x.view(batch, grid, grid, channels).permute(0, 3, 1, 2)
         return SamVisionEncoderOutput(last_hidden_state=self.neck(x))
 
-
-def fuse_for_inference(encoder: TinyViTVisionEncoder) -> TinyViTVisionEncoder:
-    """Fold every BatchNorm into its convolution and switch to channels-last, in place.
-
-    Only for a frozen encoder in eval mode (inference, embedding caches): the outputs are the
-    same up to float rounding, about 25 % faster on CPU. The parameter names change (``c``/``bn``
-    become one conv), so save weights from an unfused model.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    encoder.eval()
-    for module in list(encoder.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, ConvBN):
-                setattr(module, name, fuse_conv_bn_eval(child.c, child.bn))
-    return encoder.to(memory_format=torch.channels_last)

@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> None:
     from psfh.data import find_samples
     from psfh.io import load_image
     from psfh.model import PSFHModel
-    from psfh.modeling.tiny_vit import TinyViTVisionEncoder, fuse_for_inference
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -102,8 +101,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     model = PSFHModel.from_pretrained(args.model, device="cpu")
-    if isinstance(model.base_model.vision_encoder, TinyViTVisionEncoder):
-        fuse_for_inference(model.base_model.vision_encoder)  # frozen and never saved here: safe
     samples = find_samples(args.data)
     if args.ids_file:
         from psfh.evaluate import read_ids_file, select_samples

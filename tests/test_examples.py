@@ -1,0 +1,36 @@
+"""The shipped package on the real examples (held-out exams): it segments and measures the AoP."""
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES
+from psfh.aop import measure_aop
+from psfh.io import load_label_map
+from psfh.metrics import segmentation_metrics
+from psfh.model import PSFHModel
+
+
+@pytest.fixture(scope="module")
+def results():
+    model = PSFHModel.from_pretrained(device="cpu")
+    assert len(model.folds) == 5, "the embedded package ships five fold adapters"
+    rows = []
+    for image in sorted((EXAMPLES / "image_mha").glob("*.mha")):
+        label = load_label_map(EXAMPLES / "label_mha" / image.name)
+        prediction = model.predict(image)
+        rows.append((image.stem, segmentation_metrics(prediction.label_map, label), prediction.aop.angle_deg,
+                     measure_aop(label).angle_deg))
+    return rows
+
+
+def test_embedded_package_segments_the_examples(results):
+    dice_all = [metrics["dice_all"] for _, metrics, _, _ in results]
+    assert len(results) == 8
+    assert np.mean(dice_all) >= 0.85, dice_all
+    assert min(dice_all) >= 0.75, dice_all
+
+
+def test_embedded_package_measures_the_aop_within_10_degrees(results):
+    for name, _, predicted, truth in results:
+        assert predicted is not None, f"{name}: no AoP measured"
+        assert abs(predicted - truth) <= 10, f"{name}: AoP {predicted:.1f} vs labels {truth:.1f}"

@@ -29,6 +29,7 @@ from psfh.aop import AoPMeasurement, measure_aop
 from psfh.errors import PSFHInputError
 from psfh.io import load_image
 from psfh.lora import adapts_encoder, describe, make_lora_config
+from psfh.modeling.tiny_vit import TinyViTVisionEncoder
 from psfh.package import (PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights)
 
 
@@ -87,6 +88,11 @@ class PSFHModel:
         self.source = source
         self.device = next(network.parameters()).device
         self._lock = threading.Lock()
+        encoder = self.base_model.vision_encoder
+        if isinstance(encoder, TinyViTVisionEncoder):
+            # Its convolutions run ~15 % faster in channels-last layout (measured, psfh.benchmark);
+            # saved weights are made contiguous again (package.base_state_dict).
+            encoder.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------------------- building
     @classmethod

@@ -75,7 +75,7 @@ class ConvBN(nn.Sequential):
         if self._folded is None or self._folded[0] != key:
             with torch.no_grad():
                 scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
-                weight = (self.c.weight * scale[:, None, None, None]).contiguous(memory_format=torch.channels_last)
+                weight = self.c.weight * scale[:, None, None, None]
                 bias = self.bn.bias - self.bn.running_mean * scale
             self._folded = (key, weight, bias)
         return self._folded[1], self._folded[2]

@@ -40,14 +40,14 @@ def missing_ids(folder: Path, ids: list[str], views=VIEWS) -> list[str]:
 
 
 @torch.inference_mode()
-def compute_embeddings(encoder_model, pixel_values: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
+def compute_embeddings(encoder_model, pixel_values: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """B x 3 x S x S model inputs -> B x C x g x g embeddings of ``encoder_model`` (a SamModel)."""
     context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     with context:
         return encoder_model.get_image_embeddings(pixel_values).float()
 
 
-def build_cache(folder: Path, sam, ids: list[str], images, preprocess, precision: str = "bf16",
+def build_cache(folder: Path, sam, ids: list[str], images, preprocess, precision: str = "fp32",
                 dtype: torch.dtype = torch.bfloat16, progress: bool = True) -> dict:
     """Compute and store the embeddings of every id not cached yet.
 
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", default=None, help="package folder or hub id of the base (default: embedded)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16 autocast is much slower on CPUs whose torch build lacks fast bf16 convolutions")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
     parser.add_argument("--ids-file", type=Path, default=None, help="only these ids (one per line)")
     args = parser.parse_args(argv)

@@ -144,7 +144,7 @@ def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
     build_cache(tmp_path / "cache", model.base_model, ids, list(images), model.preprocess, progress=False)
     source = CachedEmbeddingSource({v: load_embeddings(tmp_path / "cache", ids, v) for v in VIEWS},
                                    torch.as_tensor(labels))
-    config = preset("cpu", epochs=30, batch_size=4, learning_rate=2e-3, augment=False, warmup_fraction=0.1)
+    config = preset("cpu", epochs=80, batch_size=4, learning_rate=3e-3, augment=False, warmup_fraction=0.05)
     everything = torch.arange(4)
     result = train_fold(model.network, "fold_0", 0, source, everything, everything, config, 256,
                         tmp_path / "checkpoints", Accelerator(cpu=True), progress=False)

@@ -52,3 +52,32 @@ def lite_medsam_base():
 @pytest.fixture
 def example_images():
     return sorted((EXAMPLES / "image_mha").glob("*.mha"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the tiny model on one thread: its matrices are too small to share, and a second thread
+    spinning against a busy core made these tests 20-40 times slower on the 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def app_outputs(tmp_path_factory):
+    """The demo's downloads go under pytest's tmp dir, not the machine's /tmp/psfh-app."""
+    import app
+
+    saved = app.OUTPUT_ROOT
+    app.OUTPUT_ROOT = tmp_path_factory.mktemp("app_outputs")
+    yield app.OUTPUT_ROOT
+    app.OUTPUT_ROOT = saved
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_package):
+    """The tiny package loaded once per test module."""
+    from psfh.model import PSFHModel
+
+    return PSFHModel.from_pretrained(tiny_package, device="cpu")

@@ -47,18 +47,12 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def outputs(tmp_path_factory):
-    """The app's downloads go under pytest's tmp dir, not the machine's /tmp/psfh-app."""
-    saved = app.OUTPUT_ROOT
-    app.OUTPUT_ROOT = tmp_path_factory.mktemp("app_outputs")
-    yield app.OUTPUT_ROOT
-    app.OUTPUT_ROOT = saved
+pytestmark = pytest.mark.usefixtures("app_outputs")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_package):
-    return PSFHModel.from_pretrained(tiny_package, device="cpu")
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,7 @@ SUMMARY_KEYS = {*METRIC_KEYS, "aop_error_mean", "aop_error_median", "score", "n"
                 "model", "folds", "tta", "data", "date"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run the tiny model on one thread: its matrices are too small to share, and a second thread
-    spinning against a busy core made these tests 20-40 times slower on the 2-core machine."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

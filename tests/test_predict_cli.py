@@ -21,16 +21,7 @@ SPACING = (0.25, 0.5)  # the examples have spacing 1: give one copy a geometry w
 ORIGIN = (3.0, -7.0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run the tiny model on one thread: its matrices are too small to share, and a second thread
-    spinning against a busy core made these tests 20-40 times slower on the 2-core machine."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

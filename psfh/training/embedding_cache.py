@@ -63,9 +63,11 @@ def build_cache(folder: Path, sam, ids: list[str], images, preprocess, precision
     for view in VIEWS:
         (folder / view).mkdir(parents=True, exist_ok=True)
     missing = set(missing_ids(folder, ids))
-    todo = [(i, image) for i, image in zip(ids, images) if i in missing]
+    # ``images`` may be a lazy generator: nothing is held in memory, and only missing ids are encoded.
+    todo = ((i, image) for i, image in zip(ids, images) if i in missing)
     start = time.perf_counter()
-    for sample_id, image in tqdm(todo, desc="caching embeddings", disable=not progress, unit="image"):
+    for sample_id, image in tqdm(todo, total=len(missing), desc="caching embeddings", disable=not progress,
+                                 unit="image"):
         pixels = preprocess(image, sample_id)
         views = torch.cat([pixels, pixels.flip(-1)])  # the same two views as TTA at inference
         embeddings = compute_embeddings(sam, views, precision).to(dtype)
@@ -75,7 +77,7 @@ def build_cache(folder: Path, sam, ids: list[str], images, preprocess, precision
             save_file({"embedding": embedding.contiguous()}, str(temporary))
             os.replace(temporary, target)
     seconds = time.perf_counter() - start
-    return {"computed": len(todo), "seconds": seconds, "seconds_per_image": seconds / max(len(todo), 1)}
+    return {"computed": len(missing), "seconds": seconds, "seconds_per_image": seconds / max(len(missing), 1)}
 
 
 def load_embeddings(folder: Path, ids: list[str], view: str) -> torch.Tensor:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from psfh.bases import get_base
 from psfh.data import find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, validate_samples
 from psfh.errors import PSFHInputError
 from psfh.evaluate import read_ids_file, select_samples
@@ -45,10 +46,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", dest="learning_rate", type=float, default=None)
     p.add_argument("--rank", dest="encoder_rank", type=int, default=None, help="LoRA rank on the encoder qkv (0: frozen)")
+    p.add_argument("--encoder-scope", choices=("all", "last_stage"), default=None,
+                   help="encoder LoRA on every qkv (all, the paper) or on the last stage only (its earlier "
+                        "stages stay shared by all folds)")
     p.add_argument("--decoder-rank", type=int, default=None, help="LoRA rank on the mask decoder (0: frozen)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--time-budget", dest="time_budget_minutes", type=float, default=None,
+                   help="minutes per fold: the epochs that fit are set after the first one (at most --epochs)")
+    p.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: never use a GPU")
     p.add_argument("--cache-dir", default=None, help="cpu recipe: embedding cache folder (default OUT/../.cache-NAME)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke runs)")
     p.add_argument("--ids-file", type=Path, default=None, help="train only on these ids (one per line), e.g. to keep a test set out")
@@ -62,12 +69,13 @@ def main(argv=None) -> int:
     # ---- config -------------------------------------------------------------------------
     config = preset(args.recipe, base=args.base, base_package=args.base_package, folds=args.folds,
                     block_size=args.block_size, holdout=args.holdout, epochs=args.epochs, batch_size=args.batch_size,
-                    learning_rate=args.learning_rate, encoder_rank=args.encoder_rank,
+                    learning_rate=args.learning_rate, encoder_rank=args.encoder_rank, encoder_scope=args.encoder_scope,
+                    time_budget_minutes=args.time_budget_minutes,
                     decoder_rank=args.decoder_rank, augment=args.augment, mixed_precision=args.mixed_precision,
                     seed=args.seed, cache_dir=args.cache_dir)
     if config.recipe == "cpu" and config.encoder_rank:
         raise PSFHInputError("the cpu recipe trains on cached embeddings: the encoder must stay frozen (--rank 0)")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=args.device == "cpu")
     torch.manual_seed(config.seed)
     out = args.out
 
@@ -96,7 +104,8 @@ def main(argv=None) -> int:
     to_train = [args.fold] if args.fold is not None else list(range(config.folds))
 
     # ---- model: one shared base, one adapter per fold -------------------------------------
-    lora = make_lora_config(config.encoder_rank, config.decoder_rank, config.train_decoder_tokens)
+    lora = make_lora_config(config.encoder_rank, config.decoder_rank, config.train_decoder_tokens,
+                            encoder_targets=get_base(config.base).encoder_targets(config.encoder_scope))
     base_folder = resolve_package(config.base_package) if config.base_package else (
         DEFAULT_PACKAGE_DIR if config.base == "lite-medsam" else None)
     model = PSFHModel.from_base(config.base, fold_names, lora, device=accelerator.device, base_folder=base_folder)

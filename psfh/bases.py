@@ -39,6 +39,9 @@ class BaseSpec:
         pixel_mean / pixel_std: per-channel normalisation of a [0, 1] image.
         hub_id: the hub repository holding the weights, or None when a package embeds them.
         encoder_lora_targets: peft regex for the encoder's attention qkv (the paper's LoRA target).
+        last_stage_lora_targets: peft regex for the linear layers of the encoder's last stage only
+            (the shared-prefix variant: every earlier layer stays frozen and shared by all folds),
+            or None when the base has no such split.
     """
 
     name: str
@@ -48,7 +51,18 @@ class BaseSpec:
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     hub_id: str | None = None
     encoder_lora_targets: str = r"vision_encoder\..*\.qkv"
+    last_stage_lora_targets: str | None = None
     notes: str = field(default="", compare=False)
+
+    def encoder_targets(self, scope: str) -> str:
+        """The peft regex of the encoder layers a fold adapter adapts: scope "all" or "last_stage"."""
+        if scope == "all":
+            return self.encoder_lora_targets
+        if scope == "last_stage" and self.last_stage_lora_targets:
+            return self.last_stage_lora_targets
+        from psfh.errors import PSFHInputError
+        raise PSFHInputError(f"base {self.name!r} has no encoder LoRA scope {scope!r} "
+                             f"(known: all{', last_stage' if self.last_stage_lora_targets else ''})")
 
 
 def _sam_config_for_custom_encoder(input_size: int, embedding_size: int) -> SamConfig:
@@ -143,7 +157,9 @@ def _hub_builder(hub_id: str) -> Callable[[int], SamModel]:
 
 
 BASES: dict[str, BaseSpec] = {
+    # The last TinyViT stage: 2 blocks at 64 x 64 tokens, 320 dims, after ~85 % of the encoder's cost.
     "lite-medsam": BaseSpec("lite-medsam", build_lite_medsam, 256,
+                            last_stage_lora_targets=r"vision_encoder\.layers\.3\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))",
                             notes="LiteMedSAM (Ma et al. 2024), weights embedded in the package"),
     "tiny-random": BaseSpec("tiny-random", build_tiny_random, 64, notes="random weights, tests only"),
 }

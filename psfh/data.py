@@ -399,25 +399,44 @@ def pack(
     overwrite: bool = False,
     size: int | None = None,
     progress: bool = True,
+    ids: Iterable[str] | None = None,
+    webp_quality: int | None = None,
 ) -> Path:
-    """Validate the data set at `root` and write it as one bzip2 zip of .npy members.
+    """Validate the data set at `root` and write it as one zip file (see the module docstring).
 
-    Members: ids (N unicode strings), images (N x H x W uint8), labels (N x H x W uint8); see
-    the module docstring for the format choice. Written to a temporary file beside `out_path`
-    and renamed into place. Refuses an existing `out_path` unless overwrite=True. Returns it.
+    Members: ids.npy (N unicode strings), labels.npy (N x H x W uint8) and the images, either
+    lossless (images.npy, N x H x W uint8, bzip2) or, with ``webp_quality``, one lossy WebP per
+    image (images/NNNNNN.webp, stored) for a bundle that must fit a size cap. ``ids`` keeps only
+    those samples. Written to a temporary file beside `out_path` and renamed into place; refuses
+    an existing `out_path` unless overwrite=True. Returns it.
     """
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise PSFHInputError(
             f"{out_path}: file exists; pass overwrite=True (--overwrite) to replace it"
         )
-    ids, images, labels = load_arrays(find_samples(root), size=size, progress=progress)
+    if webp_quality is not None and not 1 <= webp_quality <= 100:
+        raise PSFHInputError(f"WebP quality must be 1-100, not {webp_quality}")
+    samples = find_samples(root)
+    if ids is not None:
+        wanted = set(ids)
+        samples = [s for s in samples if s.id in wanted]
+        if missing := wanted - {s.id for s in samples}:
+            raise PSFHInputError(f"{root}: {len(missing)} requested ids have no image/label pair "
+                                 f"(e.g. {sorted(missing)[:5]})")
+    ids, images, labels = load_arrays(samples, size=size, progress=progress)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_BZIP2) as archive:
-            for name, array in zip(PACK_MEMBERS, (np.array(ids), images, labels)):
-                archive.writestr(f"{name}.npy", _npy_bytes(array))
+            archive.writestr("ids.npy", _npy_bytes(np.array(ids)))
+            archive.writestr("labels.npy", _npy_bytes(labels))
+            if webp_quality is None:
+                archive.writestr("images.npy", _npy_bytes(images))
+            else:
+                for index, image in enumerate(images):
+                    archive.writestr(f"images/{index:06d}.webp", _webp_bytes(image, webp_quality),
+                                     compress_type=zipfile.ZIP_STORED)  # WebP is compressed already
         os.replace(temporary, out_path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -430,17 +449,42 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _webp_bytes(image: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, "WEBP", quality=quality, method=6)
+    return buffer.getvalue()
+
+
+def _read_npy(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    with archive.open(name) as handle:
+        return np.load(io.BytesIO(handle.read()), allow_pickle=False)
+
+
 def load_pack(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Read a pack: (ids, images N x H x W uint8, labels N x H x W uint8). Never unpickles."""
+    """Read a pack: (ids, images N x H x W uint8, labels N x H x W uint8). Never unpickles.
+
+    Needs numpy (and Pillow for a WebP pack) only: no medical-image reader.
+    """
     path = Path(path)
     if not path.is_file():
         raise PSFHInputError(f"{path}: pack file not found")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [name for name in PACK_MEMBERS if name not in archive.files]
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            webp = sorted(n for n in names if n.startswith("images/") and n.endswith(".webp"))
+            missing = [f"{m}.npy" for m in PACK_MEMBERS if f"{m}.npy" not in names and not (m == "images" and webp)]
             if missing:
                 raise PSFHInputError(f"{path}: not a psfh pack (members {missing} missing)")
-            ids, images, labels = (archive[name] for name in PACK_MEMBERS)
+            ids, labels = _read_npy(archive, "ids.npy"), _read_npy(archive, "labels.npy")
+            if webp:
+                from PIL import Image
+
+                images = np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("L"))
+                                   for n in webp])
+            else:
+                images = _read_npy(archive, "images.npy")
     except PSFHInputError:
         raise
     except Exception as error:  # BadZipFile, ValueError (pickled or bad .npy), OSError, EOFError
@@ -479,13 +523,18 @@ def main(argv: list[str] | None = None) -> int:
     packer.add_argument("out", type=Path)
     packer.add_argument("--size", type=int, default=None, help="resize to SIZE x SIZE")
     packer.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    packer.add_argument("--ids-file", type=Path, default=None, help="pack only these ids (one per line)")
+    packer.add_argument("--webp-quality", type=int, default=None,
+                        help="store images as lossy WebP of this quality (1-100) instead of lossless")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
             print(_summary_text(validate_samples(find_samples(args.root))))
         else:
             start = time.perf_counter()
-            out = pack(args.root, args.out, overwrite=args.overwrite, size=args.size)
+            ids = args.ids_file.read_text().split() if args.ids_file else None
+            out = pack(args.root, args.out, overwrite=args.overwrite, size=args.size, ids=ids,
+                       webp_quality=args.webp_quality)
             print(f"wrote {out}: {out.stat().st_size / 1e6:.1f} MB "
                   f"({out.stat().st_size:,} bytes) in {time.perf_counter() - start:.1f} s")
     except PSFHInputError as error:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image
 
 from psfh.errors import PSFHInputError
@@ -154,7 +153,7 @@ def save_label_map(
         if extension == ".png":
             Image.fromarray(labels).save(temporary, format="PNG")
         else:
-            sitk.WriteImage(_label_sitk_image(labels, spatial, path), str(temporary), True)
+            _sitk().WriteImage(_label_sitk_image(labels, spatial, path), str(temporary), True)
         os.replace(temporary, path)
     except PSFHInputError:
         raise
@@ -258,6 +257,14 @@ def _pil_to_array(image: Image.Image, where: str, palette_indices: bool = False)
     return array
 
 
+def _sitk():
+    """SimpleITK, imported when a medical-format file is read or written: the GPU machine's
+    image lacks it, and training from a pack needs no file reader."""
+    import SimpleITK
+
+    return SimpleITK
+
+
 def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
     """Read with SimpleITK: returns (H x W or H x W x C array, 2-D spatial dict).
 
@@ -266,6 +273,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
     """
     where = str(path)
     try:
+        sitk = _sitk()
         reader = sitk.ImageFileReader()
         reader.SetFileName(where)
         reader.ReadImageInformation()  # header only: check the size before reading pixels
@@ -301,7 +309,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
     return array, _spatial_2d(image)
 
 
-def _spatial_2d(image: sitk.Image) -> dict:
+def _spatial_2d(image) -> dict:
     """Spacing, origin and direction of the image's first two axes (its 2-D plane)."""
     dimension = image.GetDimension()
     direction = image.GetDirection()
@@ -315,8 +323,8 @@ def _spatial_2d(image: sitk.Image) -> dict:
     }
 
 
-def _label_sitk_image(labels: np.ndarray, spatial: dict | None, path: Path) -> sitk.Image:
-    image = sitk.GetImageFromArray(labels)
+def _label_sitk_image(labels: np.ndarray, spatial: dict | None, path: Path):
+    image = _sitk().GetImageFromArray(labels)
     if spatial is None:
         return image
     try:

@@ -20,7 +20,7 @@ DECODER_PATTERN_KEY = r"mask_decoder\..*"
 
 
 def make_lora_config(encoder_rank: int = 4, decoder_rank: int = 16, train_decoder_tokens: bool = True,
-                     alpha_ratio: float = 1.0, dropout: float = 0.0) -> LoraConfig:
+                     alpha_ratio: float = 1.0, dropout: float = 0.0, encoder_targets: str = ENCODER_QKV) -> LoraConfig:
     """The peft LoraConfig of a fold adapter.
 
     Args:
@@ -28,10 +28,12 @@ def make_lora_config(encoder_rank: int = 4, decoder_rank: int = 16, train_decode
         decoder_rank: LoRA rank on the mask decoder's linear layers (0: decoder LoRA off).
         train_decoder_tokens: fully train the decoder's output tokens and no-prompt embedding.
         alpha_ratio: lora_alpha = alpha_ratio * rank (peft scales updates by alpha / rank).
+        encoder_targets: peft regex of the encoder layers to adapt (the base registry's
+            ``encoder_targets(scope)``; default every attention qkv, as the paper).
     """
     targets = []
     if encoder_rank > 0:
-        targets.append(ENCODER_QKV)
+        targets.append(encoder_targets)
     if decoder_rank > 0:
         targets.append(DECODER_LINEARS)
     if not targets:
@@ -67,7 +69,10 @@ def describe(lora_config: LoraConfig) -> dict:
     decoder_rank = (lora_config.rank_pattern or {}).get(DECODER_PATTERN_KEY, lora_config.r)
     targets = str(lora_config.target_modules)
     return {
-        "image_encoder": f"LoRA rank {lora_config.r} on attention qkv" if "vision_encoder" in targets else "frozen",
+        "image_encoder": (("frozen" if "vision_encoder" not in targets
+                           else f"LoRA rank {lora_config.r} on attention qkv" if ENCODER_QKV in targets
+                           else f"LoRA rank {lora_config.r} on the last stage's linear layers; earlier stages "
+                                "frozen and shared by all folds")),
         "mask_decoder": (f"LoRA rank {decoder_rank} on its linear layers" if "mask_decoder" in targets
                          else "frozen"),
         "fully_trained": list(lora_config.modules_to_save or []),

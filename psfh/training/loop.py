@@ -33,16 +33,46 @@ def epoch_generator(seed: int, fold_index: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + fold_index * 10_007 + epoch)
 
 
-def warmup_then_linear_decay(optimizer, total_steps: int, warmup_fraction: float):
-    """LambdaLR: linear warm-up over the first steps, then linear decay to 0."""
-    warmup = max(1, int(round(total_steps * warmup_fraction)))
+class WarmupLinearDecay:
+    """LR factor: linear warm-up over the first steps, then linear decay to 0 at ``total_steps``.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    ``total_steps`` may be shortened once training has started (a time budget: the epochs that
+    fit are known after the first one); the warm-up keeps its length.
+    """
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total_steps = total_steps
+        self.warmup = max(1, warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup))
+
+
+def warmup_then_linear_decay(optimizer, total_steps: int, warmup_fraction: float, warmup_steps: int | None = None):
+    """LambdaLR over :class:`WarmupLinearDecay` (its schedule is ``scheduler.lr_lambdas[0]``): the
+    warm-up lasts ``warmup_steps``, or else ``warmup_fraction`` of all steps."""
+    if warmup_steps is None:
+        warmup_steps = int(round(total_steps * warmup_fraction))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(total_steps, warmup_steps))
+
+
+def epochs_within_budget(budget_seconds: float, first_epoch_seconds: float, max_epochs: int) -> int:
+    """How many epochs fit a time budget, from the first epoch's duration (at least 1)."""
+    return max(1, min(max_epochs, int(budget_seconds // max(first_epoch_seconds, 1e-6))))
+
+
+def keep_frozen_statistics(network: torch.nn.Module) -> None:
+    """Put every BatchNorm back in eval mode after ``network.train()``.
+
+    The base is shared by all folds and frozen: in train mode BatchNorm would normalise with
+    the batch's statistics (noisy at batch 4) and overwrite the base's running statistics,
+    which are part of the shared base, not of any fold adapter.
+    """
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def trainable_parameters(network) -> dict[str, torch.nn.Parameter]:
@@ -75,11 +105,16 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
     optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
     shard = accelerator.num_processes
     steps_per_epoch = math.ceil(len(train_indices) / (config.batch_size * shard))
-    scheduler = warmup_then_linear_decay(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
+    # Under a time budget the length of the run is known only after the first epoch, which is
+    # therefore the warm-up; the decay is then fitted to the epochs that remain.
+    scheduler = warmup_then_linear_decay(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction,
+                                         steps_per_epoch if config.time_budget_minutes else None)
+    schedule = scheduler.lr_lambdas[0]  # kept: accelerate wraps the scheduler
     network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
     loss_fn = segmentation_loss(config.ce_weight, config.dice_weight)
 
     start_epoch, history = 0, []
+    planned_epochs = config.epochs
     best_score, best_epoch = -1.0, 0
     best = {k: v.detach().clone() for k, v in params.items()}
     state = load_checkpoint(checkpoint_dir) if resume else None
@@ -92,16 +127,21 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
         scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None]})
         start_epoch, history = meta["epoch"], meta["history"]
         best_score, best_epoch = meta["best_score"], meta["best_epoch"]
+        planned_epochs = meta.get("planned_epochs", config.epochs)
+        schedule.total_steps = steps_per_epoch * planned_epochs
 
     started = time.perf_counter() - sum(h["seconds"] for h in history)
-    for epoch in range(start_epoch, config.epochs):
+    budget = 60 * config.time_budget_minutes if config.time_budget_minutes else None
+    epoch = start_epoch
+    while epoch < planned_epochs:
         epoch_start = time.perf_counter()
         generator = epoch_generator(config.seed, fold_index, epoch)
         order = train_indices[torch.randperm(len(train_indices), generator=generator)]
         order = order[accelerator.process_index::shard]
         network.train()
+        keep_frozen_statistics(network)
         losses = []
-        bar = tqdm(range(0, len(order), config.batch_size), desc=f"{fold} epoch {epoch + 1}/{config.epochs}",
+        bar = tqdm(range(0, len(order), config.batch_size), desc=f"{fold} epoch {epoch + 1}/{planned_epochs}",
                    disable=not (progress and accelerator.is_local_main_process), unit="batch", leave=False)
         for start in bar:
             inputs, labels = source.batch(order[start:start + config.batch_size], generator, config.augment)
@@ -113,21 +153,31 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            losses.append(loss.detach())  # no .item() per step: it would stall a GPU's queue
+            if not bar.disable:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         dice_ps, dice_fh = validate(network, source, val_indices, input_size, config.batch_size).tolist()
         score = (dice_ps + dice_fh) / 2
         if score > best_score:
             best_score, best_epoch = score, epoch + 1
             best = {k: v.detach().clone() for k, v in params.items()}
-        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
+        history.append({"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
                         "val_dice_ps": dice_ps, "val_dice_fh": dice_fh, "val_score": score,
                         "seconds": time.perf_counter() - epoch_start})
+        epoch += 1
+        if budget is not None:
+            spent = sum(h["seconds"] for h in history)
+            if epoch == 1:  # fit the schedule to the epochs the budget allows
+                planned_epochs = epochs_within_budget(budget, history[0]["seconds"], config.epochs)
+                schedule.total_steps = steps_per_epoch * planned_epochs
+            elif spent + spent / epoch > budget:  # the next epoch would overrun: stop at the best so far
+                planned_epochs = epoch
         if accelerator.is_local_main_process:
-            tqdm.write(f"{fold} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} "
-                       f"val Dice PS {dice_ps:.4f} FH {dice_fh:.4f} ({history[-1]['seconds']:.0f} s)")
-            save_checkpoint(checkpoint_dir, epoch + 1, params, best, optimizer, scheduler,
-                            {"history": history, "best_score": best_score, "best_epoch": best_epoch, "fold": fold})
+            tqdm.write(f"{fold} epoch {epoch}/{planned_epochs}: loss {history[-1]['train_loss']:.4f} "
+                       f"val Dice PS {dice_ps:.4f} FH {dice_fh:.4f} ({history[-1]['seconds']:.1f} s)")
+            save_checkpoint(checkpoint_dir, epoch, params, best, optimizer, scheduler,
+                            {"history": history, "best_score": best_score, "best_epoch": best_epoch, "fold": fold,
+                             "planned_epochs": planned_epochs})
 
     with torch.no_grad():
         for name, value in best.items():

@@ -32,6 +32,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05        # of all optimiser steps
     encoder_rank: int = 4
+    encoder_scope: str = "all"           # encoder LoRA on "all" qkv (paper) or the "last_stage" only
     decoder_rank: int = 16
     train_decoder_tokens: bool = True
     ce_weight: float = 0.2
@@ -39,6 +40,7 @@ class TrainConfig:
     augment: bool = True
     mixed_precision: str = "no"          # accelerate: "no", "bf16" or "fp16"
     seed: int = 0
+    time_budget_minutes: float | None = None  # per fold: epochs are fitted to it after the first one
     cache_dir: str | None = None         # cpu recipe: where image embeddings are cached
     extra: dict = field(default_factory=dict)
 

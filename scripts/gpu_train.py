@@ -1,0 +1,178 @@
+"""The whole GPU training job in one call: every fold of every variant, side by side, within a time budget.
+
+    scripts/gpu_train.sh --pack .gpu/psfhs-cv-webp85.zip --out "$OUT" --minutes 7.5   # on a lent GPU
+    scripts/gpu_train.sh --pack small.zip --out runs/dry --device cpu --folds 2 --epochs 1   # CPU dry run
+
+Variants (both the paper's recipe, `train.py --recipe paper`: MONAI augmentation on the pixels,
+0.2 CE + 0.8 Dice, AdamW with warm-up; decoder LoRA rank 16 + output tokens):
+    paper       encoder LoRA rank 4 on every attention qkv (Elbatel et al. 2023)
+    last_stage  encoder LoRA on the last TinyViT stage only; the earlier stages (~85 % of the
+                encoder's cost) stay frozen and shared by all folds and both TTA views
+
+Each (variant, fold) is one `train.py --fold K` process. On a GPU they all run at once: one
+small TinyViT run leaves an H100/H200 mostly idle (its steps are launch-bound), so ten
+processes share it far better than ten runs in a row. Each fold keeps its best epoch by
+validation Dice (train.py). Results are packed into at most 8 files under --out (what a device
+call brings back): VARIANT.tar.gz (psfh_config.json, folds.json, fold_*/ without the base
+weights, which every package shares), logs.tar.gz and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "paper": ["--encoder-scope", "all", "--rank", "4"],
+    "last_stage": ["--encoder-scope", "last_stage", "--rank", "8"],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pack", type=Path, required=True, help="data pack (python -m psfh.data pack)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the packed results")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: OUT/../psfh-gpu-work)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--minutes", type=float, default=7.5, help="training time per fold (all folds run at once)")
+    p.add_argument("--epochs", type=int, default=400, help="at most this many epochs per fold")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--block-size", type=int, default=20)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (dry runs)")
+    p.add_argument("--device", choices=("auto", "cpu"), default="auto")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="processes at once (default: all on a GPU, 1 on the CPU)")
+    return p.parse_args(argv)
+
+
+def train_command(args, variant: str, fold: int, run_dir: Path) -> list[str]:
+    command = [sys.executable, str(ROOT / "train.py"), "--data", str(args.pack), "--out", str(run_dir),
+               "--recipe", "paper", "--folds", str(args.folds), "--fold", str(fold),
+               "--block-size", str(args.block_size), "--epochs", str(args.epochs),
+               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--time-budget", str(args.minutes),
+               "--device", args.device, "--no-progress", *VARIANTS[variant]]
+    if args.device != "cpu":
+        command += ["--mixed-precision", "bf16"]
+    if args.limit:
+        command += ["--limit", str(args.limit)]
+    return command
+
+
+def run_all(jobs: list[tuple[str, int, list[str]]], logs: Path, parallel: int) -> dict[tuple[str, int], int]:
+    """Run the commands, at most ``parallel`` at once; each writes its own log. -> exit codes."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+    pending, running, codes = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            variant, fold, command = pending.pop(0)
+            log = open(logs / f"{variant}-fold_{fold}.log", "w")
+            running[(variant, fold)] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                         cwd=ROOT), log)
+        time.sleep(0.5)
+        for key, (process, log) in list(running.items()):
+            if process.poll() is not None:
+                log.close()
+                codes[key] = process.returncode
+                del running[key]
+                print(f"{key[0]} fold_{key[1]}: exit {process.returncode}", flush=True)
+    return codes
+
+
+def merge_variant(work: Path, variant: str, folds: int) -> Path | None:
+    """One package folder (no base weights) from the per-fold runs of a variant."""
+    package = work / variant / "package"
+    shutil.rmtree(package, ignore_errors=True)
+    package.mkdir(parents=True)
+    done, seconds = [], {}
+    for k in range(folds):
+        run = work / variant / f"run_{k}"
+        if not (run / f"fold_{k}" / "adapter_model.safetensors").is_file():
+            continue
+        shutil.copytree(run / f"fold_{k}", package / f"fold_{k}")
+        done.append(f"fold_{k}")
+        seconds.update(json.loads((run / "psfh_config.json").read_text())["training"]["seconds_per_fold"])
+        for name in ("psfh_config.json", "folds.json"):
+            if not (package / name).exists():
+                shutil.copy2(run / name, package / name)
+    if not done:
+        return None
+    config = json.loads((package / "psfh_config.json").read_text())
+    config["folds"] = done
+    config["training"]["seconds_per_fold"] = seconds
+    (package / "psfh_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return package
+
+
+def fold_summary(package: Path) -> dict:
+    rows = {}
+    for fold_dir in sorted(package.glob("fold_*")):
+        metrics = json.loads((fold_dir / "metrics.json").read_text())
+        history = metrics["history"]
+        best = history[metrics["best_epoch"] - 1]
+        rows[fold_dir.name] = {"epochs": len(history), "best_epoch": metrics["best_epoch"],
+                               "val_dice_ps": round(best["val_dice_ps"], 4), "val_dice_fh": round(best["val_dice_fh"], 4),
+                               "seconds_per_epoch": round(sum(h["seconds"] for h in history) / len(history), 2),
+                               "seconds": round(metrics["seconds"], 1)}
+    return rows
+
+
+def install_package(archive: Path, destination: Path, base_package: Path) -> Path:
+    """Unpack a VARIANT.tar.gz into a loadable package, with the base weights of ``base_package``."""
+    destination.mkdir(parents=True, exist_ok=False)
+    with tarfile.open(archive) as tar:
+        tar.extractall(destination, filter="data")
+    (destination / "base").mkdir()
+    shutil.copy2(base_package / "base" / "model.safetensors", destination / "base" / "model.safetensors")
+    return destination
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"error: unknown variants {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    if not args.pack.is_file():
+        print(f"error: {args.pack}: pack file not found", file=sys.stderr)
+        return 2
+    args.pack = args.pack.resolve()
+    out = args.out.resolve()
+    work = (args.work or out.parent / "psfh-gpu-work").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    parallel = args.parallel or (1 if args.device == "cpu" else len(variants) * args.folds)
+
+    started = time.time()
+    jobs = [(v, k, train_command(args, v, k, work / v / f"run_{k}")) for v in variants for k in range(args.folds)]
+    codes = run_all(jobs, work / "logs", parallel)
+    summary = {"minutes_budget_per_fold": args.minutes, "wall_seconds": round(time.time() - started, 1),
+               "parallel": parallel, "batch_size": args.batch_size, "lr": args.lr,
+               "exit_codes": {f"{v}/fold_{k}": c for (v, k), c in codes.items()}, "variants": {}}
+    for variant in variants:
+        package = merge_variant(work, variant, args.folds)
+        if package is None:
+            continue
+        summary["variants"][variant] = fold_summary(package)
+        with tarfile.open(out / f"{variant}.tar.gz", "w:gz") as tar:
+            for item in sorted(package.iterdir()):
+                tar.add(item, arcname=item.name)
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        tar.add(work / "logs", arcname="logs")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0 if codes and all(c == 0 for c in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

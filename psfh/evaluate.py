@@ -37,7 +37,7 @@ from tqdm import tqdm
 from psfh.aop import measure_aop
 from psfh.data import Sample, find_samples, validate_samples
 from psfh.errors import PSFHInputError
-from psfh.io import load_label_map
+from psfh.io import load_label_map, save_label_map
 from psfh.metrics import METRIC_KEYS, aop_error, segmentation_metrics, summarize
 from psfh.predict import PRECISIONS, add_model_arguments, format_cell, load_model, resolve_folds
 
@@ -47,7 +47,8 @@ ROW_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error", "seconds
 
 
 def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = None, tta: bool = True,
-             precision: str = "fp32", progress: bool = True) -> tuple[list[dict], dict]:
+             precision: str = "fp32", progress: bool = True, out_of_fold: bool = False,
+             label_map_dir: Path | None = None) -> tuple[list[dict], dict]:
     """Predict every sample with `model`, score it, and summarise.
 
     Args:
@@ -55,6 +56,9 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
         samples: labelled pairs, e.g. from :func:`psfh.data.find_samples`.
         folds: fold adapters to ensemble (default: all); tta, precision: as in ``model.predict``.
         progress: show tqdm bars (checking, then evaluating) on stderr.
+        out_of_fold: predict each sample with the one fold adapter that did not train on it
+            (the package's folds.json), the cross-validation estimate; ``folds`` must be None.
+        label_map_dir: also write each predicted label map there as ``<id>.png``.
     Returns:
         (rows, summary): one dict per sample keyed by ROW_COLUMNS (None where an AoP could not
         be measured), and :func:`psfh.metrics.summarize` of the rows plus model, folds, tta,
@@ -67,25 +71,56 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
         raise PSFHInputError("no samples to evaluate")
     if precision not in PRECISIONS:
         raise PSFHInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    folds = resolve_folds(model, folds)
+    if out_of_fold:
+        if folds:
+            raise PSFHInputError("out-of-fold evaluation picks each image's fold itself: give no folds")
+        fold_of = held_out_fold(model, [sample.id for sample in samples])
+    else:
+        folds = resolve_folds(model, folds)
     validate_samples(list(samples), progress=progress)
-    rows = [_evaluate_sample(model, sample, folds, tta, precision)
+    if label_map_dir is not None:
+        Path(label_map_dir).mkdir(parents=True, exist_ok=True)
+    rows = [_evaluate_sample(model, sample, [fold_of[sample.id]] if out_of_fold else folds, tta, precision,
+                             label_map_dir)
             for sample in tqdm(samples, desc="evaluating", unit="image", disable=not progress)]
+    if out_of_fold:
+        folds = sorted(set(fold_of.values()))
     summary = {
         **summarize(rows),
         "model": None if getattr(model, "source", None) is None else str(model.source),
         "folds": folds,
         "tta": bool(tta),
+        "out_of_fold": out_of_fold,
         "precision": precision,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return rows, summary
 
 
-def _evaluate_sample(model, sample: Sample, folds: list[str], tta: bool, precision: str) -> dict:
+def held_out_fold(model, ids: Sequence[str]) -> dict[str, str]:
+    """{id: the fold adapter that did not see it in training}, from the package's folds.json."""
+    source = getattr(model, "source", None)
+    path = None if source is None else Path(source) / "folds.json"
+    if path is None or not path.is_file():
+        raise PSFHInputError("out-of-fold evaluation needs the package's folds.json (written by train.py)")
+    fold_of = json.loads(path.read_text())["fold_of_id"]
+    missing = [i for i in ids if i not in fold_of]
+    if missing:
+        raise PSFHInputError(f"{len(missing)} id(s) were in no fold's validation set, e.g. {missing[:5]}: "
+                             "out-of-fold evaluation only covers the package's training images")
+    unknown = sorted({fold_of[i] for i in ids} - set(model.folds))
+    if unknown:
+        raise PSFHInputError(f"folds.json names folds the package lacks: {unknown}")
+    return {i: fold_of[i] for i in ids}
+
+
+def _evaluate_sample(model, sample: Sample, folds: list[str], tta: bool, precision: str,
+                     label_map_dir: Path | None = None) -> dict:
     start = time.perf_counter()
     prediction = model.predict(sample.image_path, folds=folds, tta=tta, precision=precision)
     seconds = time.perf_counter() - start  # inference only: the scoring below is not the model's cost
+    if label_map_dir is not None:
+        save_label_map(prediction.label_map, Path(label_map_dir) / f"{sample.id}.png")
     target = load_label_map(sample.label_path)
     aop_pred = prediction.aop.angle_deg
     aop_true = measure_aop(target).angle_deg
@@ -198,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ids-file", type=Path, default=None,
                         help="evaluate only the ids listed in this file (one per line)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N (selected) images")
+    parser.add_argument("--out-of-fold", action="store_true",
+                        help="predict each image with the fold that held it out (the package's folds.json)")
+    parser.add_argument("--save-label-maps", action="store_true", help="also write OUT/label_maps/<id>.png")
     return parser
 
 
@@ -210,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         _make_out_dir(args.out)
         model = load_model(args.model, args.device)
         rows, summary = evaluate(model, samples, folds=args.folds, tta=not args.no_tta,
-                                 precision=args.precision)
+                                 precision=args.precision, out_of_fold=args.out_of_fold,
+                                 label_map_dir=args.out / "label_maps" if args.save_label_maps else None)
     except PSFHInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

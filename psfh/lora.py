@@ -56,6 +56,20 @@ def make_lora_config(encoder_rank: int = 4, decoder_rank: int = 16, train_decode
     )
 
 
+def encoder_scope(lora_config: LoraConfig | dict, last_stage_targets: str | None) -> str:
+    """Which part of the image encoder a fold adapter changes: "none", "last_stage" or "all".
+
+    ``last_stage_targets`` is the base registry's regex for its last stage
+    (:attr:`psfh.bases.BaseSpec.last_stage_lora_targets`).
+    """
+    if not adapts_encoder(lora_config):
+        return "none"
+    targets = lora_config["target_modules"] if isinstance(lora_config, dict) else lora_config.target_modules
+    if last_stage_targets and isinstance(targets, str) and last_stage_targets in targets and ENCODER_QKV not in targets:
+        return "last_stage"
+    return "all"
+
+
 def adapts_encoder(lora_config: LoraConfig | dict) -> bool:
     """True when the adapter changes the image encoder (so its embeddings differ per fold)."""
     targets = lora_config["target_modules"] if isinstance(lora_config, dict) else lora_config.target_modules

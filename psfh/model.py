@@ -28,7 +28,7 @@ from psfh import inference
 from psfh.aop import AoPMeasurement, measure_aop
 from psfh.errors import PSFHInputError
 from psfh.io import load_image
-from psfh.lora import adapts_encoder, describe, make_lora_config
+from psfh.lora import adapts_encoder, describe, encoder_scope, make_lora_config
 from psfh.modeling.tiny_vit import TinyViTVisionEncoder
 from psfh.package import (PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights)
 
@@ -222,10 +222,19 @@ class PSFHModel:
         folds = self._check_folds(folds)
         views = inference.tta_views(pixel_values, tta)
         with self._lock, self._autocast(precision):
-            if adapts_encoder(self.config.lora):
+            if self.encoder_scope == "all":
                 return self._members(folds, tta, pixel_values=views)
+            if self.encoder_scope == "last_stage":
+                # The frozen stages run once for all folds and views; each fold runs its own last stage.
+                return self._members(folds, tta, encoder_tokens=self.base_model.vision_encoder.forward_prefix(views))
             embeddings = self.base_model.get_image_embeddings(views)
             return self._members(folds, tta, image_embeddings=embeddings)
+
+    @property
+    def encoder_scope(self) -> str:
+        """What the fold adapters change in the image encoder: "none", "last_stage" or "all"."""
+        from psfh.bases import get_base
+        return encoder_scope(self.config.lora, get_base(self.config.base).last_stage_lora_targets)
 
     @torch.inference_mode()
     def fold_probabilities_from_embeddings(self, view_embeddings: torch.Tensor, folds: list[str] | None = None,
@@ -238,11 +247,19 @@ class PSFHModel:
         with self._lock:
             return self._members(folds, tta, image_embeddings=view_embeddings[: 2 if tta else 1].to(self.device))
 
-    def _members(self, folds: list[str], tta: bool, **inputs) -> torch.Tensor:
-        """Run each fold adapter on the views (hot-swapped on the shared base); call under the lock."""
+    def _members(self, folds: list[str], tta: bool, encoder_tokens: torch.Tensor | None = None,
+                 **inputs) -> torch.Tensor:
+        """Run each fold adapter on the views (hot-swapped on the shared base); call under the lock.
+
+        ``inputs`` are :func:`psfh.inference.mask_logits`'s (pixel values or image embeddings);
+        ``encoder_tokens`` are the shared encoder prefix's output, finished per fold.
+        """
         per_fold = []
         for fold in folds:
             self.network.set_adapter(fold)
+            if encoder_tokens is not None:
+                inputs = {"image_embeddings": self.base_model.vision_encoder.forward_last_stage(
+                    encoder_tokens).last_hidden_state}
             logits = inference.mask_logits(self.network, self.config.input_size, **inputs)
             per_fold.append(inference.undo_tta(logits.float().softmax(dim=1), tta)[:, 0])
         return torch.stack(per_fold)

@@ -267,6 +267,26 @@ def test_pack_round_trip_without_pickles(png_set, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["png_set", "set.npz"]
 
 
+def test_webp_pack_is_lossy_on_images_only_and_keeps_the_chosen_ids(published_set, tmp_path):
+    samples = find_samples(published_set)
+    chosen = [s.id for s in samples][1:]
+    out = pack(published_set, tmp_path / "set.zip", ids=chosen, webp_quality=85, progress=False)
+    ids, images, labels = load_pack(out)
+    expected_ids, expected_images, expected_labels = load_arrays(
+        [s for s in samples if s.id in chosen], progress=False)
+    assert ids == expected_ids == chosen
+    np.testing.assert_array_equal(labels, expected_labels)  # labels stay lossless
+    error = images.astype(float) - expected_images
+    psnr = 10 * np.log10(255**2 / np.mean(error**2))
+    assert 35 < psnr < 80, psnr  # lossy, but close: the GPU bundle measured ~41 dB at quality 85
+    lossless = pack(published_set, tmp_path / "lossless.zip", ids=chosen, progress=False)
+    assert out.stat().st_size < lossless.stat().st_size
+    with pytest.raises(PSFHInputError, match="requested ids have no image/label pair"):
+        pack(published_set, tmp_path / "x.zip", ids=["nope"], progress=False)
+    with pytest.raises(PSFHInputError, match="WebP quality must be 1-100"):
+        pack(published_set, tmp_path / "y.zip", webp_quality=0, progress=False)
+
+
 def test_load_pack_refuses_other_files(tmp_path):
     (tmp_path / "text.npz").write_text("not a zip")
     np.savez(tmp_path / "other.npz", images=np.zeros((2, 8, 8), np.uint8))

@@ -102,3 +102,28 @@ def test_a_folder_that_is_not_a_data_set_exits_2(tmp_path, capsys):
     error = capsys.readouterr().err
     assert str(folder) in error and "not a labelled data set" in error
     assert not (tmp_path / "eval").exists()
+
+
+def test_out_of_fold_uses_each_images_held_out_fold_and_saves_label_maps(tiny_package, labelled, tmp_path):
+    from psfh.model import PSFHModel
+
+    package = tmp_path / "package"
+    shutil.copytree(tiny_package, package)
+    ids = [s.id for s in find_samples(labelled)]
+    fold_of = {ids[0]: "fold_0", ids[1]: "fold_2", ids[2]: "fold_0"}
+    (package / "folds.json").write_text(json.dumps({"fold_of_id": fold_of, "test_ids": []}))
+    model = PSFHModel.from_pretrained(package, device="cpu")
+    maps = tmp_path / "maps"
+    rows, summary = evaluate(model, find_samples(labelled), out_of_fold=True, progress=False, label_map_dir=maps)
+    assert summary["out_of_fold"] is True and summary["folds"] == ["fold_0", "fold_2"]
+    for row, sample in zip(rows, find_samples(labelled)):
+        expected = model.predict(sample.image_path, folds=[fold_of[sample.id]]).label_map
+        np.testing.assert_array_equal(load_label_map(maps / f"{sample.id}.png"), expected)
+        other = model.predict(sample.image_path, folds=["fold_1"]).label_map
+        assert not np.array_equal(other, expected), "the folds differ, so the check above means something"
+    with pytest.raises(PSFHInputError, match="give no folds"):
+        evaluate(model, find_samples(labelled), folds=["fold_0"], out_of_fold=True, progress=False)
+    del fold_of[ids[1]]
+    (package / "folds.json").write_text(json.dumps({"fold_of_id": fold_of}))
+    with pytest.raises(PSFHInputError, match="in no fold's validation set"):
+        evaluate(model, find_samples(labelled), out_of_fold=True, progress=False)

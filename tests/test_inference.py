@@ -106,9 +106,47 @@ def test_shared_encoder_path_equals_running_every_fold_in_full(tiny_package, mon
                     parameter.zero_()
     pixels = model.preprocess(GRAY.astype(np.float32))
     shared = model.fold_probabilities(pixels)
-    monkeypatch.setattr("psfh.model.adapts_encoder", lambda lora: True)
+    assert model.encoder_scope == "none"
+    monkeypatch.setattr(PSFHModel, "encoder_scope", property(lambda self: "all"))
     full = model.fold_probabilities(pixels)
     assert torch.allclose(shared, full, atol=1e-5)
+
+
+def test_last_stage_adapters_share_the_encoder_prefix_and_equal_full_passes(monkeypatch):
+    """Adapters on the last TinyViT stage only: the earlier stages run once for all folds and
+    views, and the answer is what a full encoder pass per fold gives."""
+    from conftest import EMBEDDED, randomise_adapters
+    from psfh.bases import get_base
+    from psfh.lora import make_lora_config
+
+    torch.manual_seed(0)
+    lora = make_lora_config(4, 4, encoder_targets=get_base("lite-medsam").encoder_targets("last_stage"))
+    model = PSFHModel.from_base("lite-medsam", ["fold_0", "fold_1"], lora, device="cpu", base_folder=EMBEDDED)
+    randomise_adapters(model, scale=0.05)
+    adapted = {n.split(".lora_")[0] for n, _ in model.network.named_parameters() if "vision_encoder" in n and "lora_" in n}
+    assert adapted and all(".layers.3." in name for name in adapted)
+    assert model.encoder_scope == "last_stage"
+    assert "last stage" in model.config.trained["image_encoder"]
+    pixels = model.preprocess(GRAY.astype(np.float32))
+    calls = []
+    encoder = model.base_model.vision_encoder
+    original = encoder.forward_prefix
+    monkeypatch.setattr(encoder, "forward_prefix", lambda x: calls.append(x.shape) or original(x))
+    shared = model.fold_probabilities(pixels)
+    assert calls == [(2, 3, 256, 256)], "one prefix pass for both views and all folds"
+    monkeypatch.setattr(PSFHModel, "encoder_scope", property(lambda self: "all"))
+    full = model.fold_probabilities(pixels)
+    assert len(calls) == 3, "the full path runs the prefix once per fold"
+    assert torch.allclose(shared, full, atol=1e-5)
+    assert (shared[0] - shared[1]).abs().max() > 1e-3, "the two folds' last stages really differ"
+
+
+def test_encoder_scope_of_a_base_without_a_last_stage_split_is_refused():
+    from psfh.bases import get_base
+
+    with pytest.raises(PSFHInputError, match="no encoder LoRA scope 'last_stage'"):
+        get_base("tiny-random").encoder_targets("last_stage")
+    assert get_base("tiny-random").encoder_targets("all") == get_base("lite-medsam").encoder_targets("all")
 
 
 def test_concurrent_predictions_never_mix_adapters(model):

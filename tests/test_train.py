@@ -151,3 +151,43 @@ def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
     best = result.history[result.best_epoch - 1]
     assert best["val_dice_ps"] > 0.9 and best["val_dice_fh"] > 0.9, best
     assert result.history[0]["val_score"] < best["val_score"]
+
+
+def test_a_time_budget_fits_the_epochs_after_the_first_and_records_them(small_dataset, tmp_path):
+    out = tmp_path / "budget"
+    # 0.0001 minutes: whatever the first epoch takes, only that one fits; --epochs 5 is the cap only.
+    assert train.main(tiny_args(small_dataset, out, "--fold", "0", "--epochs", "5", "--time-budget", "0.0001")) == 0
+    metrics = json.loads((out / "fold_0" / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1]
+    config = json.loads((out / "psfh_config.json").read_text())
+    assert config["training"]["recipe"]["time_budget_minutes"] == 0.0001
+
+
+def test_epochs_within_budget_and_the_refitted_schedule():
+    from psfh.training.loop import WarmupLinearDecay, epochs_within_budget
+
+    assert epochs_within_budget(100, 9.0, 400) == 11
+    assert epochs_within_budget(100, 200.0, 400) == 1
+    assert epochs_within_budget(1e6, 1.0, 30) == 30
+    schedule = WarmupLinearDecay(total_steps=1000, warmup_steps=10)
+    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
+    schedule.total_steps = 110  # shortened after the first epoch: the decay ends there
+    assert schedule(60) == pytest.approx(0.5) and schedule(110) == 0.0
+
+
+def test_training_leaves_the_shared_base_batchnorm_statistics_alone(lite_medsam_base):
+    """BatchNorm of the frozen, shared encoder stays in eval mode: no batch statistics, no drift."""
+    from psfh.training.loop import keep_frozen_statistics
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    before = network[1].running_mean.clone()
+    network.train()
+    keep_frozen_statistics(network)
+    network(torch.randn(2, 3, 8, 8) * 5 + 3)
+    assert not network[1].training and network[0].training
+    torch.testing.assert_close(network[1].running_mean, before, rtol=0, atol=0)
+    lite_medsam_base.train()
+    keep_frozen_statistics(lite_medsam_base)
+    norms = [m for m in lite_medsam_base.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    lite_medsam_base.eval()

@@ -284,13 +284,26 @@ class TinyViTVisionEncoder(nn.Module):
         """What transformers / peft ask a vision encoder for (SamModel.get_input_embeddings)."""
         return self.patch_embed
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> SamVisionEncoderOutput:
-        """pixel_values: B x 3 x S x S -> ``last_hidden_state`` B x 256 x S/4 x S/4."""
+    def forward_prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Everything before the last stage: B x 3 x S x S -> tokens B x (S/4)^2 x C (C = 160).
+
+        About 85 % of the encoder's cost; a package whose adapters touch only the last stage
+        runs it once per image and view for all folds (:meth:`forward_last_stage`).
+        """
         x = self.patch_embed(pixel_values)
-        for stage in self.layers:
+        for stage in self.layers[:-1]:
             x = stage(x)
+        return x
+
+    def forward_last_stage(self, tokens: torch.Tensor) -> SamVisionEncoderOutput:
+        """The last stage and the neck: tokens B x (S/4)^2 x C -> ``last_hidden_state`` B x 256 x S/4 x S/4."""
+        x = self.layers[-1](tokens)
         batch, _, channels = x.shape
         grid = self.output_resolution
         x = x.view(batch, grid, grid, channels).permute(0, 3, 1, 2)
         return SamVisionEncoderOutput(last_hidden_state=self.neck(x))
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> SamVisionEncoderOutput:
+        """pixel_values: B x 3 x S x S -> ``last_hidden_state`` B x 256 x S/4 x S/4."""
+        return self.forward_last_stage(self.forward_prefix(pixel_values))
 

@@ -209,7 +209,8 @@ def write_report(results: list[dict], args, out: Path) -> str:
               f"Machine: {machine_description(args.device)}; {args.threads} torch threads; "
               f"{args.repeats} repeats; model: {args.model or 'embedded package'}.\n"
               f"Command: `python -m psfh.benchmark --device {args.device} --base {args.base} "
-              f"--images {args.images} --repeats {args.repeats}`\n\n")
+              f"--images {args.images} --repeats {args.repeats}"
+              f"{f' --model {args.model}' if args.model else ''} --designs {' '.join(args.designs)}`\n\n")
     section = header + table + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = out.read_text() if out.exists() else "# Performance\n\nWritten by `python -m psfh.benchmark`.\n"

@@ -12,6 +12,7 @@ All fold adapters live as named peft adapters on ONE base in memory and are swit
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -222,13 +223,15 @@ class PSFHModel:
         folds = self._check_folds(folds)
         views = inference.tta_views(pixel_values, tta)
         with self._lock, self._autocast(precision):
-            if self.encoder_scope == "all":
+            if self.encoder_scope == "none":
+                embeddings = self.base_model.get_image_embeddings(views)
+                return self._members(folds, tta, image_embeddings=embeddings)
+            shared = self._shared_encoder_stages
+            if shared is None:
                 return self._members(folds, tta, pixel_values=views)
-            if self.encoder_scope == "last_stage":
-                # The frozen stages run once for all folds and views; each fold runs its own last stage.
-                return self._members(folds, tta, encoder_tokens=self.base_model.vision_encoder.forward_prefix(views))
-            embeddings = self.base_model.get_image_embeddings(views)
-            return self._members(folds, tta, image_embeddings=embeddings)
+            # The stages no adapter touches run once for all folds and views; each fold runs the rest.
+            hidden = self.base_model.vision_encoder.forward_prefix(views, shared)
+            return self._members(folds, tta, encoder_hidden=(hidden, shared))
 
     @property
     def encoder_scope(self) -> str:
@@ -247,19 +250,36 @@ class PSFHModel:
         with self._lock:
             return self._members(folds, tta, image_embeddings=view_embeddings[: 2 if tta else 1].to(self.device))
 
-    def _members(self, folds: list[str], tta: bool, encoder_tokens: torch.Tensor | None = None,
+    @property
+    def _shared_encoder_stages(self) -> int | None:
+        """How many leading encoder stages no fold adapter touches (their output is shared by all
+        folds), or None when the encoder cannot be split (a ViT base, or LoRA in its first layer)."""
+        encoder = self.base_model.vision_encoder
+        if not hasattr(encoder, "forward_prefix"):
+            return None
+        stages = [int(match.group(1)) for name, _ in self.network.named_modules()
+                  if "lora_A" in name and (match := re.search(r"vision_encoder\.layers\.(\d+)\.", name))]
+        adapted_elsewhere = any("lora_A" in name and "vision_encoder" in name and ".layers." not in name
+                                for name, _ in self.network.named_modules())
+        if adapted_elsewhere:
+            return None
+        return min(stages) if stages else len(encoder.layers)
+
+    def _members(self, folds: list[str], tta: bool, encoder_hidden: tuple[torch.Tensor, int] | None = None,
                  **inputs) -> torch.Tensor:
         """Run each fold adapter on the views (hot-swapped on the shared base); call under the lock.
 
         ``inputs`` are :func:`psfh.inference.mask_logits`'s (pixel values or image embeddings);
-        ``encoder_tokens`` are the shared encoder prefix's output, finished per fold.
+        ``encoder_hidden`` is (the shared encoder prefix's output, the stage it stopped before),
+        which each fold finishes with its own adapted stages.
         """
         per_fold = []
         for fold in folds:
             self.network.set_adapter(fold)
-            if encoder_tokens is not None:
-                inputs = {"image_embeddings": self.base_model.vision_encoder.forward_last_stage(
-                    encoder_tokens).last_hidden_state}
+            if encoder_hidden is not None:
+                hidden, stage = encoder_hidden
+                inputs = {"image_embeddings": self.base_model.vision_encoder.forward_from(
+                    hidden, stage).last_hidden_state}
             logits = inference.mask_logits(self.network, self.config.input_size, **inputs)
             per_fold.append(inference.undo_tta(logits.float().softmax(dim=1), tta)[:, 0])
         return torch.stack(per_fold)

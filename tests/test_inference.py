@@ -131,14 +131,33 @@ def test_last_stage_adapters_share_the_encoder_prefix_and_equal_full_passes(monk
     calls = []
     encoder = model.base_model.vision_encoder
     original = encoder.forward_prefix
-    monkeypatch.setattr(encoder, "forward_prefix", lambda x: calls.append(x.shape) or original(x))
+    monkeypatch.setattr(encoder, "forward_prefix", lambda x, n: calls.append((x.shape, n)) or original(x, n))
+    assert model._shared_encoder_stages == 3
     shared = model.fold_probabilities(pixels)
-    assert calls == [(2, 3, 256, 256)], "one prefix pass for both views and all folds"
-    monkeypatch.setattr(PSFHModel, "encoder_scope", property(lambda self: "all"))
+    assert calls == [((2, 3, 256, 256), 3)], "one prefix pass (3 stages) for both views and all folds"
+    monkeypatch.setattr(PSFHModel, "_shared_encoder_stages", property(lambda self: None))
     full = model.fold_probabilities(pixels)
-    assert len(calls) == 3, "the full path runs the prefix once per fold"
+    assert len(calls) == 3, "the full path runs the whole encoder once per fold"
     assert torch.allclose(shared, full, atol=1e-5)
     assert (shared[0] - shared[1]).abs().max() > 1e-3, "the two folds' last stages really differ"
+
+
+def test_paper_adapters_on_every_qkv_still_share_the_patch_embedding_and_stage_0(monkeypatch):
+    """LoRA on every attention qkv leaves the convolutional stage 0 (half the encoder's cost) alone."""
+    from conftest import EMBEDDED, randomise_adapters
+    from psfh.lora import make_lora_config
+
+    torch.manual_seed(0)
+    model = PSFHModel.from_base("lite-medsam", ["fold_0", "fold_1"], make_lora_config(4, 4), device="cpu",
+                                base_folder=EMBEDDED)
+    randomise_adapters(model, scale=0.05)
+    assert model.encoder_scope == "all" and model._shared_encoder_stages == 1
+    pixels = model.preprocess(GRAY.astype(np.float32))
+    shared = model.fold_probabilities(pixels, tta=False)
+    monkeypatch.setattr(PSFHModel, "_shared_encoder_stages", property(lambda self: None))
+    full = model.fold_probabilities(pixels, tta=False)
+    assert torch.allclose(shared, full, atol=1e-5)
+    assert (shared[0] - shared[1]).abs().max() > 1e-3
 
 
 def test_encoder_scope_of_a_base_without_a_last_stage_split_is_refused():

@@ -284,20 +284,26 @@ class TinyViTVisionEncoder(nn.Module):
         """What transformers / peft ask a vision encoder for (SamModel.get_input_embeddings)."""
         return self.patch_embed
 
-    def forward_prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Everything before the last stage: B x 3 x S x S -> tokens B x (S/4)^2 x C (C = 160).
+    def forward_prefix(self, pixel_values: torch.Tensor, stages: int) -> torch.Tensor:
+        """The patch embedding and the first ``stages`` stages: B x 3 x S x S -> hidden state
+        (a B x 64 x S x S map for ``stages=0``, tokens B x N x C after).
 
-        About 85 % of the encoder's cost; a package whose adapters touch only the last stage
-        runs it once per image and view for all folds (:meth:`forward_last_stage`).
+        Fold adapters that leave these layers alone share their output: a package runs them
+        once per image and view for all folds, then :meth:`forward_from` per fold. Stage 0
+        (MBConv at full resolution) and the patch embedding are half of the encoder's cost and
+        hold no attention, so even the paper's adapters (LoRA on every qkv) share them.
         """
         x = self.patch_embed(pixel_values)
-        for stage in self.layers[:-1]:
+        for stage in self.layers[:stages]:
             x = stage(x)
         return x
 
-    def forward_last_stage(self, tokens: torch.Tensor) -> SamVisionEncoderOutput:
-        """The last stage and the neck: tokens B x (S/4)^2 x C -> ``last_hidden_state`` B x 256 x S/4 x S/4."""
-        x = self.layers[-1](tokens)
+    def forward_from(self, hidden: torch.Tensor, stage: int) -> SamVisionEncoderOutput:
+        """Stages ``stage`` onwards and the neck: :meth:`forward_prefix`'s output ->
+        ``last_hidden_state`` B x 256 x S/4 x S/4."""
+        x = hidden
+        for layer in self.layers[stage:]:
+            x = layer(x)
         batch, _, channels = x.shape
         grid = self.output_resolution
         x = x.view(batch, grid, grid, channels).permute(0, 3, 1, 2)
@@ -305,5 +311,5 @@ class TinyViTVisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> SamVisionEncoderOutput:
         """pixel_values: B x 3 x S x S -> ``last_hidden_state`` B x 256 x S/4 x S/4."""
-        return self.forward_last_stage(self.forward_prefix(pixel_values))
+        return self.forward_from(self.forward_prefix(pixel_values, 0), 0)
 

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +151,7 @@ class PSFHModel:
         folder.mkdir(parents=True, exist_ok=True)
         folds = self.config.folds if folds is None else list(folds)
         if self.config.embedded_base:
-            save_base_weights(self.network, folder)
+            save_base_weights(self.network, folder)  # a saved package is whole, even if this one borrows its base
         if folds:
             had_readme = (folder / "README.md").exists()
             self.network.save_pretrained(str(folder), selected_adapters=folds)
@@ -160,7 +160,7 @@ class PSFHModel:
             if not had_readme:
                 # peft writes a placeholder card; the package's card is model_card.md (push_to_hub)
                 (folder / "README.md").unlink(missing_ok=True)
-        self.config.save(folder)
+        replace(self.config, base_package=None).save(folder)
         if self.source is not None and (self.source / "folds.json").is_file() and self.source != folder:
             shutil.copy2(self.source / "folds.json", folder / "folds.json")
         return folder

@@ -45,6 +45,9 @@ class PackageConfig:
         base: registry name or hub id of the SamModel base (see :mod:`psfh.bases`).
         base_revision: hub revision of the base (hub bases only).
         embedded_base: True when ``base/model.safetensors`` holds the base weights.
+        base_package: where those weights are when this package borrows them from another
+            package instead of holding a copy: a folder relative to this one (two packages
+            shipped side by side share one base file) or a hub repo id. None: its own ``base/``.
         input_size: side of the square model input in pixels.
         pixel_mean / pixel_std: per-channel normalisation applied to the [0, 1]-scaled image.
         classes: names of the output channels, in order (label values 0, 1, 2).
@@ -62,6 +65,7 @@ class PackageConfig:
     pixel_mean: list[float]
     pixel_std: list[float]
     embedded_base: bool = True
+    base_package: str | None = None
     base_revision: str | None = None
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     folds: list[str] = field(default_factory=list)
@@ -183,11 +187,26 @@ def save_base_weights(model: torch.nn.Module, folder: Path) -> Path:
     return target
 
 
+def base_weights_path(config: PackageConfig, folder: Path) -> Path:
+    """The embedded base weights of the package in ``folder``: its own, or those of the package
+    its config's ``base_package`` names (a folder beside it, or a hub repo id)."""
+    if not config.base_package:
+        return folder / BASE_WEIGHTS
+    beside = (folder / config.base_package).resolve()
+    lender = beside if beside.is_dir() else resolve_package(config.base_package)
+    refuse_pickle_weights(lender)
+    weights = lender / BASE_WEIGHTS
+    if not weights.is_file():
+        raise PSFHInputError(f"{folder}: the base is borrowed from {config.base_package!r}, which has no "
+                             f"{BASE_WEIGHTS}")
+    return weights
+
+
 def load_base(config: PackageConfig, folder: Path | None, device: str | torch.device = "cpu"):
     """Build the package's base SamModel and load its weights (embedded or from the hub)."""
     spec = get_base(config.base)
     if config.embedded_base:
-        weights = Path(folder) / BASE_WEIGHTS
+        weights = base_weights_path(config, Path(folder))
         if not weights.is_file():
             raise PSFHInputError(f"{folder}: the config says the base is embedded but {BASE_WEIGHTS} is missing")
         model = spec.build(config.input_size)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -165,3 +166,30 @@ def test_hub_repo_ids_load_offline_from_the_local_hf_cache(tmp_path):
     assert summary["max_difference"] == 0.0
     assert summary["folds"] == ["fold_0", "fold_1"] and summary["embedded"] is False
     assert "not-in-the-cache" in result.stdout and "local HF cache" in result.stdout
+
+
+def test_a_package_can_borrow_the_base_of_a_package_beside_it(tiny_package, tmp_path):
+    """Two packages shipped side by side share one base file; a saved copy is whole again."""
+    lender = tmp_path / "lender"
+    shutil.copytree(tiny_package, lender)
+    borrower = tmp_path / "borrower"
+    shutil.copytree(tiny_package, borrower, ignore=shutil.ignore_patterns("base"))
+    config = PackageConfig.load(borrower)
+    config.base_package = "../lender"
+    config.save(borrower)
+    expected = PSFHModel.from_pretrained(lender, device="cpu").predict(IMAGE).label_map
+    model = PSFHModel.from_pretrained(borrower, device="cpu")
+    np.testing.assert_array_equal(model.predict(IMAGE).label_map, expected)
+
+    copy = model.save_pretrained(tmp_path / "copy")
+    assert (copy / "base" / "model.safetensors").is_file()
+    assert PackageConfig.load(copy).base_package is None
+    assert PackageConfig.load(borrower).base_package == "../lender", "saving a copy leaves the source alone"
+    np.testing.assert_array_equal(PSFHModel.from_pretrained(copy, device="cpu").predict(IMAGE).label_map, expected)
+
+    shutil.rmtree(lender / "base")
+    with pytest.raises(PSFHInputError, match="borrowed from '../lender', which has no base"):
+        PSFHModel.from_pretrained(borrower, device="cpu")
+    shutil.rmtree(lender)
+    with pytest.raises(PSFHInputError, match="not a hub repo id"):
+        PSFHModel.from_pretrained(borrower, device="cpu")

@@ -37,8 +37,8 @@ FH_LABEL = 2
 
 Point = tuple[float, float]
 
-# Full (8-) connectivity, the default of MONAI's get_largest_connected_component_mask; that
-# function needs scikit-image, which psfh does not depend on, so scipy does the labelling.
+# Full (8-) connectivity, the default of MONAI's get_largest_connected_component_mask; scipy
+# labels the components here (this module works on numpy maps, not MONAI tensors).
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 # A point closer than this (in pixels) to the inside of the head's hull counts as inside: on

@@ -2,13 +2,16 @@
 
     python -m psfh.evaluate --data ../shared/data/psfhs --out runs/eval
     python -m psfh.evaluate --model some/folder --data DIR --out DIR --ids-file held_out.txt --limit 50
+    python -m psfh.evaluate --model some/folder --data DIR --out DIR --out-of-fold      # cross-validation
+    python -m psfh.evaluate --predictions maps/ --data DIR --out DIR    # score label maps, no model
 
 The data folder is a labelled data set in either layout of :mod:`psfh.data`. Every image goes
 through the full inference (the fold ensemble, TTA, largest components) exactly as
 ``python -m psfh.predict`` runs it; the result is scored against its label with
 :mod:`psfh.metrics` and the AoP of both maps is measured with :func:`psfh.aop.measure_aop`.
 
-Writes OUT/per_image.csv (id, the nine metrics, aop_pred, aop_true, aop_error, seconds; empty
+Writes OUT/per_image.csv (id, the nine metrics, aop_pred, aop_true, aop_error, the same three
+for the challenge's ellipse definition of the AoP (:mod:`psfh.aop_challenge`), seconds; empty
 cells where an angle could not be measured) and OUT/summary.json (the means of
 :func:`psfh.metrics.summarize`, the score, n, and what was run: model, folds, tta, precision,
 data, date). Both are written to a temporary file and renamed, so a failed run never leaves
@@ -35,6 +38,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from psfh.aop import measure_aop
+from psfh.aop_challenge import challenge_aop
 from psfh.data import Sample, find_samples, validate_samples
 from psfh.errors import PSFHInputError
 from psfh.io import load_label_map, save_label_map
@@ -43,7 +47,8 @@ from psfh.predict import PRECISIONS, add_model_arguments, format_cell, load_mode
 
 ROWS_NAME = "per_image.csv"
 SUMMARY_NAME = "summary.json"
-ROW_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error", "seconds")
+ROW_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error",
+               "aop_challenge_pred", "aop_challenge_true", "aop_challenge_error", "seconds")
 
 
 def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = None, tta: bool = True,
@@ -121,17 +126,46 @@ def _evaluate_sample(model, sample: Sample, folds: list[str], tta: bool, precisi
     seconds = time.perf_counter() - start  # inference only: the scoring below is not the model's cost
     if label_map_dir is not None:
         save_label_map(prediction.label_map, Path(label_map_dir) / f"{sample.id}.png")
-    target = load_label_map(sample.label_path)
-    aop_pred = prediction.aop.angle_deg
-    aop_true = measure_aop(target).angle_deg
+    return score_label_map(sample.id, prediction.label_map, load_label_map(sample.label_path), seconds)
+
+
+def score_label_map(sample_id: str, predicted, target, seconds: float | None = None) -> dict:
+    """One row of ROW_COLUMNS: segmentation metrics and both AoP definitions' errors (H x W maps)."""
+    aop_pred, aop_true = measure_aop(predicted).angle_deg, measure_aop(target).angle_deg
+    challenge_pred, challenge_true = challenge_aop(predicted), challenge_aop(target)
     return {
-        "id": sample.id,
-        **segmentation_metrics(prediction.label_map, target),
+        "id": sample_id,
+        **segmentation_metrics(predicted, target),
         "aop_pred": aop_pred,
         "aop_true": aop_true,
         "aop_error": aop_error(aop_pred, aop_true),
+        "aop_challenge_pred": challenge_pred,
+        "aop_challenge_true": challenge_true,
+        "aop_challenge_error": aop_error(challenge_pred, challenge_true),
         "seconds": seconds,
     }
+
+
+def score_predictions(samples: Sequence[Sample], predictions: Path, progress: bool = True) -> tuple[list[dict], dict]:
+    """Score label maps written earlier (``predictions/<id>.png``, e.g. by ``--save-label-maps`` or
+    another method) against the samples' labels, with no model: -> (rows, summary)."""
+    if not samples:
+        raise PSFHInputError("no samples to evaluate")
+    missing = [s.id for s in samples if not (Path(predictions) / f"{s.id}.png").is_file()]
+    if missing:
+        raise PSFHInputError(f"{predictions}: no label map for {len(missing)} sample(s), e.g. "
+                             f"{[f'{i}.png' for i in missing[:5]]}")
+    rows = []
+    for sample in tqdm(samples, desc="scoring", unit="image", disable=not progress):
+        predicted = load_label_map(Path(predictions) / f"{sample.id}.png")
+        target = load_label_map(sample.label_path)
+        if predicted.shape != target.shape:
+            raise PSFHInputError(f"{predictions}/{sample.id}.png: {predicted.shape} label map for a "
+                                 f"{target.shape} label")
+        rows.append(score_label_map(sample.id, predicted, target))
+    summary = {**summarize(rows), "predictions": str(predictions),
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return rows, summary
 
 
 # --- choosing samples ------------------------------------------------------------------------
@@ -218,6 +252,8 @@ def _summary_text(summary: dict) -> str:
             f"HD PS {number('hd_ps', 2)} FH {number('hd_fh', 2)} all {number('hd_all', 2)}; "
             f"ASD all {number('asd_all', 2)}; AoP error mean {number('aop_error_mean', 2)} deg "
             f"(median {number('aop_error_median', 2)}, measured on {summary['aop_measured']}); "
+            f"challenge-definition AoP error mean {number('aop_challenge_error_mean', 2)} deg "
+            f"(median {number('aop_challenge_error_median', 2)}); "
             f"score {number('score', 4)}")
 
 
@@ -236,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-of-fold", action="store_true",
                         help="predict each image with the fold that held it out (the package's folds.json)")
     parser.add_argument("--save-label-maps", action="store_true", help="also write OUT/label_maps/<id>.png")
+    parser.add_argument("--predictions", type=Path, default=None,
+                        help="score label maps already written (DIR/<id>.png) instead of running a model")
     return parser
 
 
@@ -246,14 +284,19 @@ def main(argv: list[str] | None = None) -> int:
         ids = read_ids_file(args.ids_file) if args.ids_file else None
         samples = select_samples(find_samples(args.data), ids, args.limit)
         _make_out_dir(args.out)
-        model = load_model(args.model, args.device)
-        rows, summary = evaluate(model, samples, folds=args.folds, tta=not args.no_tta,
-                                 precision=args.precision, out_of_fold=args.out_of_fold,
-                                 label_map_dir=args.out / "label_maps" if args.save_label_maps else None)
+        if args.predictions is not None:
+            rows, summary = score_predictions(samples, args.predictions)
+        else:
+            model = load_model(args.model, args.device)
+            rows, summary = evaluate(model, samples, folds=args.folds, tta=not args.no_tta,
+                                     precision=args.precision, out_of_fold=args.out_of_fold,
+                                     label_map_dir=args.out / "label_maps" if args.save_label_maps else None)
     except PSFHInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summary.update(model=args.model or summary["model"], data=str(args.data),
+    if args.predictions is None:
+        summary.update(model=args.model or summary["model"])
+    summary.update(data=str(args.data),
                    ids_file=None if args.ids_file is None else str(args.ids_file), limit=args.limit)
     try:
         write_rows(rows, args.out / ROWS_NAME)

@@ -146,6 +146,8 @@ def summarize(rows: list[dict]) -> dict:
     * each metric key -> its mean over all rows;
     * ``aop_error_mean``, ``aop_error_median`` over rows with an AoP error (None if none);
     * ``aop_measured``: how many rows have one; ``n``: how many rows;
+    * with rows that hold ``aop_challenge_error`` (the challenge's ellipse definition,
+      :mod:`psfh.aop_challenge`): ``aop_challenge_error_mean``, ``_median``, ``aop_challenge_measured``;
     * ``score``: :func:`challenge_score` of the means (None when no AoP was measured, since the
       score's largest term would be undefined).
     """
@@ -160,6 +162,11 @@ def summarize(rows: list[dict]) -> dict:
     summary["aop_error_mean"] = float(np.mean(errors)) if errors else None
     summary["aop_error_median"] = float(statistics.median(errors)) if errors else None
     summary["aop_measured"] = len(errors)
+    challenge = [float(row["aop_challenge_error"]) for row in rows if row.get("aop_challenge_error") is not None]
+    if any("aop_challenge_error" in row for row in rows):
+        summary["aop_challenge_error_mean"] = float(np.mean(challenge)) if challenge else None
+        summary["aop_challenge_error_median"] = float(statistics.median(challenge)) if challenge else None
+        summary["aop_challenge_measured"] = len(challenge)
     summary["n"] = len(rows)
     summary["score"] = (
         challenge_score(**{key: summary[key] for key in METRIC_KEYS}, aop_error=summary["aop_error_mean"])

@@ -127,3 +127,26 @@ def test_out_of_fold_uses_each_images_held_out_fold_and_saves_label_maps(tiny_pa
     (package / "folds.json").write_text(json.dumps({"fold_of_id": fold_of}))
     with pytest.raises(PSFHInputError, match="in no fold's validation set"):
         evaluate(model, find_samples(labelled), out_of_fold=True, progress=False)
+
+
+def test_scoring_written_label_maps_needs_no_model(labelled, tmp_path, capsys):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    samples = find_samples(labelled)
+    from psfh.io import save_label_map
+
+    for sample in samples:  # the labels themselves: a perfect method
+        save_label_map(load_label_map(sample.label_path), maps / f"{sample.id}.png")
+    out = tmp_path / "scored"
+    assert main(["--predictions", str(maps), "--data", str(labelled), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dice_all"] == 1.0 and summary["aop_error_mean"] == 0.0
+    assert summary["aop_challenge_error_mean"] == 0.0 and summary["aop_challenge_measured"] == 3
+    assert summary["predictions"] == str(maps) and "model" not in summary
+    with open(out / "per_image.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["aop_challenge_true"]) > 0 and row["seconds"] == ""
+    assert "challenge-definition AoP error mean 0.00" in capsys.readouterr().out
+    (maps / f"{samples[1].id}.png").unlink()
+    assert main(["--predictions", str(maps), "--data", str(labelled), "--out", str(out)]) == 2
+    assert f"no label map for 1 sample(s), e.g. ['{samples[1].id}.png']" in capsys.readouterr().err

@@ -8,10 +8,10 @@ followed by the same ensemble, largest-component and AoP steps, and psfh.metrics
 
     # out-of-fold: each image predicted only by the fold that did not train on it
     python scripts/evaluate_from_cache.py --model runs/cpu --cache cache/psfhs-lite-medsam \\
-        --data ../shared/data/psfhs --oof --out docs/results/oof
+        --data ../shared/data/psfhs --oof --out docs/results/previous/oof
     # ablations on held-out images: 5 folds vs each single fold, TTA on / off
     python scripts/evaluate_from_cache.py --model runs/cpu --cache cache/psfhs-lite-medsam \\
-        --data ../shared/data/psfhs --ids-file docs/splits/test_ids.txt --out docs/results/test
+        --data ../shared/data/psfhs --ids-file docs/splits/test_ids.txt --out docs/results/previous/test_ablations
 """
 
 from __future__ import annotations

@@ -257,12 +257,13 @@ class PSFHModel:
         encoder = self.base_model.vision_encoder
         if not hasattr(encoder, "forward_prefix"):
             return None
-        stages = [int(match.group(1)) for name, _ in self.network.named_modules()
-                  if "lora_A" in name and (match := re.search(r"vision_encoder\.layers\.(\d+)\.", name))]
-        adapted_elsewhere = any("lora_A" in name and "vision_encoder" in name and ".layers." not in name
-                                for name, _ in self.network.named_modules())
-        if adapted_elsewhere:
-            return None
+        stages = []
+        for name, _ in self.network.named_modules():
+            if "lora_A" in name and "vision_encoder" in name:
+                match = re.search(r"vision_encoder\.layers\.(\d+)\.", name)
+                if match is None:  # LoRA outside the stages (patch embedding, neck): no split
+                    return None
+                stages.append(int(match.group(1)))
         return min(stages) if stages else len(encoder.layers)
 
     def _members(self, folds: list[str], tta: bool, encoder_hidden: tuple[torch.Tensor, int] | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "psfhs"
 EXAMPLES = ROOT / "examples"
 EMBEDDED = ROOT / "models" / "psfh-lite-medsam"
+
+# Label maps that no AoP measurement may accept (each must raise PSFHInputError).
+BAD_LABEL_MAPS = [
+    np.zeros(10, dtype=np.uint8),  # 1-D
+    np.zeros((0, 0), dtype=np.uint8),  # empty
+    np.zeros((5, 0), dtype=np.uint8),  # empty
+    np.zeros((2, 8, 8), dtype=np.uint8),  # 3-D
+    np.full((8, 8), 3, dtype=np.uint8),  # not a PS/FH label
+    np.full((8, 8), 0.5),  # probabilities, not labels
+]
 
 # Two cores: more torch threads than that only adds contention (PSFH_TEST_THREADS=1 beside a busy job).
 torch.set_num_threads(int(os.environ.get("PSFH_TEST_THREADS", "2")))

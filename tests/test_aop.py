@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import BAD_LABEL_MAPS
 from psfh.aop import AoPMeasurement, measure_aop
 from psfh.errors import PSFHInputError
 
@@ -164,17 +165,7 @@ def test_spurious_blobs_do_not_change_result():
     assert measure_aop(noisy) == clean
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        np.zeros(10, dtype=np.uint8),  # 1-D
-        np.zeros((0, 0), dtype=np.uint8),  # empty
-        np.zeros((5, 0), dtype=np.uint8),  # empty
-        np.zeros((2, 8, 8), dtype=np.uint8),  # 3-D
-        np.full((8, 8), 3, dtype=np.uint8),  # not a PS/FH label
-        np.full((8, 8), 0.5),  # probabilities, not labels
-    ],
-)
+@pytest.mark.parametrize("bad", BAD_LABEL_MAPS)
 def test_bad_input_raises(bad):
     with pytest.raises(PSFHInputError):
         measure_aop(bad)

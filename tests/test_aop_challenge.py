@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import draw
 
-from conftest import DATA, ROOT
+from conftest import BAD_LABEL_MAPS, DATA, ROOT
 from psfh.aop_challenge import (
     ELLIPSE_FITTERS,
     RotatedEllipse,
@@ -240,16 +240,7 @@ def test_degenerate_points_do_not_fit():
 # Bad input
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        np.zeros(10, dtype=np.uint8),  # 1-D
-        np.zeros((0, 0), dtype=np.uint8),  # empty
-        np.zeros((2, 8, 8), dtype=np.uint8),  # 3-D
-        np.full((8, 8), 3, dtype=np.uint8),  # not a PS/FH label
-        np.full((8, 8), 0.5),  # probabilities, not labels
-    ],
-)
+@pytest.mark.parametrize("bad", BAD_LABEL_MAPS)
 def test_bad_input_raises(bad):
     with pytest.raises(PSFHInputError):
         challenge_aop(bad)

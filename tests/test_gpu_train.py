@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -33,7 +34,7 @@ def dry_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_dry_run")
     data = pack(EXAMPLES, root / "examples-webp85.zip", webp_quality=85, progress=False)
     out = root / "out"
-    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", "python"), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
     result = subprocess.run(
         [str(SCRIPT), "--pack", str(data), "--out", str(out), "--work", str(root / "work"), "--device", "cpu",
          "--folds", "2", "--epochs", "1", "--limit", "4", "--block-size", "2", "--batch-size", "2"],

@@ -21,9 +21,9 @@ import torch
 from accelerate import Accelerator
 
 from psfh.bases import get_base
-from psfh.data import find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, validate_samples
+from psfh.data import (find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, read_ids_file,
+                       select_samples, validate_samples)
 from psfh.errors import PSFHInputError
-from psfh.evaluate import read_ids_file, select_samples
 from psfh.lora import make_lora_config
 from psfh.model import PSFHModel
 from psfh.package import DEFAULT_PACKAGE_DIR, resolve_package, write_text_atomic

@@ -43,7 +43,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -397,6 +397,44 @@ def find_duplicate_images(ids: list[str], images: np.ndarray) -> list[list[str]]
     return [group for group in by_digest.values() if len(group) > 1]
 
 
+# --- choosing samples ------------------------------------------------------------------------
+
+
+def read_ids_file(path: str | os.PathLike) -> list[str]:
+    """Ids, one per line; blank lines and lines starting with '#' are ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise PSFHInputError(f"{path}: cannot read the ids file ({error})") from error
+    ids = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not ids:
+        raise PSFHInputError(f"{path}: the ids file lists no ids")
+    return ids
+
+
+def select_samples(samples: list[Sample], ids: Sequence[str] | None = None,
+                   limit: int | None = None) -> list[Sample]:
+    """The samples whose id is in `ids` (all when None), in data set order, then the first `limit`.
+
+    An id that is not in the data set is an error, not a silent omission: evaluating fewer
+    images than intended would go unnoticed in the summary's means.
+    """
+    if ids is not None:
+        known = {sample.id for sample in samples}
+        unknown = [sample_id for sample_id in dict.fromkeys(ids) if sample_id not in known]
+        if unknown:
+            raise PSFHInputError(f"{len(unknown)} id(s) not in the data set: {unknown[:10]}"
+                                 + (" ..." if len(unknown) > 10 else ""))
+        wanted = set(ids)
+        samples = [sample for sample in samples if sample.id in wanted]
+    if limit is not None:
+        if limit < 1:
+            raise PSFHInputError(f"--limit must be at least 1, not {limit}")
+        samples = samples[:limit]
+    return samples
+
+
 # --- the pack --------------------------------------------------------------------------------
 
 
@@ -424,13 +462,7 @@ def pack(
         )
     if webp_quality is not None and not 1 <= webp_quality <= 100:
         raise PSFHInputError(f"WebP quality must be 1-100, not {webp_quality}")
-    samples = find_samples(root)
-    if ids is not None:
-        wanted = set(ids)
-        samples = [s for s in samples if s.id in wanted]
-        if missing := wanted - {s.id for s in samples}:
-            raise PSFHInputError(f"{root}: {len(missing)} requested ids have no image/label pair "
-                                 f"(e.g. {sorted(missing)[:5]})")
+    samples = select_samples(find_samples(root), None if ids is None else list(ids))
     ids, images, labels = load_arrays(samples, size=size, progress=progress)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -539,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_summary_text(validate_samples(find_samples(args.root))))
         else:
             start = time.perf_counter()
-            ids = args.ids_file.read_text().split() if args.ids_file else None
+            ids = read_ids_file(args.ids_file) if args.ids_file else None
             out = pack(args.root, args.out, overwrite=args.overwrite, size=args.size, ids=ids,
                        webp_quality=args.webp_quality)
             print(f"wrote {out}: {out.stat().st_size / 1e6:.1f} MB "

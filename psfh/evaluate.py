@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 from psfh.aop import measure_aop
 from psfh.aop_challenge import challenge_aop
-from psfh.data import Sample, find_samples, validate_samples
+# read_ids_file and select_samples are re-exported: callers have imported them from here.
+from psfh.data import Sample, find_samples, read_ids_file, select_samples, validate_samples  # noqa: F401
 from psfh.errors import PSFHInputError
 from psfh.io import load_label_map, save_label_map
 from psfh.metrics import METRIC_KEYS, aop_error, segmentation_metrics, summarize
@@ -166,44 +167,6 @@ def score_predictions(samples: Sequence[Sample], predictions: Path, progress: bo
     summary = {**summarize(rows), "predictions": str(predictions),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return rows, summary
-
-
-# --- choosing samples ------------------------------------------------------------------------
-
-
-def read_ids_file(path: str | os.PathLike) -> list[str]:
-    """Ids, one per line; blank lines and lines starting with '#' are ignored."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise PSFHInputError(f"{path}: cannot read the ids file ({error})") from error
-    ids = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not ids:
-        raise PSFHInputError(f"{path}: the ids file lists no ids")
-    return ids
-
-
-def select_samples(samples: list[Sample], ids: Sequence[str] | None = None,
-                   limit: int | None = None) -> list[Sample]:
-    """The samples whose id is in `ids` (all when None), in data set order, then the first `limit`.
-
-    An id that is not in the data set is an error, not a silent omission: evaluating fewer
-    images than intended would go unnoticed in the summary's means.
-    """
-    if ids is not None:
-        known = {sample.id for sample in samples}
-        unknown = [sample_id for sample_id in dict.fromkeys(ids) if sample_id not in known]
-        if unknown:
-            raise PSFHInputError(f"{len(unknown)} id(s) not in the data set: {unknown[:10]}"
-                                 + (" ..." if len(unknown) > 10 else ""))
-        wanted = set(ids)
-        samples = [sample for sample in samples if sample.id in wanted]
-    if limit is not None:
-        if limit < 1:
-            raise PSFHInputError(f"--limit must be at least 1, not {limit}")
-        samples = samples[:limit]
-    return samples
 
 
 # --- writing ---------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from psfh import inference  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
 from psfh.data import find_samples  # noqa: E402
-from psfh.evaluate import read_ids_file, select_samples  # noqa: E402
+from psfh.data import read_ids_file, select_samples  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
 from psfh.metrics import aop_error, segmentation_metrics, summarize  # noqa: E402
 from psfh.model import PSFHModel  # noqa: E402

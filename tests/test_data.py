@@ -281,7 +281,7 @@ def test_webp_pack_is_lossy_on_images_only_and_keeps_the_chosen_ids(published_se
     assert 35 < psnr < 80, psnr  # lossy, but close: the GPU bundle measured ~41 dB at quality 85
     lossless = pack(published_set, tmp_path / "lossless.zip", ids=chosen, progress=False)
     assert out.stat().st_size < lossless.stat().st_size
-    with pytest.raises(PSFHInputError, match="requested ids have no image/label pair"):
+    with pytest.raises(PSFHInputError, match=r"1 id\(s\) not in the data set: \['nope'\]"):
         pack(published_set, tmp_path / "x.zip", ids=["nope"], progress=False)
     with pytest.raises(PSFHInputError, match="WebP quality must be 1-100"):
         pack(published_set, tmp_path / "y.zip", webp_quality=0, progress=False)

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     model = PSFHModel.from_pretrained(args.model, device="cpu")
     samples = find_samples(args.data)
     if args.ids_file:
-        from psfh.evaluate import read_ids_file, select_samples
+        from psfh.data import read_ids_file, select_samples
         samples = select_samples(samples, read_ids_file(args.ids_file), None)
     samples = samples[: args.limit]
     ids = [s.id for s in samples]

@@ -246,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         # The data set is checked before the model loads: a wrong --data fails in a second.
         ids = read_ids_file(args.ids_file) if args.ids_file else None
         samples = select_samples(find_samples(args.data), ids, args.limit)
+        if args.predictions is not None:
+            model_options = [flag for flag, given in (("--model", args.model), ("--folds", args.folds),
+                                                      ("--out-of-fold", args.out_of_fold),
+                                                      ("--save-label-maps", args.save_label_maps)) if given]
+            if model_options:
+                raise PSFHInputError(f"--predictions scores label maps already written, with no model: "
+                                     f"{', '.join(model_options)} would be ignored")
         _make_out_dir(args.out)
         if args.predictions is not None:
             rows, summary = score_predictions(samples, args.predictions)

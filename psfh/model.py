@@ -19,6 +19,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +234,7 @@ class PSFHModel:
             hidden = self.base_model.vision_encoder.forward_prefix(views, shared)
             return self._members(folds, tta, encoder_hidden=(hidden, shared))
 
-    @property
+    @cached_property  # adapters are all in place once the model is built
     def encoder_scope(self) -> str:
         """What the fold adapters change in the image encoder: "none", "last_stage" or "all"."""
         from psfh.bases import get_base
@@ -250,7 +251,7 @@ class PSFHModel:
         with self._lock:
             return self._members(folds, tta, image_embeddings=view_embeddings[: 2 if tta else 1].to(self.device))
 
-    @property
+    @cached_property  # found once: fold_probabilities asks on every call
     def _shared_encoder_stages(self) -> int | None:
         """How many leading encoder stages no fold adapter touches (their output is shared by all
         folds), or None when the encoder cannot be split (a ViT base, or LoRA in its first layer)."""

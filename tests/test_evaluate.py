@@ -147,6 +147,8 @@ def test_scoring_written_label_maps_needs_no_model(labelled, tmp_path, capsys):
         row = next(csv.DictReader(handle))
     assert float(row["aop_challenge_true"]) > 0 and row["seconds"] == ""
     assert "challenge-definition AoP error mean 0.00" in capsys.readouterr().out
+    assert main(["--predictions", str(maps), "--data", str(labelled), "--out", str(out), "--out-of-fold"]) == 2
+    assert "--out-of-fold would be ignored" in capsys.readouterr().err
     (maps / f"{samples[1].id}.png").unlink()
     assert main(["--predictions", str(maps), "--data", str(labelled), "--out", str(out)]) == 2
     assert f"no label map for 1 sample(s), e.g. ['{samples[1].id}.png']" in capsys.readouterr().err

@@ -9,9 +9,9 @@ Variants (both the paper's recipe, `train.py --recipe paper`: MONAI augmentation
     last_stage  encoder LoRA on the last TinyViT stage only; the earlier stages (~85 % of the
                 encoder's cost) stay frozen and shared by all folds and both TTA views
 
-Each (variant, fold) is one `train.py --fold K` process. On a GPU they all run at once: one
-small TinyViT run leaves an H100/H200 mostly idle (its steps are launch-bound), so ten
-processes share it far better than ten runs in a row. Each fold keeps its best epoch by
+Each (variant, fold) is one `train.py --fold K` process. On a GPU they all run at once: a
+small TinyViT run is expected to leave an H100/H200 mostly idle (small, launch-bound steps);
+ten such processes kept an H200 at 100 % utilisation (docs/GPU.md). Each fold keeps its best epoch by
 validation Dice (train.py). Results are packed into at most 8 files under --out (what a device
 call brings back): VARIANT.tar.gz (psfh_config.json, folds.json, fold_*/ without the base
 weights, which every package shares), logs.tar.gz and summary.json.

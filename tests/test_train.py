@@ -191,3 +191,13 @@ def test_training_leaves_the_shared_base_batchnorm_statistics_alone(lite_medsam_
     norms = [m for m in lite_medsam_base.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and not any(m.training for m in norms)
     lite_medsam_base.eval()
+
+
+def test_every_training_epoch_puts_the_frozen_statistics_back(small_dataset, tmp_path, monkeypatch):
+    import psfh.training.loop as loop
+
+    calls = []
+    original = loop.keep_frozen_statistics
+    monkeypatch.setattr(loop, "keep_frozen_statistics", lambda network: calls.append(network.training) or original(network))
+    assert train.main(tiny_args(small_dataset, tmp_path / "out", "--fold", "0", "--epochs", "2")) == 0
+    assert calls == [True, True], "called once per epoch, right after network.train()"

@@ -73,6 +73,8 @@ def main(argv=None) -> int:
                     time_budget_minutes=args.time_budget_minutes,
                     decoder_rank=args.decoder_rank, augment=args.augment, mixed_precision=args.mixed_precision,
                     seed=args.seed, cache_dir=args.cache_dir)
+    if config.time_budget_minutes is not None and config.time_budget_minutes <= 0:
+        raise PSFHInputError(f"--time-budget must be a positive number of minutes, not {config.time_budget_minutes}")
     if config.recipe == "cpu" and config.encoder_rank:
         raise PSFHInputError("the cpu recipe trains on cached embeddings: the encoder must stay frozen (--rank 0)")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=args.device == "cpu")

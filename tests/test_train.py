@@ -161,6 +161,8 @@ def test_a_time_budget_fits_the_epochs_after_the_first_and_records_them(small_da
     assert [h["epoch"] for h in metrics["history"]] == [1]
     config = json.loads((out / "psfh_config.json").read_text())
     assert config["training"]["recipe"]["time_budget_minutes"] == 0.0001
+    with pytest.raises(PSFHInputError, match="--time-budget must be a positive number of minutes"):
+        train.main(tiny_args(small_dataset, tmp_path / "never", "--time-budget", "0"))
 
 
 def test_epochs_within_budget_and_the_refitted_schedule():

@@ -11,7 +11,7 @@ draws. This file only wires them to Gradio components. Importing it launches not
     from app import build_demo, create_app
     demo = create_app("path/to/package")   # or build_demo(PSFHModel.from_pretrained(...))
 
-API: the Run button is the endpoint "/segment" (image file, tta, folds) -> (label map PNG,
+API: the Run button is the endpoint "/segment" (image file, tta, n_folds) -> (label map PNG,
 label map MHA, AoP in degrees or None, report dict); see README.md for a gradio_client call.
 """
 
@@ -35,6 +35,7 @@ from psfh.errors import PSFHInputError
 from psfh.io import PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, image_extension, load_image, \
     save_label_map
 from psfh.model import PSFHModel, Prediction
+from psfh.options import first_folds
 from psfh.overlay import render_disagreement, render_segmentation
 
 log = logging.getLogger("psfh.app")
@@ -150,20 +151,22 @@ def _output_folder() -> Path:
     return folder
 
 
-def fold_count(model: PSFHModel, folds) -> int:
-    """The number of folds asked for (an int from the slider or the API), checked."""
-    available = len(model.folds)
+def chosen_folds(model: PSFHModel, n_folds) -> list[str] | None:
+    """The fold names for the number of folds asked (the slider's or the API's value; None: all)."""
+    if n_folds is None:
+        return None
     try:
-        count = int(round(float(folds)))
+        count = int(round(float(n_folds)))
     except (TypeError, ValueError):
-        raise gr.Error(f"folds must be a whole number from 1 to {available}, not {folds!r}",
-                       print_exception=False) from None
-    if available and not 1 <= count <= available:
-        raise gr.Error(f"folds must be from 1 to {available}, not {count}", print_exception=False)
-    return count
+        raise gr.Error(f"the number of folds must be a whole number from 1 to {len(model.folds)}, not "
+                       f"{n_folds!r}", print_exception=False) from None
+    try:
+        return first_folds(model.folds, count)
+    except PSFHInputError as error:
+        raise _user_error(error, None) from None
 
 
-def run_segment(model: PSFHModel, image: str | None, tta: bool = True, folds: int | None = None,
+def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: int | None = None,
                 progress=None):
     """The "/segment" handler: file -> (label map PNG, label map MHA, AoP deg or None, report, Analysis).
 
@@ -174,11 +177,11 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, folds: in
     progress = progress or (lambda *args, **kwargs: None)
     progress(0.05, desc="Reading the image")
     path = check_upload(image)
-    count = fold_count(model, folds if folds is not None else len(model.folds) or 1)
+    folds = chosen_folds(model, n_folds)
     try:
         loaded = load_image(path)
-        progress(0.2, desc=f"Segmenting with {count} fold(s){' and flip TTA' if tta else ''}")
-        prediction = model.predict(path, folds=model.folds[:count] or None, tta=bool(tta))
+        progress(0.2, desc=f"Segmenting with {len(folds or model.folds)} fold(s){' and flip TTA' if tta else ''}")
+        prediction = model.predict(path, folds=folds, tta=bool(tta))
         progress(0.9, desc="Writing the label maps")
         out = _output_folder()
         name = loaded.name or "image"
@@ -188,7 +191,7 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, folds: in
         raise _user_error(error, path) from None
     analysis = Analysis(as_uint8(loaded), prediction, input_notes(path, loaded), time.perf_counter() - start)
     aop = prediction.aop.angle_deg
-    log.info("segmented %s: folds=%d tta=%s aop=%s in %.2fs", name, count, tta, aop, analysis.wall_s)
+    log.info("segmented %s: folds=%s tta=%s aop=%s in %.2fs", name, prediction.folds, tta, aop, analysis.wall_s)
     return (str(label_png), str(label_mha), None if aop is None else round(aop, 1), prediction.report(),
             analysis)
 
@@ -254,21 +257,21 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
     """The Gradio app around a loaded model (loaded once; every request shares it)."""
     n_folds = len(model.folds)
     source = model.source.name if model.source is not None else "in memory"
-    default_tta = bool(model.config.tta.get("horizontal_flip", True))
+    default_tta = model.default_tta
     examples = sorted(EXAMPLES.glob("*.mha")) if EXAMPLES.is_dir() else []
 
-    def segment(image: str | None, tta: bool, folds: float, progress=gr.Progress()):
+    def segment(image: str | None, tta: bool, n_folds: float, progress=gr.Progress()):
         """Segment PS and FH in one image and measure the AoP.
 
         Args:
             image: the ultrasound image (.png .jpg .bmp .tif .mha .nii.gz .nrrd).
             tta: horizontal-flip test-time augmentation.
-            folds: how many of the fold adapters to ensemble (1 to all).
+            n_folds: how many of the fold adapters to ensemble (1 to all, the first ones).
         Returns:
             The label map as PNG and as MHA (0 background, 1 PS, 2 FH), the AoP in degrees
             (None when it cannot be measured; the report says why) and the JSON report.
         """
-        return run_segment(model, image, tta, folds, progress)
+        return run_segment(model, image, tta, n_folds, progress)
 
     with gr.Blocks(title="psfh: angle of progression", analytics_enabled=False,
                    delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
@@ -292,10 +295,10 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                     tta = gr.Checkbox(default_tta, label="Flip test-time augmentation (twice the time)",
                                       elem_id="tta")
                     if n_folds > 1:
-                        folds = gr.Slider(1, n_folds, value=n_folds, step=1, precision=0,
+                        fold_count = gr.Slider(1, n_folds, value=n_folds, step=1, precision=0,
                                           label="Folds in the ensemble (fewer is faster)", elem_id="folds")
                     else:  # a slider needs two ends: with one fold (or none yet) there is no choice
-                        folds = gr.Number(1, precision=0, minimum=1, maximum=1, interactive=False,
+                        fold_count = gr.Number(1, precision=0, minimum=1, maximum=1, interactive=False,
                                           label="Folds in the ensemble", elem_id="folds")
                 run = gr.Button("Run", variant="primary", elem_id="run")
                 status = gr.Markdown(elem_id="status")
@@ -324,7 +327,7 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
         # A new upload clears the last result, so a picture never sits beside another file's name.
         upload.change(lambda image: (*describe_upload(image), *[None] * len(results)), inputs=upload,
                       outputs=[preview, status, *results], api_visibility="private", concurrency_limit=4)
-        run.click(segment, inputs=[upload, tta, folds], outputs=[label_png, label_mha, aop_value, report, analysis],
+        run.click(segment, inputs=[upload, tta, fold_count], outputs=[label_png, label_mha, aop_value, report, analysis],
                   api_name="segment", concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
                   ).success(show_result, inputs=analysis,
                             outputs=[overlay, aop_text, heatmap, fold_table, timing, report_file, status],

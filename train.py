@@ -1,32 +1,35 @@
 """k-fold LoRA training of a psfh model package (the paper's recipe, or the CPU recipe).
 
-    python train.py --data ../shared/data/psfhs --base lite-medsam --folds 5 --out models/my-package
+    python train.py --data ../shared/data/psfhs --base lite-medsam --n-folds 5 --out models/my-package
     python train.py --data ../shared/data/psfhs --recipe cpu --out models/my-package     # 2 CPU cores
     accelerate launch train.py --data psfhs.pack --base facebook/sam-vit-huge --out runs/vit-h  # GPUs
 
 Reads top to bottom: config, data, folds, model, (embedding cache), one training loop per fold,
 then the package (base + fold adapters + folds.json + metrics) that PSFHModel.from_pretrained loads.
+Bad input (data, options) ends with ``error: ...`` and exit status 2, as in every psfh command.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
+from psfh.files import write_csv_atomic, write_text_atomic
 from psfh.bases import get_base
+from psfh.cli import run_cli
 from psfh.data import (find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, read_ids_file,
-                       select_samples, validate_samples)
+                       resize_pair, select_samples, validate_samples)
 from psfh.errors import PSFHInputError
 from psfh.lora import make_lora_config
 from psfh.model import PSFHModel
-from psfh.package import DEFAULT_PACKAGE_DIR, resolve_package, write_text_atomic
+from psfh.package import resolve_package
 from psfh.training.loop import train_fold
 from psfh.training.recipe import PRESETS, preset
 
@@ -38,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recipe", choices=sorted(PRESETS), default="paper", help="paper (GPU default) or cpu (cached embeddings)")
     p.add_argument("--base", default=None, help="base name: lite-medsam, facebook/sam-vit-{base,large,huge}, tiny-random")
     p.add_argument("--base-package", default=None, help="package folder or hub id holding the base weights (default: the embedded package)")
-    p.add_argument("--folds", type=int, default=None, help="number of cross-validation folds (5)")
+    p.add_argument("--n-folds", type=int, default=None, help="number of cross-validation folds (5)")
     p.add_argument("--fold", type=int, default=None, help="train only this fold (0-based)")
     p.add_argument("--block-size", type=int, default=None, help="consecutive ids per fold block (20)")
     p.add_argument("--holdout", type=float, default=None, help="fraction of id blocks kept out of all folds as a test set")
@@ -56,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-budget", dest="time_budget_minutes", type=float, default=None,
                    help="minutes per fold: the epochs that fit are set after the first one (at most --epochs)")
     p.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: never use a GPU")
-    p.add_argument("--cache-dir", default=None, help="cpu recipe: embedding cache folder (default OUT/../.cache-NAME)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cpu recipe: embedding cache folder (default: $PSFH_CACHE or ~/.cache/psfh)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke runs)")
     p.add_argument("--ids-file", type=Path, default=None, help="train only on these ids (one per line), e.g. to keep a test set out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
@@ -65,9 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     # ---- config -------------------------------------------------------------------------
-    config = preset(args.recipe, base=args.base, base_package=args.base_package, folds=args.folds,
+    config = preset(args.recipe, base=args.base, base_package=args.base_package, n_folds=args.n_folds,
                     block_size=args.block_size, holdout=args.holdout, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, encoder_rank=args.encoder_rank, encoder_scope=args.encoder_scope,
                     time_budget_minutes=args.time_budget_minutes,
@@ -100,23 +108,25 @@ def main(argv=None) -> int:
                            seed=config.seed, linked=linked)
         test_ids = [i for i in ids if outer[i] == 0]
     cv_ids = [i for i in ids if i not in set(test_ids)]
-    assignment = make_folds(cv_ids, n_folds=config.folds, block_size=config.block_size, seed=config.seed,
+    assignment = make_folds(cv_ids, n_folds=config.n_folds, block_size=config.block_size, seed=config.seed,
                             linked=[[i for i in group if i in set(cv_ids)] for group in linked])
-    fold_names = [f"fold_{k}" for k in range(config.folds)]
-    to_train = [args.fold] if args.fold is not None else list(range(config.folds))
+    fold_names = [f"fold_{k}" for k in range(config.n_folds)]
+    if args.fold is not None and not 0 <= args.fold < config.n_folds:
+        raise PSFHInputError(f"--fold {args.fold}: folds are numbered 0 to {config.n_folds - 1}")
+    to_train = [args.fold] if args.fold is not None else list(range(config.n_folds))
 
     # ---- model: one shared base, one adapter per fold -------------------------------------
     lora = make_lora_config(config.encoder_rank, config.decoder_rank, config.train_decoder_tokens,
                             encoder_targets=get_base(config.base).encoder_targets(config.encoder_scope))
-    base_folder = resolve_package(config.base_package) if config.base_package else (
-        DEFAULT_PACKAGE_DIR if config.base == "lite-medsam" else None)
+    base_folder = resolve_package(config.base_package) if config.base_package else None  # None: the registry's
     model = PSFHModel.from_base(config.base, fold_names, lora, device=accelerator.device, base_folder=base_folder)
     size = model.config.input_size
     if images.shape[-1] != size or images.shape[-2] != size:
-        images, labels = _resize(images, labels, size)
+        pairs = [resize_pair(image, label, size) for image, label in zip(images, labels)]
+        images, labels = np.stack([i for i, _ in pairs]), np.stack([l for _, l in pairs])
 
     # ---- batches: cached embeddings (cpu) or augmented images (paper) ---------------------
-    source = _make_source(config, model, ids, images, labels, out, args.progress)
+    source = _make_source(config, model, ids, images, labels, args.progress)
 
     # ---- one training loop per fold ------------------------------------------------------
     index_of = {i: n for n, i in enumerate(ids)}
@@ -150,28 +160,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def _resize(images, labels, size):
-    import torch.nn.functional as F
-    x = F.interpolate(torch.as_tensor(images)[:, None].float(), size=(size, size), mode="bilinear",
-                      align_corners=False, antialias=True).round().clamp(0, 255).to(torch.uint8)[:, 0]
-    y = F.interpolate(torch.as_tensor(labels)[:, None].float(), size=(size, size), mode="nearest-exact")
-    return x.numpy(), y.to(torch.uint8)[:, 0].numpy()
-
-
-def _make_source(config, model, ids, images, labels, out: Path, progress: bool):
+def _make_source(config, model, ids, images, labels, progress: bool):
     from psfh.training.augment import paper_augmentations
-    from psfh.training.embedding_cache import VIEWS, build_cache, load_embeddings
+    from psfh.training.embedding_cache import EmbeddingCache
     from psfh.training.sources import CachedEmbeddingSource, ImageSource
 
     labels_t = torch.as_tensor(labels)
     if config.recipe != "cpu":
         augmentation = paper_augmentations() if config.augment else None
         return ImageSource(torch.as_tensor(images), labels_t, model.config.pixel_mean, model.config.pixel_std,
-                           augmentation)
-    cache = Path(config.cache_dir) if config.cache_dir else out.parent / f".cache-{out.name}"
-    build_cache(cache, model.base_model, ids, list(images), model.preprocess, progress=progress)
-    embeddings = {view: load_embeddings(cache, ids, view) for view in VIEWS}
-    return CachedEmbeddingSource(embeddings, labels_t)
+                           augmentation, ids=ids)
+    embeddings = EmbeddingCache(model, config.cache_dir).build(ids, list(images), progress=progress)
+    return CachedEmbeddingSource(embeddings, labels_t, shift_cells=config.shift_cells)
 
 
 def _save_fold(model: PSFHModel, fold: str, result, out: Path) -> None:
@@ -185,16 +185,9 @@ def _save_fold(model: PSFHModel, fold: str, result, out: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     metrics = {"fold": fold, "best_epoch": result.best_epoch, "best_val_score": result.best_score,
                "seconds": result.seconds, "history": result.history}
-    with open(target / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(result.history[0]))
-        writer.writeheader()
-        writer.writerows(result.history)
+    write_csv_atomic(target / "metrics.csv", list(result.history[0]), result.history)
     write_text_atomic(target / "metrics.json", json.dumps(metrics, indent=1))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except PSFHInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

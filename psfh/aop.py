@@ -2,18 +2,21 @@
 
 The AoP is the angle between the long axis of the pubic symphysis (PS) and a line from the
 symphysis' inferior end tangential to the fetal head (FH). Measured here on a label map
-(0 background, 1 PS, 2 FH) as follows:
+(the values of :mod:`psfh.labels`) as follows:
 
-1. Keep the largest connected component of each class (8-connectivity), so that stray
-   pixels of a predicted mask do not move the construction.
+1. Keep the largest connected component of each structure (8-connectivity,
+   :func:`psfh.labels.largest_component`), so that stray pixels of a predicted mask do not
+   move the construction.
 2. PS long axis: the principal axis (largest-eigenvalue eigenvector of the covariance of the
    PS pixel coordinates) through the PS centroid. Its endpoints are the points of that axis
    at the smallest and largest projection of the PS pixels.
 3. Inferior apex: the endpoint nearer the FH centroid; the other one is the superior end.
 4. From the apex there are two tangents to the head. A tangent from an outside point touches
    the convex hull of the head, so the tangent points are the hull vertices of smallest and
-   largest direction angle seen from the apex. The far tangent (the one giving the larger
-   angle) is used: on the PSFHS ground truth it gives the clinical 102-175 deg range.
+   largest direction angle seen from the apex. The far tangent is used: the one on the side
+   of the head away from the PS axis (chosen by side, not by angle; see
+   :func:`far_tangent_point`). In every usual case it is also the one giving the larger
+   angle; on the PSFHS ground truth it gives the clinical 102-175 deg range.
 5. AoP: the angle at the apex between the ray to the superior end and the ray to the
    tangent point, in degrees, in [0, 180].
 
@@ -27,19 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from psfh.errors import PSFHInputError
-
-PS_LABEL = 1
-FH_LABEL = 2
+from psfh.labels import FH, PS, check_label_map, largest_component
 
 Point = tuple[float, float]
-
-# Full (8-) connectivity, the default of MONAI's get_largest_connected_component_mask; scipy
-# labels the components here (this module works on numpy maps, not MONAI tensors).
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 # A point closer than this (in pixels) to the inside of the head's hull counts as inside: on
 # the hull boundary the tangent is undefined.
@@ -84,24 +79,6 @@ class AoPMeasurement:
             "ps_inferior": point(self.ps_inferior),
             "tangent_point": point(self.tangent_point),
         }
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Largest 8-connected component of a boolean mask.
-
-    Args:
-        mask: H x W boolean array.
-
-    Returns:
-        H x W boolean array; all False when ``mask`` is empty. Of equal components, the first
-        in raster order is kept.
-    """
-    components, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0  # background is not a component
-    return components == int(np.argmax(sizes))
 
 
 def mask_points(mask: np.ndarray) -> np.ndarray:
@@ -231,34 +208,6 @@ def far_tangent_point(
     return far, abs(float(signed_angle_deg(axis, far - apex)))
 
 
-def _as_label_map(label_map) -> np.ndarray:
-    """Check a label map and return it as an integer H x W array, or raise PSFHInputError."""
-    array = np.asarray(label_map)
-    if array.ndim != 2:
-        raise PSFHInputError(
-            f"label_map must be a 2-D (H x W) array, got {array.ndim} dimensions "
-            f"(shape {array.shape})"
-        )
-    if array.size == 0:
-        raise PSFHInputError(f"label_map is empty (shape {array.shape})")
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    elif not np.issubdtype(array.dtype, np.integer):
-        # A float map of whole numbers (e.g. from torch) is a label map; probabilities are not.
-        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
-            raise PSFHInputError(
-                f"label_map must hold integer labels 0, 1, 2; got dtype {array.dtype}"
-            )
-        array = array.astype(np.int64)
-    unexpected = np.setdiff1d(np.unique(array), [0, PS_LABEL, FH_LABEL])
-    if unexpected.size:
-        raise PSFHInputError(
-            f"label_map must hold only 0 (background), {PS_LABEL} (pubic symphysis) and "
-            f"{FH_LABEL} (fetal head); found {unexpected[:10].tolist()}"
-        )
-    return array
-
-
 def _point(p: np.ndarray) -> Point:
     return (float(p[0]), float(p[1]))
 
@@ -278,9 +227,9 @@ def measure_aop(label_map) -> AoPMeasurement:
     Raises:
         PSFHInputError: ``label_map`` is not 2-D, is empty, or holds other values than 0/1/2.
     """
-    labels = _as_label_map(label_map)
-    ps = largest_component(labels == PS_LABEL)
-    fh = largest_component(labels == FH_LABEL)
+    labels = check_label_map(label_map)
+    ps = largest_component(labels == PS)
+    fh = largest_component(labels == FH)
     if not ps.any():
         return AoPMeasurement(None, "no pubic symphysis found")
     if not fh.any():

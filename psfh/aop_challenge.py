@@ -52,9 +52,9 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-# The same input checks as the clinical AoP, so both refuse exactly the same maps.
-from psfh.aop import FH_LABEL, PS_LABEL, _as_label_map
 from psfh.errors import PSFHInputError
+# The same input checks as the clinical AoP, so both refuse exactly the same maps.
+from psfh.labels import FH, PS, check_label_map
 
 SIMPLIFY_TOLERANCE_PX = 1.0
 # The challenge fits only polygons of more than 5 vertices (cv2.fitEllipse needs 5, and takes
@@ -507,9 +507,9 @@ def challenge_aop(label_map: np.ndarray, fitter: str = "opencv") -> float | None
         raise PSFHInputError(
             f"fitter must be one of {', '.join(ELLIPSE_FITTERS)}; got {fitter!r}"
         )
-    labels = _as_label_map(label_map)
-    ps = class_ellipse(labels == PS_LABEL, fitter)
-    head = class_ellipse(labels == FH_LABEL, fitter)
+    labels = check_label_map(label_map)
+    ps = class_ellipse(labels == PS, fitter)
+    head = class_ellipse(labels == FH, fitter)
     if ps is None or head is None:
         return None
     apex, other_end = symphysis_ends(ps)

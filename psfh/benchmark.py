@@ -42,19 +42,22 @@ DESIGNS = ("one-model", "seed", "psfh", "psfh-1fold", "psfh-bf16")
 
 
 def _load_model(args):
-    """The package to time: a trained one, or random adapters on the base when it has no folds."""
+    """The package to time: a trained one, or random adapters on the base when it has no folds.
+    The seed design runs without BatchNorm folding, as the authors' code does."""
+    from psfh.bases import get_base
     from psfh.lora import make_lora_config
     from psfh.model import PSFHModel
-    from psfh.package import DEFAULT_PACKAGE_DIR
 
-    if args.model or args.base == "lite-medsam":
-        model = PSFHModel.from_pretrained(args.model, device=args.device)
+    fold_batchnorm = args.design != "seed"
+    package = args.model or get_base(args.base).default_package
+    if package:
+        model = PSFHModel.from_pretrained(package, device=args.device, fold_batchnorm=fold_batchnorm)
         if model.folds:
             return model
     torch.manual_seed(0)
     folds = [f"fold_{k}" for k in range(5)]
-    base_folder = DEFAULT_PACKAGE_DIR if args.base == "lite-medsam" else None
-    model = PSFHModel.from_base(args.base, folds, make_lora_config(0, 16), device=args.device, base_folder=base_folder)
+    model = PSFHModel.from_base(args.base, folds, make_lora_config(0, 16), device=args.device,
+                                fold_batchnorm=fold_batchnorm)
     with torch.no_grad():
         for name, parameter in model.network.named_parameters():
             if "lora_B" in name:
@@ -117,12 +120,9 @@ def _seed_design(model):
 
 def run_design(args) -> dict:
     """Measure one design in this process; returns the numbers as a dict."""
-    import psfh.modeling.tiny_vit as tiny_vit
     from psfh import inference
 
     torch.set_num_threads(args.threads)
-    if args.design == "seed":
-        tiny_vit.FOLD_BATCHNORM = False
     model = _load_model(args)
     size = model.config.input_size
     images = _images(args.images, size)

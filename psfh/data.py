@@ -8,24 +8,10 @@ extension, and every image needs a label of the same id):
 
 The pack is the whole set in one compressed file for a lent GPU machine: a zip of three .npy
 members (ids, images N x H x W uint8, labels N x H x W uint8), bzip2-compressed, that
-``np.load(path, allow_pickle=False)`` reads as it reads an .npz (or, with lossy images, the
-images as WebP members; :func:`load_pack` reads both). Measured on the 1078 PSFHS
-images (70.7 MB of uint8 pixels; shared 2-core machine, loads are whole-file np.load times):
-
-    bzip2 zip of .npy (chosen)       28.3 MB   compress 6.6 s   load 4.2-5.1 s
-    LZMA zip of .npy                 28.7 MB   compress 52 s    load 2.2-2.6 s
-    np.savez_compressed (deflate)    35.9 MB   compress 3.3 s   load 0.5-0.7 s
-    one PNG per image (optimize)     ~32 MB (estimated from 100 images)
-    one lossless WebP per image      ~28-31 MB, 0.03-2 s per image to encode
-
-Ultrasound speckle leaves little for a lossless coder (about 3.4 bits per pixel whatever the
-coder), so no format reaches 25 MB; bzip2 is the smallest, quick to write, and loads in seconds.
-
-Where even that is too big (a device call carries at most 64 MiB, 50 MB of it the tracked
-tree), ``--webp-quality Q`` stores each image as lossy WebP instead (labels stay lossless):
-the 978 cross-validation frames take 8.4 MB at quality 85 (PSNR 39.3-43.7 dB, mean 40.5), 11.0 MB
-at 90, 14.7 MB at 95. Reading one needs numpy and Pillow only. Lossy is not neutral: a model
-trained on the original pixels lost 0.034 Dice all on WebP-85 copies of its test frames.
+``np.load(path, allow_pickle=False)`` reads as it reads an .npz, or, with ``--webp-quality Q``,
+the images as lossy WebP members (labels stay lossless) for a bundle that must fit the device
+tool's 64 MiB. :func:`load_pack` reads both, with numpy and Pillow only. Why bzip2 and when
+WebP (sizes, load times, what lossy costs in accuracy): docs/GPU.md, "The data pack".
 
 Command line:
     python -m psfh.data check DIR        validate a data set and print a summary
@@ -41,7 +27,6 @@ import io
 import os
 import sys
 import time
-import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,10 +36,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from psfh.files import atomic_target
 from psfh.errors import PSFHInputError
 from psfh.io import (
     LABEL_EXTENSIONS,
-    LABEL_VALUES,
     SUPPORTED_EXTENSIONS,
     LoadedImage,
     as_uint8,
@@ -63,10 +48,10 @@ from psfh.io import (
     load_image,
     load_label_map,
 )
+from psfh.labels import STRUCTURES, check_label_map
 
 # Layout name -> (image folder, label folder).
 LAYOUTS = {"published": ("image_mha", "label_mha"), "png": ("images", "masks")}
-CLASS_NAMES = {1: "PS", 2: "FH"}
 PACK_MEMBERS = ("ids", "images", "labels")
 MAX_LISTED_FILES = 10  # unpaired files named in an error
 MAX_LISTED_PROBLEMS = 20  # problems listed in one validation error
@@ -178,10 +163,10 @@ def validate_samples(samples: list[Sample], progress: bool = True) -> dict:
     if not samples:
         raise PSFHInputError("no samples to check")
     sizes: Counter = Counter()
-    fractions = {name: [] for name in CLASS_NAMES.values()}
+    fractions = {name: [] for name in STRUCTURES.values()}
     for _, image, label in _valid_pairs(samples, progress, "checking"):
         sizes[image.pixels.shape] += 1
-        for value, name in CLASS_NAMES.items():
+        for value, name in STRUCTURES.items():
             fractions[name].append(float(np.mean(label == value)))
     return {
         "count": len(samples),
@@ -197,10 +182,9 @@ def load_arrays(
     """Read and check all pairs into arrays: (ids, images N x H x W uint8, labels N x H x W uint8).
 
     Images become uint8 grayscale with :func:`psfh.io.as_uint8` (uint8 unchanged, other types
-    min-max scaled), as inference sees them. With `size`, images are resized to size x size with
-    torch's bilinear interpolation (align_corners=False, anti-aliased when shrinking) and labels
-    with "nearest-exact" (pixel-centre nearest neighbour, so classes never blend); without it
-    all images must already share one size. Problems are collected as in :func:`validate_samples`.
+    min-max scaled; the model's preprocessing min-max scales again, so this changes no model
+    input beyond 8-bit rounding). With `size`, pairs are resized by :func:`resize_pair`; without
+    it all images must already share one size. Problems are collected as in :func:`validate_samples`.
     """
     if not samples:
         raise PSFHInputError("no samples to load")
@@ -210,7 +194,7 @@ def load_arrays(
     for sample, image, label in _valid_pairs(samples, progress, "loading"):
         pixels = as_uint8(image)
         if size is not None:
-            pixels, label = _resize_pair(pixels, label, size)
+            pixels, label = resize_pair(pixels, label, size)
         ids.append(sample.id)
         images.append(pixels)
         labels.append(label)
@@ -247,14 +231,7 @@ def _read_pair(sample: Sample) -> tuple[LoadedImage, np.ndarray]:
             f"{sample.label_path}: label map is {_size_text(label.shape)} but its image "
             f"{sample.image_path} is {_size_text(image.pixels.shape)}"
         )
-    values = np.unique(label)
-    unexpected = sorted(set(values.tolist()) - set(LABEL_VALUES))
-    if unexpected:
-        raise PSFHInputError(
-            f"{sample.label_path}: label values {values.tolist()} found; expected only "
-            f"{list(LABEL_VALUES)} (0 background, 1 PS, 2 FH); unexpected {unexpected}"
-        )
-    return image, label
+    return image, check_label_map(label, str(sample.label_path))
 
 
 def _size_text(shape: tuple[int, ...]) -> str:
@@ -275,8 +252,11 @@ def _check_one_size(samples: list[Sample], images: list[np.ndarray]) -> None:
         )
 
 
-def _resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """H x W uint8 image and label -> size x size each (bilinear / nearest-exact)."""
+def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """H x W uint8 image and label -> size x size each: the image with torch's bilinear
+    interpolation (align_corners=False, anti-aliased when shrinking, as the model's
+    preprocessing), the label with "nearest-exact" (pixel-centre nearest neighbour, so classes
+    never blend)."""
     import torch  # only resizing needs torch, and importing it costs seconds
     from torch.nn.functional import interpolate
 
@@ -465,9 +445,7 @@ def pack(
         raise PSFHInputError(f"WebP quality must be 1-100, not {webp_quality}")
     samples = select_samples(find_samples(root), None if ids is None else list(ids))
     ids, images, labels = load_arrays(samples, size=size, progress=progress)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with atomic_target(out_path) as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_BZIP2) as archive:
             archive.writestr("ids.npy", _npy_bytes(np.array(ids)))
             archive.writestr("labels.npy", _npy_bytes(labels))
@@ -477,9 +455,6 @@ def pack(
                 for index, image in enumerate(images):
                     archive.writestr(f"images/{index:06d}.webp", _webp_bytes(image, webp_quality),
                                      compress_type=zipfile.ZIP_STORED)  # WebP is compressed already
-        os.replace(temporary, out_path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return out_path
 
 
@@ -553,6 +528,11 @@ def _summary_text(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from psfh.cli import run_cli
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m psfh.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -567,21 +547,16 @@ def main(argv: list[str] | None = None) -> int:
     packer.add_argument("--webp-quality", type=int, default=None,
                         help="store images as lossy WebP of this quality (1-100) instead of lossless")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "check":
-            print(_summary_text(validate_samples(find_samples(args.root))))
-        else:
-            start = time.perf_counter()
-            ids = read_ids_file(args.ids_file) if args.ids_file else None
-            out = pack(args.root, args.out, overwrite=args.overwrite, size=args.size, ids=ids,
-                       webp_quality=args.webp_quality)
-            print(f"wrote {out}: {out.stat().st_size / 1e6:.1f} MB "
-                  f"({out.stat().st_size:,} bytes) in {time.perf_counter() - start:.1f} s")
-    except PSFHInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "check":
+        print(_summary_text(validate_samples(find_samples(args.root))))
+        return 0
+    start = time.perf_counter()
+    ids = read_ids_file(args.ids_file) if args.ids_file else None
+    out = pack(args.root, args.out, overwrite=args.overwrite, size=args.size, ids=ids,
+               webp_quality=args.webp_quality)
+    print(f"wrote {out}: {out.stat().st_size / 1e6:.1f} MB "
+          f"({out.stat().st_size:,} bytes) in {time.perf_counter() - start:.1f} s")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

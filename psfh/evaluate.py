@@ -13,8 +13,8 @@ through the full inference (the fold ensemble, TTA, largest components) exactly 
 Writes OUT/per_image.csv (id, the nine metrics, aop_pred, aop_true, aop_error, the same three
 for the challenge's ellipse definition of the AoP (:mod:`psfh.aop_challenge`), seconds; empty
 cells where an angle could not be measured) and OUT/summary.json (the means of
-:func:`psfh.metrics.summarize`, the score, n, and what was run: model, folds, tta, precision,
-data, date). Both are written to a temporary file and renamed, so a failed run never leaves
+:func:`psfh.metrics.summarize`, the score, n, and what was run: model, folds, tta (the
+package's setting unless --no-tta), precision, data, date). Both are written to a temporary file and renamed, so a failed run never leaves
 half a file. Every pair is read and checked before inference starts, so a bad file stops the
 run at once, not after an hour of inference.
 
@@ -25,34 +25,30 @@ labelled data set, unknown ids, a model without fold adapters, unreadable files)
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm import tqdm
 
-from psfh.aop import measure_aop
-from psfh.aop_challenge import challenge_aop
-# read_ids_file and select_samples are re-exported: callers have imported them from here.
-from psfh.data import Sample, find_samples, read_ids_file, select_samples, validate_samples  # noqa: F401
+from psfh.cli import add_model_arguments, load_model, run_cli
+from psfh.data import Sample, find_samples, read_ids_file, select_samples, validate_samples
 from psfh.errors import PSFHInputError
+from psfh.files import write_csv_atomic, write_text_atomic
 from psfh.io import load_label_map, save_label_map
-from psfh.metrics import METRIC_KEYS, aop_error, segmentation_metrics, summarize
-from psfh.predict import PRECISIONS, add_model_arguments, format_cell, load_model, resolve_folds
+from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize
+from psfh.options import check_precision, resolve_folds
+from psfh.package import read_fold_assignment
 
 ROWS_NAME = "per_image.csv"
 SUMMARY_NAME = "summary.json"
-ROW_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error",
-               "aop_challenge_pred", "aop_challenge_true", "aop_challenge_error", "seconds")
+ROW_COLUMNS = SCORE_COLUMNS
 
 
-def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = None, tta: bool = True,
+def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = None, tta: bool | None = None,
              precision: str = "fp32", progress: bool = True, out_of_fold: bool = False,
              label_map_dir: Path | None = None) -> tuple[list[dict], dict]:
     """Predict every sample with `model`, score it, and summarise.
@@ -60,7 +56,8 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
     Args:
         model: a PSFHModel (anything with ``.folds`` and ``.predict``; ``.source`` is recorded).
         samples: labelled pairs, e.g. from :func:`psfh.data.find_samples`.
-        folds: fold adapters to ensemble (default: all); tta, precision: as in ``model.predict``.
+        folds: fold adapters to ensemble (default: all); tta, precision: as in ``model.predict``
+            (tta None: the package's setting, ``model.default_tta``).
         progress: show tqdm bars (checking, then evaluating) on stderr.
         out_of_fold: predict each sample with the one fold adapter that did not train on it
             (the package's folds.json), the cross-validation estimate; ``folds`` must be None.
@@ -75,14 +72,14 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
     """
     if not samples:
         raise PSFHInputError("no samples to evaluate")
-    if precision not in PRECISIONS:
-        raise PSFHInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    check_precision(precision)
+    tta = model.default_tta if tta is None else bool(tta)
     if out_of_fold:
         if folds:
             raise PSFHInputError("out-of-fold evaluation picks each image's fold itself: give no folds")
         fold_of = held_out_fold(model, [sample.id for sample in samples])
     else:
-        folds = resolve_folds(model, folds)
+        folds = resolve_folds(model.folds, folds)
     validate_samples(list(samples), progress=progress)
     if label_map_dir is not None:
         Path(label_map_dir).mkdir(parents=True, exist_ok=True)
@@ -95,7 +92,7 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
         **summarize(rows),
         "model": None if getattr(model, "source", None) is None else str(model.source),
         "folds": folds,
-        "tta": bool(tta),
+        "tta": tta,
         "out_of_fold": out_of_fold,
         "precision": precision,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -106,10 +103,9 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
 def held_out_fold(model, ids: Sequence[str]) -> dict[str, str]:
     """{id: the fold adapter that did not see it in training}, from the package's folds.json."""
     source = getattr(model, "source", None)
-    path = None if source is None else Path(source) / "folds.json"
-    if path is None or not path.is_file():
+    if source is None:
         raise PSFHInputError("out-of-fold evaluation needs the package's folds.json (written by train.py)")
-    fold_of = json.loads(path.read_text())["fold_of_id"]
+    fold_of = read_fold_assignment(Path(source))
     missing = [i for i in ids if i not in fold_of]
     if missing:
         raise PSFHInputError(f"{len(missing)} id(s) were in no fold's validation set, e.g. {missing[:5]}: "
@@ -128,23 +124,6 @@ def _evaluate_sample(model, sample: Sample, folds: list[str], tta: bool, precisi
     if label_map_dir is not None:
         save_label_map(prediction.label_map, Path(label_map_dir) / f"{sample.id}.png")
     return score_label_map(sample.id, prediction.label_map, load_label_map(sample.label_path), seconds)
-
-
-def score_label_map(sample_id: str, predicted, target, seconds: float | None = None) -> dict:
-    """One row of ROW_COLUMNS: segmentation metrics and both AoP definitions' errors (H x W maps)."""
-    aop_pred, aop_true = measure_aop(predicted).angle_deg, measure_aop(target).angle_deg
-    challenge_pred, challenge_true = challenge_aop(predicted), challenge_aop(target)
-    return {
-        "id": sample_id,
-        **segmentation_metrics(predicted, target),
-        "aop_pred": aop_pred,
-        "aop_true": aop_true,
-        "aop_error": aop_error(aop_pred, aop_true),
-        "aop_challenge_pred": challenge_pred,
-        "aop_challenge_true": challenge_true,
-        "aop_challenge_error": aop_error(challenge_pred, challenge_true),
-        "seconds": seconds,
-    }
 
 
 def score_predictions(samples: Sequence[Sample], predictions: Path, progress: bool = True) -> tuple[list[dict], dict]:
@@ -173,29 +152,13 @@ def score_predictions(samples: Sequence[Sample], predictions: Path, progress: bo
 
 
 def write_rows(rows: list[dict], path: Path) -> Path:
-    def write(file):
-        writer = csv.DictWriter(file, fieldnames=ROW_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({key: format_cell(row.get(key)) for key in ROW_COLUMNS} for row in rows)
-
-    return _write_atomically(path, write, newline="")
+    """OUT/per_image.csv: one row per image, ROW_COLUMNS (written atomically)."""
+    return write_csv_atomic(path, ROW_COLUMNS, rows)
 
 
 def write_summary(summary: dict, path: Path) -> Path:
-    return _write_atomically(path, lambda file: file.write(json.dumps(summary, indent=2) + "\n"))
-
-
-def _write_atomically(path: Path, write, newline: str | None = None) -> Path:
-    """Write through a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8", newline=newline) as file:
-            write(file)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    """OUT/summary.json (written atomically)."""
+    return write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
 
 
 def _make_out_dir(out_dir: Path) -> None:
@@ -241,30 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        # The data set is checked before the model loads: a wrong --data fails in a second.
-        ids = read_ids_file(args.ids_file) if args.ids_file else None
-        samples = select_samples(find_samples(args.data), ids, args.limit)
-        if args.predictions is not None:
-            model_options = [flag for flag, given in (("--model", args.model), ("--folds", args.folds),
-                                                      ("--out-of-fold", args.out_of_fold),
-                                                      ("--save-label-maps", args.save_label_maps)) if given]
-            if model_options:
-                raise PSFHInputError(f"--predictions scores label maps already written, with no model: "
-                                     f"{', '.join(model_options)} would be ignored")
-        _make_out_dir(args.out)
-        if args.predictions is not None:
-            rows, summary = score_predictions(samples, args.predictions)
-        else:
-            model = load_model(args.model, args.device)
-            rows, summary = evaluate(model, samples, folds=args.folds, tta=not args.no_tta,
-                                     precision=args.precision, out_of_fold=args.out_of_fold,
-                                     label_map_dir=args.out / "label_maps" if args.save_label_maps else None)
-    except PSFHInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.predictions is None:
+    # The data set is checked before the model loads: a wrong --data fails in a second.
+    ids = read_ids_file(args.ids_file) if args.ids_file else None
+    samples = select_samples(find_samples(args.data), ids, args.limit)
+    if args.predictions is not None:
+        model_options = [flag for flag, given in (("--model", args.model), ("--folds", args.folds),
+                                                  ("--out-of-fold", args.out_of_fold),
+                                                  ("--save-label-maps", args.save_label_maps)) if given]
+        if model_options:
+            raise PSFHInputError(f"--predictions scores label maps already written, with no model: "
+                                 f"{', '.join(model_options)} would be ignored")
+    _make_out_dir(args.out)
+    if args.predictions is not None:
+        rows, summary = score_predictions(samples, args.predictions)
+    else:
+        model = load_model(args.model, args.device)
+        rows, summary = evaluate(model, samples, folds=args.folds, tta=False if args.no_tta else None,
+                                 precision=args.precision, out_of_fold=args.out_of_fold,
+                                 label_map_dir=args.out / "label_maps" if args.save_label_maps else None)
         summary.update(model=args.model or summary["model"])
     summary.update(data=str(args.data),
                    ids_file=None if args.ids_file is None else str(args.ids_file), limit=args.limit)
@@ -272,12 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         write_rows(rows, args.out / ROWS_NAME)
         write_summary(summary, args.out / SUMMARY_NAME)
     except OSError as error:  # e.g. --out is a file or not writable
-        print(f"error: cannot write the results to {args.out} ({error})", file=sys.stderr)
-        return 2
+        raise PSFHInputError(f"cannot write the results to {args.out} ({error})") from error
     print(_summary_text(summary))
     print(f"wrote {args.out / ROWS_NAME} and {args.out / SUMMARY_NAME}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,6 +5,9 @@ image (H x W) -> :func:`preprocess` -> pixel values (1 x 3 x S x S)
        (:func:`mask_logits` under each fold adapter, :func:`undo_tta`)
     -> :func:`ensemble` (soft mean of the F x V members, fold disagreement)
     -> :func:`to_label_map` (back to H x W, argmax, largest connected component per class)
+
+Training feeds the network through the same functions (:mod:`psfh.training.sources`,
+:mod:`psfh.training.embedding_cache`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import KeepLargestConnectedComponent
 
 from psfh.errors import PSFHInputError
-
-NUM_CLASSES = 3
+from psfh.labels import largest_components
 
 
 def scale_to_unit(pixels: np.ndarray, name: str = "image") -> np.ndarray:
@@ -38,9 +39,14 @@ def preprocess(pixels: np.ndarray, input_size: int, pixel_mean, pixel_std, name:
     if unit.shape[-2:] != (input_size, input_size):
         unit = F.interpolate(unit, size=(input_size, input_size), mode="bilinear", align_corners=False,
                              antialias=True)
+    return normalize(unit, pixel_mean, pixel_std)
+
+
+def normalize(unit: torch.Tensor, pixel_mean, pixel_std) -> torch.Tensor:
+    """B x 1 x S x S image in [0, 1] -> B x 3 x S x S: repeated to three channels, normalised per channel."""
     mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (unit.expand(1, 3, -1, -1) - mean) / std
+    return (unit.expand(-1, 3, -1, -1) - mean) / std
 
 
 def tta_views(pixel_values: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -94,17 +100,12 @@ def resize_map(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return batch[0, 0] if squeeze else batch[0]
 
 
-_keep_largest = KeepLargestConnectedComponent(applied_labels=[1, 2], is_onehot=False, independent=True)
-
-
-def largest_components(label_map: np.ndarray) -> np.ndarray:
-    """Keep only the largest connected component of each class (MONAI); H x W uint8 -> same."""
-    kept = _keep_largest(torch.from_numpy(label_map.astype(np.int64))[None])
-    return np.asarray(kept[0]).astype(np.uint8)
-
-
 def to_label_map(probabilities: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """C x S x S probabilities -> (H x W uint8 label map after LCC, C x H x W float32 probabilities)."""
+    """C x S x S probabilities -> (H x W uint8 label map after LCC, C x H x W float32 probabilities).
+
+    The label map keeps only the largest connected component of each structure
+    (:func:`psfh.labels.largest_components`).
+    """
     resized = resize_map(probabilities, size)
     labels = resized.argmax(dim=0).to(torch.uint8).numpy()
     return largest_components(labels), resized.numpy().astype(np.float32)

@@ -2,8 +2,8 @@
 
 The first step of psfh's data flow: file (or array) -> :class:`LoadedImage`, an H x W float32
 grayscale array in the image's own intensity scale, plus what is needed to write a label map
-back aligned with it. Label maps are H x W uint8 with 0 = background, 1 = pubic symphysis (PS),
-2 = fetal head (FH).
+back aligned with it. Label maps are H x W uint8 with the values of :mod:`psfh.labels`
+(0 background, 1 pubic symphysis, 2 fetal head).
 
 Every problem a user can cause raises :class:`~psfh.errors.PSFHInputError` naming the file (or
 "array input") and the problem; reader exceptions never escape.
@@ -12,7 +12,6 @@ Every problem a user can cause raises :class:`~psfh.errors.PSFHInputError` namin
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from psfh.files import atomic_target
 from psfh.errors import PSFHInputError
+from psfh.labels import check_label_map
 
 PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SITK_EXTENSIONS = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
@@ -33,7 +34,6 @@ LABEL_WRITE_EXTENSIONS = (".png", ".mha", ".nii", ".nii.gz", ".nrrd")
 MAX_PIXELS = 40_000_000  # far above any ultrasound frame; stops a huge file from exhausting memory
 MIN_SIDE = 8  # smaller images cannot hold the anatomy and break the network's down-sampling
 MAX_CHANNELS = 4
-LABEL_VALUES = (0, 1, 2)
 # ITU-R BT.601 luma weights (what Pillow's "L" conversion uses) for R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -143,24 +143,18 @@ def save_label_map(
         raise PSFHInputError(f"{path}: is a folder; give a file name for the label map")
     if path.exists() and not overwrite:
         raise PSFHInputError(f"{path}: file exists; refusing to overwrite it")
-    labels = _valid_label_values(label_map, f"label map for {path}")
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder so os.replace is an atomic rename; same extension so the writer picks its
-    # format from the name; the writer creates the file, so the user's umask applies.
-    temporary = path.with_name(f".{image_name(path)}.{uuid.uuid4().hex[:12]}.tmp{extension}")
+    labels = check_label_map(label_map, f"label map for {path}")
     try:
-        if extension == ".png":
-            Image.fromarray(labels).save(temporary, format="PNG")
-        else:
-            _sitk().WriteImage(_label_sitk_image(labels, spatial, path), str(temporary), True)
-        os.replace(temporary, path)
+        # The temporary file keeps the extension: the writers pick their format from the name.
+        with atomic_target(path, suffix=extension) as temporary:
+            if extension == ".png":
+                Image.fromarray(labels).save(temporary, format="PNG")
+            else:
+                _sitk().WriteImage(_label_sitk_image(labels, spatial, path), str(temporary), True)
     except PSFHInputError:
         raise
     except Exception as error:  # OSError from Pillow, RuntimeError from SimpleITK
         raise PSFHInputError(f"{path}: cannot write the label map ({error})") from error
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -422,20 +416,3 @@ def _label_channel(array: np.ndarray, where: str) -> np.ndarray:
             f"{where}: label map has {array.shape[2]} differing channels; expected one channel"
         )
     return array[..., 0]
-
-
-def _valid_label_values(label_map: np.ndarray, where: str) -> np.ndarray:
-    """Check a label map to be written: H x W, values in LABEL_VALUES. Returns uint8."""
-    array = np.asarray(label_map)
-    if array.ndim != 2:  # no channel guessing on output: a wrong array must not be written
-        raise PSFHInputError(f"{where}: label map has shape {array.shape}; expected H x W")
-    if array.dtype.kind == "b":
-        array = array.astype(np.uint8)
-    labels = _label_array(array, where)
-    unexpected = sorted(set(np.unique(labels).tolist()) - set(LABEL_VALUES))
-    if unexpected:
-        raise PSFHInputError(
-            f"{where}: label values {unexpected} are not in {list(LABEL_VALUES)} "
-            "(0 background, 1 PS, 2 FH)"
-        )
-    return labels

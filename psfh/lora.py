@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from peft import LoraConfig
 
+from psfh.errors import PSFHInputError
+
 ENCODER_QKV = r"vision_encoder\..*\.qkv"
 DECODER_LINEARS = (r"mask_decoder\.(transformer\..*\.(q_proj|k_proj|v_proj|out_proj|lin1|lin2)"
                    r"|output_hypernetworks_mlps\.\d+\.(proj_in|proj_out|layers\.\d+))")
@@ -37,7 +39,7 @@ def make_lora_config(encoder_rank: int = 4, decoder_rank: int = 16, train_decode
     if decoder_rank > 0:
         targets.append(DECODER_LINEARS)
     if not targets:
-        raise ValueError("a fold adapter needs LoRA on the encoder, the decoder, or both")
+        raise PSFHInputError("a fold adapter needs LoRA on the encoder, the decoder, or both")
     rank = encoder_rank or decoder_rank
     rank_pattern, alpha_pattern = {}, {}
     if encoder_rank and decoder_rank and decoder_rank != encoder_rank:

@@ -1,6 +1,6 @@
 """Per-image segmentation metrics, the AoP error and the PS-FH-AOP 2023 challenge score.
 
-Label maps are H x W integer arrays: 0 background, 1 pubic symphysis (PS), 2 fetal head (FH).
+Label maps are H x W integer arrays with the values of :mod:`psfh.labels`.
 Each image is scored on three structures: PS, FH and "all" (PS and FH merged into one
 foreground), with MONAI's Dice, Hausdorff distance (100th percentile, the challenge's) and
 average symmetric surface distance. Distances are in pixels.
@@ -22,13 +22,17 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
+from psfh.aop import measure_aop
+from psfh.aop_challenge import challenge_aop
 from psfh.errors import PSFHInputError
+from psfh.labels import FH, PS, check_label_map
 
-PS_LABEL = 1
-FH_LABEL = 2
 # The three structures scored, in the channel order of :func:`structure_one_hot`.
 STRUCTURES = ("ps", "fh", "all")
 METRIC_KEYS = tuple(f"{metric}_{structure}" for metric in ("dice", "hd", "asd") for structure in STRUCTURES)
+# One scored image (score_label_map), the columns of psfh.evaluate's per_image.csv.
+SCORE_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error",
+                 "aop_challenge_pred", "aop_challenge_true", "aop_challenge_error", "seconds")
 
 
 def structure_one_hot(label_map: np.ndarray) -> torch.Tensor:
@@ -39,19 +43,8 @@ def structure_one_hot(label_map: np.ndarray) -> torch.Tensor:
     The channels are not mutually exclusive ("all" overlaps the others), which MONAI's
     per-channel metrics do not require.
     """
-    masks = [label_map == PS_LABEL, label_map == FH_LABEL, (label_map == PS_LABEL) | (label_map == FH_LABEL)]
+    masks = [label_map == PS, label_map == FH, (label_map == PS) | (label_map == FH)]
     return torch.from_numpy(np.stack(masks)[None].astype(np.float32))
-
-
-def _check_label_map(name: str, label_map: np.ndarray) -> np.ndarray:
-    array = np.asarray(label_map)
-    if array.ndim != 2:
-        raise PSFHInputError(f"{name} must be a 2-D H x W label map, got shape {array.shape}")
-    unexpected = np.setdiff1d(np.unique(array), [0, PS_LABEL, FH_LABEL])
-    if unexpected.size:
-        # Silently ignoring e.g. a 255 would score a wrong map as if it were empty.
-        raise PSFHInputError(f"{name} holds labels {unexpected.tolist()}; expected only 0, 1 (PS), 2 (FH)")
-    return array
 
 
 def segmentation_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -68,8 +61,8 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str
         raise PSFHInputError(
             f"prediction and target shapes differ: prediction {prediction.shape}, target {target.shape}"
         )
-    prediction = _check_label_map("prediction", prediction)
-    target = _check_label_map("target", target)
+    prediction = check_label_map(prediction, "prediction")
+    target = check_label_map(target, "target")
 
     y_pred, y = structure_one_hot(prediction), structure_one_hot(target)
     in_pred = y_pred.flatten(2).any(-1)[0].tolist()
@@ -109,6 +102,25 @@ def aop_error(predicted_deg: float | None, target_deg: float | None) -> float | 
     if predicted_deg is None or target_deg is None:
         return None
     return float(abs(predicted_deg - target_deg))
+
+
+def score_label_map(sample_id: str, predicted, target, seconds: float | None = None) -> dict:
+    """One row of SCORE_COLUMNS for a predicted H x W label map and its target: the segmentation
+    metrics and both AoP definitions (psfh.aop's clinical one, psfh.aop_challenge's ellipse one)
+    with their errors; ``seconds`` is the prediction's time, when known."""
+    aop_pred, aop_true = measure_aop(predicted).angle_deg, measure_aop(target).angle_deg
+    challenge_pred, challenge_true = challenge_aop(predicted), challenge_aop(target)
+    return {
+        "id": sample_id,
+        **segmentation_metrics(predicted, target),
+        "aop_pred": aop_pred,
+        "aop_true": aop_true,
+        "aop_error": aop_error(aop_pred, aop_true),
+        "aop_challenge_pred": challenge_pred,
+        "aop_challenge_true": challenge_true,
+        "aop_challenge_error": aop_error(challenge_pred, challenge_true),
+        "seconds": seconds,
+    }
 
 
 def challenge_score(

@@ -28,10 +28,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from psfh import inference
 from psfh.aop import AoPMeasurement, measure_aop
+from psfh.bases import get_base
 from psfh.errors import PSFHInputError
 from psfh.io import load_image
+from psfh.labels import structure_areas
 from psfh.lora import adapts_encoder, describe, encoder_scope, make_lora_config
-from psfh.modeling.tiny_vit import TinyViTVisionEncoder
+from psfh.options import check_precision, resolve_folds
 from psfh.package import (PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights)
 
 
@@ -62,8 +64,7 @@ class Prediction:
 
     def report(self) -> dict:
         """A JSON-able summary: AoP and its construction, per-fold AoPs, areas, timings."""
-        areas = {cls: int((self.label_map == value).sum()) for value, cls in ((1, "pubic_symphysis"),
-                                                                             (2, "fetal_head"))}
+        areas = structure_areas(self.label_map)
         return {
             "name": self.name,
             "image_size": list(self.label_map.shape),
@@ -90,28 +91,27 @@ class PSFHModel:
         self.source = source
         self.device = next(network.parameters()).device
         self._lock = threading.Lock()
-        encoder = self.base_model.vision_encoder
-        if isinstance(encoder, TinyViTVisionEncoder):
-            # Its convolutions run ~15 % faster in channels-last layout (measured, psfh.benchmark);
-            # saved weights are made contiguous again (package.base_state_dict).
-            encoder.to(memory_format=torch.channels_last)
+        if get_base(config.base).channels_last:
+            # Saved weights are made contiguous again (package.base_state_dict).
+            self.base_model.vision_encoder.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------------------- building
     @classmethod
     def from_base(cls, base: str, folds: list[str], lora_config: LoraConfig | None = None,
                   device: str | torch.device | None = None, base_folder: Path | None = None,
-                  **config_overrides) -> "PSFHModel":
-        """A new package: the registry's base (weights from ``base_folder`` when embedded) with
-        freshly initialised adapters named ``folds`` (what train.py starts from)."""
+                  fold_batchnorm: bool = True, **config_overrides) -> "PSFHModel":
+        """A new package: the registry's base with freshly initialised adapters named ``folds``
+        (what train.py starts from). A base whose weights live in a package reads them from
+        ``base_folder`` (default: the registry's ``default_package``)."""
         if not folds:
             raise PSFHInputError("a model needs at least one fold adapter name")
+        spec = get_base(base)
         config = PackageConfig.for_base(base, folds=list(folds), **config_overrides)
-        if config.embedded_base and base_folder is None and base != "tiny-random":
-            raise PSFHInputError(f"base {base!r} embeds its weights: pass base_folder (e.g. models/psfh-lite-medsam)")
-        if base == "tiny-random" and base_folder is None:
-            base_model = _built_base(config)
-        else:
-            base_model = load_base(config, base_folder)
+        if spec.weights == "package":
+            base_folder = base_folder or spec.default_package
+            if base_folder is None:
+                raise PSFHInputError(f"base {base!r} keeps its weights in a package: pass base_folder")
+        base_model = load_base(config, base_folder, fold_batchnorm=fold_batchnorm)
         lora_config = lora_config or make_lora_config()
         config.lora = lora_config.to_dict()
         config.trained = describe(lora_config)
@@ -124,22 +124,31 @@ class PSFHModel:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, revision: str | None = None,
                         device: str | torch.device | None = None, cache_dir: str | os.PathLike | None = None,
-                        ) -> "PSFHModel":
+                        folds: list[str] | None = None, fold_batchnorm: bool = True) -> "PSFHModel":
         """Load a package from a folder, a hub repo id (offline from the HF cache when
-        ``HF_HUB_OFFLINE=1``), or, with no argument, the embedded package."""
+        ``HF_HUB_OFFLINE=1``), or, with no argument, the embedded package.
+
+        Args:
+            folds: the fold adapters to load (default: all; []: the base alone, e.g. to cache its
+                embeddings).
+            fold_batchnorm: fold BatchNorm into the convolutions at inference (bases that have
+                BatchNorm; False only to measure the unoptimised design).
+        """
         folder = resolve_package(path_or_repo_id, revision=revision, cache_dir=cache_dir)
         refuse_pickle_weights(folder)
         config = PackageConfig.load(folder)
-        base_model = load_base(config, folder)
-        if not config.folds:
+        folds = list(config.folds) if folds is None else (resolve_folds(config.folds, folds) if folds else [])
+        config = replace(config, folds=folds)
+        base_model = load_base(config, folder, fold_batchnorm=fold_batchnorm)
+        if not folds:
             return cls(config, base_model.to(device or default_device()).eval(), source=folder)
-        for fold in config.folds:
+        for fold in folds:
             if not (folder / fold / "adapter_model.safetensors").is_file():
                 raise PSFHInputError(f"{folder}: fold {fold!r} has no {fold}/adapter_model.safetensors")
-        network = PeftModel.from_pretrained(base_model, str(folder / config.folds[0]), adapter_name=config.folds[0])
-        for fold in config.folds[1:]:
+        network = PeftModel.from_pretrained(base_model, str(folder / folds[0]), adapter_name=folds[0])
+        for fold in folds[1:]:
             network.load_adapter(str(folder / fold), adapter_name=fold)
-        network.set_adapter(config.folds[0])
+        network.set_adapter(folds[0])
         return cls(config, network.to(device or default_device()).eval(), source=folder)
 
     # ----------------------------------------------------------------------------- saving
@@ -155,9 +164,8 @@ class PSFHModel:
             save_base_weights(self.network, folder)  # a saved package is whole, even if this one borrows its base
         if folds:
             had_readme = (folder / "README.md").exists()
+            # peft writes each named adapter to folder/<name>/ (the package layout)
             self.network.save_pretrained(str(folder), selected_adapters=folds)
-            for fold in folds:
-                _move_adapter_to_subfolder(folder, fold)
             if not had_readme:
                 # peft writes a placeholder card; the package's card is model_card.md (push_to_hub)
                 (folder / "README.md").unlink(missing_ok=True)
@@ -183,7 +191,13 @@ class PSFHModel:
     # ----------------------------------------------------------------------------- inference
     @property
     def folds(self) -> list[str]:
+        """The names of the fold adapters loaded."""
         return list(self.config.folds)
+
+    @property
+    def default_tta(self) -> bool:
+        """Whether predictions use the flip TTA when the caller does not say (the package's setting)."""
+        return bool(self.config.tta.get("horizontal_flip", True))
 
     @property
     def base_model(self) -> torch.nn.Module:
@@ -195,22 +209,10 @@ class PSFHModel:
         c = self.config
         return inference.preprocess(pixels, c.input_size, c.pixel_mean, c.pixel_std, name).to(self.device)
 
-    def _check_folds(self, folds: list[str] | None) -> list[str]:
-        if not self.config.folds:
-            raise PSFHInputError("this package holds the base model only (no fold adapters): it cannot segment "
-                                 "PS/FH yet; train it with train.py or load a trained package")
-        folds = list(folds) if folds is not None else self.folds
-        unknown = [f for f in folds if f not in self.config.folds]
-        if unknown or not folds:
-            raise PSFHInputError(f"unknown or empty folds {unknown or folds}; this package has {self.folds}")
-        return folds
-
     def _autocast(self, precision: str):
-        if precision == "fp32":
+        if check_precision(precision) == "fp32":
             return nullcontext()
-        if precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        raise PSFHInputError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @torch.inference_mode()
     def fold_probabilities(self, pixel_values: torch.Tensor, folds: list[str] | None = None, tta: bool = True,
@@ -221,7 +223,7 @@ class PSFHModel:
         both views and only the decoder runs per fold: the ensemble's answer is the same, its
         cost about a fifth.
         """
-        folds = self._check_folds(folds)
+        folds = resolve_folds(self.folds, folds)
         views = inference.tta_views(pixel_values, tta)
         with self._lock, self._autocast(precision):
             if self.encoder_scope == "none":
@@ -237,7 +239,8 @@ class PSFHModel:
     @cached_property  # adapters are all in place once the model is built
     def encoder_scope(self) -> str:
         """What the fold adapters change in the image encoder: "none", "last_stage" or "all"."""
-        from psfh.bases import get_base
+        if not isinstance(self.network, PeftModel):  # the base alone (no fold adapters loaded)
+            return "none"
         return encoder_scope(self.config.lora, get_base(self.config.base).last_stage_lora_targets)
 
     @torch.inference_mode()
@@ -247,7 +250,7 @@ class PSFHModel:
         (V x C x g x g: identity, then the horizontal flip), e.g. an embedding cache."""
         if adapts_encoder(self.config.lora):
             raise PSFHInputError("this package adapts the image encoder: embeddings differ per fold")
-        folds = self._check_folds(folds)
+        folds = resolve_folds(self.folds, folds)
         with self._lock:
             return self._members(folds, tta, image_embeddings=view_embeddings[: 2 if tta else 1].to(self.device))
 
@@ -294,7 +297,7 @@ class PSFHModel:
             image: a file path (.png .jpg .bmp .tif .mha .nii .nii.gz .nrrd), an H x W or H x W x C
                 numpy array (uint8, uint16 or float) or a PIL image.
             folds: which fold adapters to ensemble (default: all).
-            tta: horizontal-flip test-time augmentation (default: the package's setting).
+            tta: horizontal-flip test-time augmentation (default: :attr:`default_tta`).
             precision: "fp32" (reference) or "bf16" (autocast; faster on CPUs with AVX512-BF16).
         Raises:
             PSFHInputError: unreadable or invalid input, unknown folds, a package without folds.
@@ -302,41 +305,33 @@ class PSFHModel:
         timings = {}
         start = time.perf_counter()
         loaded = load_image(image)
-        tta = self.config.tta.get("horizontal_flip", True) if tta is None else bool(tta)
-        folds = self._check_folds(folds)
+        tta = self.default_tta if tta is None else bool(tta)
+        folds = resolve_folds(self.folds, folds)
         pixel_values = self.preprocess(loaded.pixels, loaded.name or "image")
         timings["load_and_preprocess"] = time.perf_counter() - start
 
         start = time.perf_counter()
         members = self.fold_probabilities(pixel_values, folds, tta, precision).cpu()
         timings["ensemble_forward"] = time.perf_counter() - start
+        return self.finish(members, loaded.pixels.shape, folds, tta, name=loaded.name, timings=timings)
 
+    def finish(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
+               name: str | None = None, timings: dict[str, float] | None = None) -> Prediction:
+        """The ensemble's members -> a :class:`Prediction` at the image's H x W ``size``.
+
+        ``members`` is F x V x 3 x S x S (:meth:`fold_probabilities`): they are averaged (soft
+        ensemble), resized, turned into a label map with the largest component of each
+        structure, and the AoP is measured on it and on each fold's own prediction.
+        """
+        timings = dict(timings or {})
         start = time.perf_counter()
-        size = loaded.pixels.shape
         mean, disagreement = inference.ensemble(members.flatten(0, 1))
         label_map, probabilities = inference.to_label_map(mean, size)
         disagreement_map = inference.resize_map(disagreement, size).numpy()
-        aop = measure_aop(label_map)
         fold_aop = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0])
                     for i, fold in enumerate(folds)}
+        aop = measure_aop(label_map)
         timings["postprocess_and_aop"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,
-                          aop=aop, fold_aop=fold_aop, folds=folds, tta=tta, timings=timings, name=loaded.name)
-
-
-def _built_base(config: PackageConfig) -> torch.nn.Module:
-    from psfh.bases import get_base
-    return get_base(config.base).build(config.input_size).eval()
-
-
-def _move_adapter_to_subfolder(folder: Path, adapter: str) -> None:
-    """peft writes a non-default adapter to ``folder/<adapter>/``; make sure that is where it is."""
-    target = folder / adapter
-    if (target / "adapter_model.safetensors").is_file():
-        return
-    # Older peft versions write the first adapter at the root: move it into its own folder.
-    target.mkdir(exist_ok=True)
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        if (folder / name).is_file():
-            os.replace(folder / name, target / name)
+                          aop=aop, fold_aop=fold_aop, folds=list(folds), tta=tta, timings=timings, name=name)

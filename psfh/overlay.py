@@ -22,7 +22,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from psfh.aop import FH_LABEL, PS_LABEL, AoPMeasurement
+from psfh.aop import AoPMeasurement
+from psfh.labels import FH, PS
 from psfh.errors import PSFHInputError
 
 # Okabe-Ito colours: told apart with the common colour-vision deficiencies, and both stand out
@@ -138,7 +139,7 @@ def overlay_labels(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.35
     _check_same_size(rgb, labels, "label_map")
     out = rgb.astype(np.float32)
     edges = label_boundaries(labels)
-    for value, colour in ((PS_LABEL, PS_COLOUR), (FH_LABEL, FH_COLOUR)):
+    for value, colour in ((PS, PS_COLOUR), (FH, FH_COLOUR)):
         mask = labels == value
         out[mask] = (1.0 - alpha) * out[mask] + alpha * np.asarray(colour, np.float32)
         out[mask & edges] = colour

@@ -19,21 +19,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from psfh.bases import get_base
+from psfh.files import atomic_target, write_text_atomic
+from psfh.bases import EMBEDDED_PACKAGE_DIR, get_base
 from psfh.errors import PSFHInputError
+from psfh.labels import CLASSES
 
 FORMAT_VERSION = 1
-CLASSES = ("background", "pubic_symphysis", "fetal_head")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 BASE_WEIGHTS = Path("base") / "model.safetensors"
-DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parents[1] / "models" / "psfh-lite-medsam"
+DEFAULT_PACKAGE_DIR = EMBEDDED_PACKAGE_DIR  # the package `from_pretrained()` loads with no argument
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -80,7 +80,8 @@ class PackageConfig:
         """A config with the registry's defaults for ``base``."""
         spec = get_base(base)
         values = dict(base=base, input_size=spec.input_size, pixel_mean=list(spec.pixel_mean),
-                      pixel_std=list(spec.pixel_std), embedded_base=spec.hub_id is None, folds=list(folds or []))
+                      pixel_std=list(spec.pixel_std), embedded_base=spec.weights != "hub",  # random weights travel too
+                      folds=list(folds or []))
         values.update(overrides)
         return cls(**values)
 
@@ -103,16 +104,6 @@ class PackageConfig:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         return write_text_atomic(folder / self.FILENAME, json.dumps(asdict(self), indent=2) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates 0600 files
-    os.replace(handle.name, path)
-    return path
 
 
 def refuse_pickle_weights(folder: Path) -> None:
@@ -157,6 +148,22 @@ def resolve_package(path_or_repo_id: str | os.PathLike | None, revision: str | N
                              f"in the local HF cache ({type(error).__name__}: {error})") from None
 
 
+FOLDS_FILE = "folds.json"
+
+
+def read_fold_assignment(folder: Path) -> dict[str, str]:
+    """{image id: the fold adapter that held it out} of the package in ``folder`` (its folds.json,
+    written by train.py), or PSFHInputError when the package has none."""
+    path = Path(folder) / FOLDS_FILE
+    if not path.is_file():
+        raise PSFHInputError(f"{folder}: the package has no {FOLDS_FILE} (written by train.py), so it does not "
+                             "say which fold held out which image")
+    try:
+        return dict(json.loads(path.read_text())["fold_of_id"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise PSFHInputError(f"{path}: not a psfh folds file ({error})") from None
+
+
 def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The base SamModel's own weights, also when peft has wrapped some of its layers.
 
@@ -181,9 +188,8 @@ def save_base_weights(model: torch.nn.Module, folder: Path) -> Path:
     # HF ties the prompt encoder's Fourier matrix to the model's: safetensors refuses shared
     # memory, so store separate contiguous copies (they are 256 floats).
     state = {k: v.clone() for k, v in state.items()}
-    temporary = target.with_suffix(".tmp")
-    save_file(state, str(temporary), metadata={"format": "pt", "producer": "psfh"})
-    os.replace(temporary, target)
+    with atomic_target(target) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt", "producer": "psfh"})
     return target
 
 
@@ -202,14 +208,15 @@ def base_weights_path(config: PackageConfig, folder: Path) -> Path:
     return weights
 
 
-def load_base(config: PackageConfig, folder: Path | None, device: str | torch.device = "cpu"):
-    """Build the package's base SamModel and load its weights (embedded or from the hub)."""
+def load_base(config: PackageConfig, folder: Path | None, fold_batchnorm: bool = True):
+    """Build the package's base SamModel (on the CPU, in eval mode) and load its weights: from
+    ``folder``'s package when it embeds them, from the hub, or none (a random-weights base)."""
     spec = get_base(config.base)
-    if config.embedded_base:
+    if config.embedded_base and folder is not None:
         weights = base_weights_path(config, Path(folder))
         if not weights.is_file():
             raise PSFHInputError(f"{folder}: the config says the base is embedded but {BASE_WEIGHTS} is missing")
-        model = spec.build(config.input_size)
+        model = spec.build(config.input_size, fold_batchnorm=fold_batchnorm)
         state = load_file(str(weights))
         missing, unexpected = model.load_state_dict(state, strict=False)
         # The tied Fourier matrix may be stored once; anything else missing is an error.
@@ -217,6 +224,8 @@ def load_base(config: PackageConfig, folder: Path | None, device: str | torch.de
         if missing or unexpected:
             raise PSFHInputError(f"{weights}: weights do not match base {config.base!r} "
                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    elif spec.weights == "package":
+        raise PSFHInputError(f"base {config.base!r} keeps its weights in a package: give its folder")
     else:
-        model = spec.build(config.input_size, revision=config.base_revision)
-    return model.to(device).eval()
+        model = spec.build(config.input_size, revision=config.base_revision, fold_batchnorm=fold_batchnorm)
+    return model.eval()

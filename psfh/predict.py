@@ -34,13 +34,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from psfh.cli import add_model_arguments, load_model, run_cli
 from psfh.errors import PSFHInputError
+from psfh.files import format_cell
 from psfh.io import SITK_EXTENSIONS, SUPPORTED_EXTENSIONS, image_extension, image_name, load_image, save_label_map
+from psfh.labels import structure_areas
+from psfh.options import check_precision, resolve_folds
 
 CSV_NAME = "aop.csv"
 CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "ps_area_px", "fh_area_px",
                "mean_disagreement", "fold_aop_min", "fold_aop_max", "seconds", "error")
-PRECISIONS = ("fp32", "bf16")
 MAX_LISTED_SKIPPED = 10  # skipped files named per folder; the rest are counted
 
 
@@ -51,42 +54,6 @@ class Item:
     path: Path
     output: Path
     refused: str | None = None
-
-
-# --- shared with psfh.evaluate ---------------------------------------------------------------
-
-
-def resolve_folds(model, folds: Sequence[str] | None) -> list[str]:
-    """The folds to ensemble (default: all of the model's), checked before any image is read.
-
-    Raises PSFHInputError for a package without fold adapters (e.g. the embedded base before
-    training) or unknown fold names, so a batch fails once, up front, not once per image.
-    """
-    available = list(model.folds)
-    if not available:
-        raise PSFHInputError("this model package holds the base only (no fold adapters), so it cannot "
-                             "segment PS/FH yet; train it or pass a trained package with --model")
-    chosen = list(folds) if folds else available
-    unknown = [fold for fold in chosen if fold not in available]
-    if unknown:
-        raise PSFHInputError(f"unknown folds {unknown}; this package has {available}")
-    return chosen
-
-
-def format_cell(value) -> str:
-    """A CSV cell: "" for None, 6 significant digits for floats, str() for the rest."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def load_model(model: str | None, device: str | None = None):
-    """PSFHModel.from_pretrained, imported here because torch takes seconds to import."""
-    from psfh.model import PSFHModel
-
-    return PSFHModel.from_pretrained(model, device=device)
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -188,9 +155,8 @@ def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.
     Raises:
         PSFHInputError: no inputs, a model without the folds asked for, an unusable out_dir.
     """
-    if precision not in PRECISIONS:
-        raise PSFHInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    folds = resolve_folds(model, folds)
+    check_precision(precision)
+    folds = resolve_folds(model.folds, folds)
     files, skipped = collect_inputs(inputs)
     _note_skipped(skipped)
     if not files:
@@ -249,12 +215,13 @@ def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, pre
     prediction = model.predict(loaded.pixels, folds=folds, tta=tta, precision=precision)
     save_label_map(prediction.label_map, item.output, spatial=loaded.spatial, overwrite=True)
     fold_angles = [m.angle_deg for m in prediction.fold_aop.values() if m.angle_deg is not None]
+    areas = structure_areas(prediction.label_map)
     return {
         "label_map": str(item.output),
         "aop_deg": prediction.aop.angle_deg,
         "aop_reason": prediction.aop.reason,
-        "ps_area_px": int((prediction.label_map == 1).sum()),
-        "fh_area_px": int((prediction.label_map == 2).sum()),
+        "ps_area_px": areas["pubic_symphysis"],
+        "fh_area_px": areas["fetal_head"],
         "mean_disagreement": float(prediction.disagreement.mean()),
         "fold_aop_min": min(fold_angles, default=None),
         "fold_aop_max": max(fold_angles, default=None),
@@ -279,25 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --folds, --no-tta, --precision, --device (shared with psfh.evaluate)."""
-    parser.add_argument("--model", default=None,
-                        help="model package folder or hub repo id (default: the embedded package)")
-    parser.add_argument("--folds", nargs="+", default=None, help="fold adapters to ensemble (default: all)")
-    parser.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if any)")
-
-
 def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        model = load_model(args.model, args.device)
-        rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
-                             tta=False if args.no_tta else None, precision=args.precision)
-    except PSFHInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    model = load_model(args.model, args.device)
+    rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
+                         tta=False if args.no_tta else None, precision=args.precision)
     failed = sum(1 for row in rows if row["error"])
     print(f"{len(rows) - failed} of {len(rows)} images predicted; results in {args.out / CSV_NAME}"
           + (f"; {failed} failed (see the error column)" if failed else ""))

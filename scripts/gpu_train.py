@@ -1,7 +1,7 @@
 """The whole GPU training job in one call: every fold of every variant, side by side, within a time budget.
 
     scripts/gpu_train.sh --pack .gpu/psfhs-cv-webp85.zip --out "$OUT" --minutes 7.5   # on a lent GPU
-    scripts/gpu_train.sh --pack small.zip --out runs/dry --device cpu --folds 2 --epochs 1   # CPU dry run
+    scripts/gpu_train.sh --pack small.zip --out runs/dry --device cpu --n-folds 2 --epochs 1   # CPU dry run
 
 Variants (both the paper's recipe, `train.py --recipe paper`: MONAI augmentation on the pixels,
 0.2 CE + 0.8 Dice, AdamW with warm-up; decoder LoRA rank 16 + output tokens):
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="folder for the packed results")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: OUT/../psfh-gpu-work)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--n-folds", type=int, default=5, help="cross-validation folds")
     p.add_argument("--minutes", type=float, default=7.5, help="training time per fold (all folds run at once)")
     p.add_argument("--epochs", type=int, default=400, help="at most this many epochs per fold")
     p.add_argument("--batch-size", type=int, default=8)
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def train_command(args, variant: str, fold: int, run_dir: Path) -> list[str]:
     command = [sys.executable, str(ROOT / "train.py"), "--data", str(args.pack), "--out", str(run_dir),
-               "--recipe", "paper", "--folds", str(args.folds), "--fold", str(fold),
+               "--recipe", "paper", "--n-folds", str(args.n_folds), "--fold", str(fold),
                "--block-size", str(args.block_size), "--epochs", str(args.epochs),
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--time-budget", str(args.minutes),
                "--device", args.device, "--no-progress", *VARIANTS[variant]]
@@ -88,13 +88,13 @@ def run_all(jobs: list[tuple[str, int, list[str]]], logs: Path, parallel: int) -
     return codes
 
 
-def merge_variant(work: Path, variant: str, folds: int) -> Path | None:
+def merge_variant(work: Path, variant: str, n_folds: int) -> Path | None:
     """One package folder (no base weights) from the per-fold runs of a variant."""
     package = work / variant / "package"
     shutil.rmtree(package, ignore_errors=True)
     package.mkdir(parents=True)
     done, seconds = [], {}
-    for k in range(folds):
+    for k in range(n_folds):
         run = work / variant / f"run_{k}"
         if not (run / f"fold_{k}" / "adapter_model.safetensors").is_file():
             continue
@@ -151,16 +151,16 @@ def main(argv=None) -> int:
     work = (args.work or out.parent / "psfh-gpu-work").resolve()
     out.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    parallel = args.parallel or (1 if args.device == "cpu" else len(variants) * args.folds)
+    parallel = args.parallel or (1 if args.device == "cpu" else len(variants) * args.n_folds)
 
     started = time.time()
-    jobs = [(v, k, train_command(args, v, k, work / v / f"run_{k}")) for v in variants for k in range(args.folds)]
+    jobs = [(v, k, train_command(args, v, k, work / v / f"run_{k}")) for v in variants for k in range(args.n_folds)]
     codes = run_all(jobs, work / "logs", parallel)
     summary = {"minutes_budget_per_fold": args.minutes, "wall_seconds": round(time.time() - started, 1),
                "parallel": parallel, "batch_size": args.batch_size, "lr": args.lr,
                "exit_codes": {f"{v}/fold_{k}": c for (v, k), c in codes.items()}, "variants": {}}
     for variant in variants:
-        package = merge_variant(work, variant, args.folds)
+        package = merge_variant(work, variant, args.n_folds)
         if package is None:
             continue
         summary["variants"][variant] = fold_summary(package)

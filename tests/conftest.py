@@ -1,4 +1,10 @@
-"""Shared fixtures: the real data set, the examples, tiny-random packages."""
+"""Shared fixtures: the real data set, the examples, tiny-random packages.
+
+Tests that need the full PSFHS data set read it from $PSFH_DATA (default ../shared/data/psfhs
+beside the repository) and call :func:`require_data`: on a fresh clone without it they are
+skipped, with that reason; with PSFH_REQUIRE_DATA=1 (CI, .ci/run) a missing data set fails them
+instead, so CI never skips them. Everything else runs from examples/ and generated data.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "psfhs"
+DATA = Path(os.environ.get("PSFH_DATA") or ROOT.parent / "shared" / "data" / "psfhs")
+# The challenge AoP reference (shared/reference/aop_on_ground_truth.csv), beside the data set.
+REFERENCE = Path(os.environ.get("PSFH_REFERENCE") or ROOT.parent / "shared" / "reference")
 EXAMPLES = ROOT / "examples"
 EMBEDDED = ROOT / "models" / "psfh-lite-medsam"
 
@@ -23,6 +31,31 @@ BAD_LABEL_MAPS = [
     np.full((8, 8), 3, dtype=np.uint8),  # not a PS/FH label
     np.full((8, 8), 0.5),  # probabilities, not labels
 ]
+
+def have_data() -> bool:
+    return (DATA / "image_mha").is_dir() and (DATA / "label_mha").is_dir()
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("PSFH_REQUIRE_DATA") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_data() -> Path:
+    """The PSFHS data set folder; skips the test when it is missing (fails it under PSFH_REQUIRE_DATA=1)."""
+    if not have_data():
+        _missing(f"needs the PSFHS data set, not found at {DATA} (set PSFH_DATA to its folder)")
+    return DATA
+
+
+def require_reference(name: str) -> Path:
+    """A file of the shared reference folder ($PSFH_REFERENCE); skipped or failed as require_data."""
+    path = REFERENCE / name
+    if not path.is_file():
+        _missing(f"needs {path} (set PSFH_REFERENCE to its folder)")
+    return path
+
 
 # Two cores: more torch threads than that only adds contention (PSFH_TEST_THREADS=1 beside a busy job).
 torch.set_num_threads(int(os.environ.get("PSFH_TEST_THREADS", "2")))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BAD_LABEL_MAPS
+from conftest import BAD_LABEL_MAPS, DATA
 from psfh.aop import AoPMeasurement, measure_aop
 from psfh.errors import PSFHInputError
 
@@ -17,7 +17,8 @@ PS_WIDTH = 5.0
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_LABELS = sorted((REPO / "examples" / "label_mha").glob("*.mha"))
-PSFHS_LABELS = sorted(Path("/work/shared/data/psfhs/label_mha").glob("*.mha"))
+# A spread of the full data set where it is present (conftest: PSFH_DATA); the examples always.
+PSFHS_LABELS = sorted((DATA / "label_mha").glob("*.mha"))
 
 
 def _unit(angle_deg):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import draw
 
-from conftest import BAD_LABEL_MAPS, DATA, ROOT
+from conftest import BAD_LABEL_MAPS, DATA, REFERENCE, require_data, require_reference
 from psfh.aop_challenge import (
     ELLIPSE_FITTERS,
     RotatedEllipse,
@@ -22,7 +22,7 @@ from psfh.aop_challenge import (
 from psfh.errors import PSFHInputError
 from psfh.io import load_label_map
 
-REFERENCE_CSV = ROOT.parent / "shared" / "reference" / "aop_on_ground_truth.csv"
+REFERENCE_CSV = REFERENCE / "aop_on_ground_truth.csv"
 GROUND_TRUTH = sorted((DATA / "label_mha").glob("*.mha"))
 SAMPLE = GROUND_TRUTH[::10]  # 108 maps spread over all exams
 
@@ -40,8 +40,8 @@ PS_DROP = 100.0  # the apex lies this far from the head centre, across the head'
 @pytest.fixture(scope="module")
 def reference_sample():
     """(reference angle, label map) for every 10th ground-truth map."""
-    if not (REFERENCE_CSV.exists() and SAMPLE):
-        pytest.skip("the PSFHS label maps or the reference CSV are missing")
+    require_data()
+    require_reference(REFERENCE_CSV.name)
     with open(REFERENCE_CSV, newline="") as handle:
         reference = {
             row["id"]: float(row["aop_challenge_definition_deg"]) for row in csv.DictReader(handle)

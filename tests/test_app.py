@@ -109,13 +109,13 @@ def test_api_has_the_segment_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert list(endpoints) == ["/segment"]  # the page's other events are private
     segment = endpoints["/segment"]
-    assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "folds"]
+    assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds"]
     assert [r["component"] for r in segment["returns"]] == ["File", "File", "Number", "Json"]
 
 
 def test_segment_returns_label_maps_aop_and_report(client, model, images):
     # Keyword arguments, as the README shows them.
-    result = client.predict(image=handle_file(images[0]), tta=True, folds=3, api_name="/segment")
+    result = client.predict(image=handle_file(images[0]), tta=True, n_folds=3, api_name="/segment")
     assert Path(result[0]).name == f"{images[0].stem}_labels.png"
     assert_api_result_matches(result, predict_alone(model, images[0], 3, True))
     assert set(result[3]["timings_s"]) >= {"total"}

@@ -77,5 +77,5 @@ def test_resizing_a_vit_sam_to_a_new_input_size_keeps_it_working():
         masks = resized(pixel_values=torch.rand(1, 3, 64, 64), multimask_output=True).pred_masks
     assert masks.shape == (1, 1, 3, 16, 16)
     assert resize_sam_input(model, 128) is model
-    with pytest.raises(ValueError, match="multiple of the patch size"):
+    with pytest.raises(PSFHInputError, match="multiple of the patch size"):
         resize_sam_input(model, 100)

@@ -78,16 +78,18 @@ def test_key_renames_cover_the_sam_layouts():
     assert len(KEY_RENAMES) > 10
 
 
-def test_batchnorm_folding_and_channels_last_change_nothing(lite_medsam_base, monkeypatch):
+def test_batchnorm_folding_and_channels_last_change_nothing(lite_medsam_base):
     """The inference optimisations of the encoder give the reference (unfolded, NCHW) answer."""
     import copy
 
-    import psfh.modeling.tiny_vit as tiny_vit
+    from psfh.modeling.tiny_vit import TinyViTConfig, TinyViTVisionEncoder
 
     image = load_file(str(GOLDEN))["input_uint8"].float().div(255.0)[None, None].repeat(1, 3, 1, 1)
     encoder = lite_medsam_base.vision_encoder
+    assert encoder.config.fold_batchnorm, "bases fold BatchNorm at inference by default"
+    unfolded = TinyViTVisionEncoder(TinyViTConfig(fold_batchnorm=False))
+    unfolded.load_state_dict(encoder.state_dict())
     with torch.no_grad():
         optimised = copy.deepcopy(encoder).to(memory_format=torch.channels_last)(image).last_hidden_state
-        monkeypatch.setattr(tiny_vit, "FOLD_BATCHNORM", False)
-        reference = encoder(image).last_hidden_state
+        reference = unfolded.eval()(image).last_hidden_state
     assert (optimised - reference).abs().max().item() <= 1e-4

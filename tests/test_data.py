@@ -24,7 +24,8 @@ from psfh.data import (
 from psfh.errors import PSFHInputError
 from psfh.io import load_image, load_label_map
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "psfhs"
+from conftest import DATA, require_data
+
 REAL_IDS = ["03744", "04316", "04398"]  # 04316 and 04398 hold identical images
 
 
@@ -56,6 +57,7 @@ def png_set(tmp_path) -> Path:
 @pytest.fixture
 def published_set(tmp_path) -> Path:
     """The published layout with three real PSFHS pairs."""
+    require_data()
     root = tmp_path / "published"
     for folder in ("image_mha", "label_mha"):
         (root / folder).mkdir(parents=True)
@@ -65,7 +67,7 @@ def published_set(tmp_path) -> Path:
 
 
 def real_ids() -> list[str]:
-    return sorted(path.stem for path in (DATA / "image_mha").glob("*.mha"))
+    return sorted(path.stem for path in (require_data() / "image_mha").glob("*.mha"))
 
 
 # --- finding samples -------------------------------------------------------------------------
@@ -148,7 +150,7 @@ def test_validate_collects_every_problem(png_set):
     assert f"{png_set / 'images' / '9.png'}: cannot read the image file" in message
     assert f"{png_set / 'masks' / '10.png'}: label map is 24 x 16 (W x H)" in message
     assert f"{png_set / 'images' / '10.bmp'} is 32 x 32 (W x H)" in message
-    assert f"{png_set / 'masks' / '11.png'}: label values [0, 1, 2, 3] found" in message
+    assert f"{png_set / 'masks' / '11.png'} holds label values [3]" in message
     with pytest.raises(PSFHInputError, match="3 of 4 samples have problems"):
         load_arrays(find_samples(png_set), progress=False)
 

@@ -44,6 +44,7 @@ class GroundTruthModel:
 
     folds = ["truth"]
     source = None
+    default_tta = True
 
     def predict(self, image, folds=None, tta=None, precision="fp32") -> Prediction:
         label = load_label_map(Path(image).parents[1] / "label_mha" / Path(image).name)

@@ -37,7 +37,7 @@ def dry_run(tmp_path_factory):
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
     result = subprocess.run(
         [str(SCRIPT), "--pack", str(data), "--out", str(out), "--work", str(root / "work"), "--device", "cpu",
-         "--folds", "2", "--epochs", "1", "--limit", "4", "--block-size", "2", "--batch-size", "2"],
+         "--n-folds", "2", "--epochs", "1", "--limit", "4", "--block-size", "2", "--batch-size", "2"],
         capture_output=True, text=True, env=env, timeout=900)
     return result, out
 

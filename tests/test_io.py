@@ -15,9 +15,10 @@ from psfh import io
 from psfh.errors import PSFHInputError
 from psfh.io import as_uint8, image_name, load_image, load_label_map, save_label_map
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "psfhs"
-IMAGE_03744 = DATA / "image_mha" / "03744.mha"
-LABEL_03744 = DATA / "label_mha" / "03744.mha"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# A real PSFHS frame (a 3 x 256 x 256 .mha, as the whole data set) from the repository's examples.
+IMAGE_03811 = EXAMPLES / "image_mha" / "03811.mha"
+LABEL_03811 = EXAMPLES / "label_mha" / "03811.mha"
 
 
 def gradient(height: int = 32, width: int = 40, dtype=np.uint8, high: int = 255) -> np.ndarray:
@@ -53,12 +54,12 @@ def test_image_name(path, name):
 
 
 def test_dataset_mha_is_its_first_channel():
-    loaded = load_image(IMAGE_03744)
-    volume = sitk.GetArrayFromImage(sitk.ReadImage(str(IMAGE_03744)))
+    loaded = load_image(IMAGE_03811)
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(str(IMAGE_03811)))
     assert volume.shape == (3, 256, 256)
     assert loaded.pixels.shape == (256, 256) and loaded.pixels.dtype == np.float32
     np.testing.assert_array_equal(loaded.pixels, volume[0])
-    assert loaded.name == "03744" and loaded.path == IMAGE_03744
+    assert loaded.name == "03811" and loaded.path == IMAGE_03811
     assert loaded.original_dtype == "uint8"
     assert loaded.spatial == {"spacing": (1.0, 1.0), "origin": (0.0, 0.0),
                               "direction": (1.0, 0.0, 0.0, 1.0)}
@@ -220,7 +221,7 @@ def test_bad_files(tmp_path):
 
 
 def test_load_label_map_dataset_and_png(tmp_path):
-    labels = load_label_map(LABEL_03744)
+    labels = load_label_map(LABEL_03811)
     assert labels.shape == (256, 256) and labels.dtype == np.uint8
     assert set(np.unique(labels)) == {0, 1, 2}
     Image.fromarray(np.stack([labels] * 3, axis=-1)).save(tmp_path / "rgb.png")  # colour mask
@@ -271,10 +272,10 @@ def test_nifti_round_trip_keeps_spacing(tmp_path):
 
 
 def test_spatial_from_the_dataset_image_writes_back_aligned(tmp_path):
-    spatial = load_image(IMAGE_03744).spatial
-    path = save_label_map(load_label_map(LABEL_03744), tmp_path / "03744.mha", spatial)
+    spatial = load_image(IMAGE_03811).spatial
+    path = save_label_map(load_label_map(LABEL_03811), tmp_path / "03811.mha", spatial)
     assert b"CompressedData = True" in path.read_bytes()[:600]
-    np.testing.assert_array_equal(load_label_map(path), load_label_map(LABEL_03744))
+    np.testing.assert_array_equal(load_label_map(path), load_label_map(LABEL_03811))
 
 
 def test_png_label_map_round_trip_and_overwrite(tmp_path):

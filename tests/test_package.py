@@ -193,3 +193,15 @@ def test_a_package_can_borrow_the_base_of_a_package_beside_it(tiny_package, tmp_
     shutil.rmtree(lender)
     with pytest.raises(PSFHInputError, match="not a hub repo id"):
         PSFHModel.from_pretrained(borrower, device="cpu")
+
+
+def test_the_shipped_package_predicts_what_it_predicted_when_it_was_made():
+    """A refactor must not change the answers: the embedded package's full ensemble on an example
+    gives the label map recorded from it (tests/golden, written by `python -m psfh.predict`)."""
+    from psfh.io import load_label_map
+
+    model = PSFHModel.from_pretrained(device="cpu")
+    prediction = model.predict(ROOT / "examples" / "image_mha" / "03811.mha")
+    recorded = load_label_map(Path(__file__).parent / "golden" / "shipped_package_03811_labels.mha")
+    np.testing.assert_array_equal(prediction.label_map, recorded)
+    assert prediction.aop.angle_deg == pytest.approx(125.252, abs=1e-3)  # the recorded aop.csv value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,23 +18,22 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import DATA, EMBEDDED, EXAMPLES, ROOT
-from psfh.errors import PSFHInputError
+from conftest import EMBEDDED, EXAMPLES, ROOT
 from psfh.model import PSFHModel
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--out", str(out), "--base", "tiny-random", "--folds", "2", "--block-size", "2",
+    return ["--data", str(data), "--out", str(out), "--base", "tiny-random", "--n-folds", "2", "--block-size", "2",
             "--epochs", "2", "--batch-size", "4", "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory) -> Path:
-    """12 real image/label pairs (published layout) copied from the data set."""
-    root = tmp_path_factory.mktemp("psfhs12")
+    """The 8 real image/label pairs of examples/ (published layout), copied."""
+    root = tmp_path_factory.mktemp("psfhs8")
     for sub in ("image_mha", "label_mha"):
         (root / sub).mkdir()
-        for path in sorted((DATA / sub).glob("*.mha"))[:12]:
+        for path in sorted((EXAMPLES / sub).glob("*.mha")):
             shutil.copy(path, root / sub / path.name)
     return root
 
@@ -46,7 +46,7 @@ def test_two_fold_tiny_run_writes_a_package_that_loads_and_predicts(small_datase
     result = model.predict(EXAMPLES / "image_mha" / "03811.mha")
     assert result.label_map.shape == (256, 256) and set(np.unique(result.label_map)) <= {0, 1, 2}
     folds = json.loads((out / "folds.json").read_text())["fold_of_id"]
-    assert len(folds) == 12 and set(folds.values()) == {"fold_0", "fold_1"}
+    assert len(folds) == 8 and set(folds.values()) == {"fold_0", "fold_1"}
     for fold in model.folds:
         metrics = json.loads((out / fold / "metrics.json").read_text())
         assert [h["epoch"] for h in metrics["history"]] == [1, 2]
@@ -104,15 +104,15 @@ def _broken_copy(small_dataset: Path, tmp_path: Path) -> Path:
     return broken
 
 
-def test_unpaired_file_stops_the_run_naming_it(small_dataset, tmp_path):
+def test_unpaired_file_stops_the_run_naming_it(small_dataset, tmp_path, capsys):
     broken = _broken_copy(small_dataset, tmp_path)
     lonely = sorted((broken / "label_mha").glob("*.mha"))[0]
     lonely.unlink()
-    with pytest.raises(PSFHInputError, match=lonely.stem):
-        train.main(tiny_args(broken, tmp_path / "out"))
+    assert train.main(tiny_args(broken, tmp_path / "out")) == 2  # bad input: exit status 2, as every CLI
+    assert re.search(rf"^error: .*{lonely.stem}", capsys.readouterr().err, re.M)
 
 
-def test_label_values_outside_0_1_2_stop_the_run_naming_the_file(small_dataset, tmp_path):
+def test_label_values_outside_0_1_2_stop_the_run_naming_the_file(small_dataset, tmp_path, capsys):
     import SimpleITK as sitk
 
     broken = _broken_copy(small_dataset, tmp_path)
@@ -120,8 +120,8 @@ def test_label_values_outside_0_1_2_stop_the_run_naming_the_file(small_dataset, 
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     label[0, 0] = 7
     sitk.WriteImage(sitk.GetImageFromArray(label), str(path))
-    with pytest.raises(PSFHInputError, match=rf"{path.stem}.*7|7.*{path.stem}"):
-        train.main(tiny_args(broken, tmp_path / "out"))
+    assert train.main(tiny_args(broken, tmp_path / "out")) == 2
+    assert re.search(rf"{path.stem}.*7|7.*{path.stem}", capsys.readouterr().err)
     assert not (tmp_path / "out" / "psfh_config.json").exists()
 
 
@@ -131,7 +131,7 @@ def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
 
     from psfh.data import find_samples, load_arrays
     from psfh.lora import make_lora_config
-    from psfh.training.embedding_cache import VIEWS, build_cache, load_embeddings
+    from psfh.training.embedding_cache import EmbeddingCache
     from psfh.training.loop import train_fold
     from psfh.training.recipe import preset
     from psfh.training.sources import CachedEmbeddingSource
@@ -141,9 +141,8 @@ def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
     torch.manual_seed(0)
     model = PSFHModel.from_base("lite-medsam", ["fold_0"], make_lora_config(0, 16), device="cpu",
                                 base_folder=EMBEDDED)
-    build_cache(tmp_path / "cache", model.base_model, ids, list(images), model.preprocess, progress=False)
-    source = CachedEmbeddingSource({v: load_embeddings(tmp_path / "cache", ids, v) for v in VIEWS},
-                                   torch.as_tensor(labels))
+    embeddings = EmbeddingCache(model, tmp_path / "cache").build(ids, list(images), progress=False)
+    source = CachedEmbeddingSource(embeddings, torch.as_tensor(labels))
     config = preset("cpu", epochs=80, batch_size=4, learning_rate=3e-3, augment=False, warmup_fraction=0.05)
     everything = torch.arange(4)
     result = train_fold(model.network, "fold_0", 0, source, everything, everything, config, 256,
@@ -153,7 +152,7 @@ def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
     assert result.history[0]["val_score"] < best["val_score"]
 
 
-def test_a_time_budget_fits_the_epochs_after_the_first_and_records_them(small_dataset, tmp_path):
+def test_a_time_budget_fits_the_epochs_after_the_first_and_records_them(small_dataset, tmp_path, capsys):
     out = tmp_path / "budget"
     # 0.0001 minutes: whatever the first epoch takes, only that one fits; --epochs 5 is the cap only.
     assert train.main(tiny_args(small_dataset, out, "--fold", "0", "--epochs", "5", "--time-budget", "0.0001")) == 0
@@ -161,8 +160,8 @@ def test_a_time_budget_fits_the_epochs_after_the_first_and_records_them(small_da
     assert [h["epoch"] for h in metrics["history"]] == [1]
     config = json.loads((out / "psfh_config.json").read_text())
     assert config["training"]["recipe"]["time_budget_minutes"] == 0.0001
-    with pytest.raises(PSFHInputError, match="--time-budget must be a positive number of minutes"):
-        train.main(tiny_args(small_dataset, tmp_path / "never", "--time-budget", "0"))
+    assert train.main(tiny_args(small_dataset, tmp_path / "never", "--time-budget", "0")) == 2
+    assert "--time-budget must be a positive number of minutes" in capsys.readouterr().err
 
 
 def test_epochs_within_budget_and_the_refitted_schedule():

@@ -27,11 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionEncoderOutput
 
-# Fold BatchNorm into the convolutions in eval mode (see ConvBN). Off only to benchmark the
-# unoptimised design (psfh.benchmark) and to test that folding changes nothing.
-FOLD_BATCHNORM = True
-
-
 @dataclass(frozen=True)
 class TinyViTConfig:
     """Hyper-parameters of the TinyViT encoder (LiteMedSAM's values by default)."""
@@ -48,6 +43,9 @@ class TinyViTConfig:
     output_channels: int = 256
     # stages whose patch merging keeps the resolution (LiteMedSAM: the one into the last stage)
     stride_one_merges: tuple[int, ...] = (2,)
+    # fold BatchNorm into the convolutions in eval mode (ConvBN); off only to benchmark the
+    # unoptimised design (psfh.benchmark) and to test that folding changes nothing
+    fold_batchnorm: bool = True
 
 
 class ConvBN(nn.Sequential):
@@ -65,6 +63,7 @@ class ConvBN(nn.Sequential):
         self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_ch))
         self._folded: tuple | None = None
+        self.fold_batchnorm = True  # set by TinyViTVisionEncoder from its config
 
     def _sources(self) -> tuple:
         tensors = (self.c.weight, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var)
@@ -81,7 +80,7 @@ class ConvBN(nn.Sequential):
         return self._folded[1], self._folded[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not FOLD_BATCHNORM:
+        if self.training or not self.fold_batchnorm:
             return self.bn(self.c(x))
         weight, bias = self._folded_weights()
         return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, self.c.dilation, self.c.groups)
@@ -279,6 +278,9 @@ class TinyViTVisionEncoder(nn.Module):
             nn.Conv2d(config.output_channels, config.output_channels, 3, padding=1, bias=False),
             LayerNorm2d(config.output_channels),
         )
+        for module in self.modules():
+            if isinstance(module, ConvBN):
+                module.fold_batchnorm = config.fold_batchnorm
 
     def get_input_embeddings(self) -> nn.Module:
         """What transformers / peft ask a vision encoder for (SamModel.get_input_embeddings)."""

@@ -9,13 +9,12 @@ previous complete checkpoint or the new one, never a half-written file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from psfh.package import write_text_atomic
+from psfh.files import atomic_target, write_text_atomic
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -51,9 +50,8 @@ def save_checkpoint(folder: Path, epoch: int, trainable: dict[str, torch.Tensor]
     tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()})
     tensors.update({k: v.cpu() for k, v in optimizer_tensors.items()})
     name = f"state-epoch{epoch:04d}.safetensors"
-    temporary = folder / (name + ".tmp")
-    save_file(tensors, str(temporary))
-    os.replace(temporary, folder / name)
+    with atomic_target(folder / name) as temporary:
+        save_file(tensors, str(temporary))
     meta = {"epoch": epoch, "tensors": name, "optimizer": optimizer_meta,
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}, **info}
     write_text_atomic(folder / "state.json", json.dumps(meta, indent=1))

@@ -1,121 +1,149 @@
-"""Image embeddings of a frozen encoder, computed once and cached on disk (the CPU recipe).
+"""Image embeddings of a frozen encoder, computed once and cached on disk by content (the CPU recipe).
 
 LiteMedSAM's encoder costs ~75 GFLOPs per 256 x 256 image: on 2 CPU cores, back-propagating
 through it for 5 folds is out of reach, but running it once per image and view is not. With the
 encoder frozen (no LoRA on it), training the decoder side on cached embeddings is exact: the
-decoder sees the same embeddings it will see at inference. Two views are cached per image, the
-identity and the horizontal flip, which gives the flip augmentation for free.
+decoder sees the same embeddings it will see at inference. Both TTA views are cached per image
+(:func:`psfh.inference.tta_views`: the identity and the horizontal flip), which gives the flip
+augmentation for free.
 
-Layout: ``FOLDER/<view>/<id>.safetensors`` holding ``embedding`` (C x g x g, bfloat16 by
-default). One file per image and view makes the computation resumable: finished files are
-skipped, and each is written atomically.
+The cache outlives work trees and sessions: it lives under ``$PSFH_CACHE`` (default
+``~/.cache/psfh``) as ``embeddings/<base key>/<content key>.safetensors``, where the base key
+hashes the base's weights and preprocessing and the content key hashes the preprocessed model
+input. A changed image, base or preprocessing therefore never reads a stale embedding, and the
+same frame reached under another path or id is computed once. Each file holds one tensor per
+view (C x g x g, bfloat16 by default), is written atomically, and finished files are skipped, so
+an interrupted build resumes where it stopped.
 
-    python -m psfh.training.embedding_cache --data ../shared/data/psfhs --model models/psfh-lite-medsam \
-        --out cache/psfhs-lite-medsam
+    python -m psfh.training.embedding_cache --data ../shared/data/psfhs --ids-file ids.txt
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-VIEWS = ("identity", "hflip")
+from psfh import inference
+from psfh.files import atomic_target
+from psfh.errors import PSFHInputError
+
+VIEWS = ("identity", "hflip")  # the order of inference.tta_views
+FORMAT = "psfh-embeddings-1"
 
 
-def embedding_path(folder: Path, view: str, sample_id: str) -> Path:
-    return Path(folder) / view / f"{sample_id}.safetensors"
+def cache_root() -> Path:
+    """The persistent cache folder: ``$PSFH_CACHE``, else ``~/.cache/psfh``."""
+    return Path(os.environ.get("PSFH_CACHE") or Path.home() / ".cache" / "psfh").expanduser()
 
 
-def missing_ids(folder: Path, ids: list[str], views=VIEWS) -> list[str]:
-    """Ids with at least one view not cached yet."""
-    return [i for i in ids if any(not embedding_path(folder, v, i).is_file() for v in views)]
+def base_key(model) -> str:
+    """``<base name>-<16 hex>``: a hash of the frozen base's weights and of the preprocessing
+    (input size, normalisation) of a :class:`psfh.model.PSFHModel`."""
+    from psfh.package import base_state_dict
+
+    digest = hashlib.sha256(FORMAT.encode())
+    config = model.config
+    digest.update(json.dumps([config.input_size, config.pixel_mean, config.pixel_std]).encode())
+    for name, tensor in sorted(base_state_dict(model.base_model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.float().cpu().numpy().tobytes())
+    return f"{config.base.replace('/', '--')}-{digest.hexdigest()[:16]}"
 
 
-@torch.inference_mode()
-def compute_embeddings(encoder_model, pixel_values: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """B x 3 x S x S model inputs -> B x C x g x g embeddings of ``encoder_model`` (a SamModel)."""
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    with context:
-        return encoder_model.get_image_embeddings(pixel_values).float()
+def content_key(pixel_values: torch.Tensor) -> str:
+    """A hash of one preprocessed model input (1 x 3 x S x S)."""
+    return hashlib.sha256(pixel_values.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:32]
 
 
-def build_cache(folder: Path, sam, ids: list[str], images, preprocess, precision: str = "fp32",
-                dtype: torch.dtype = torch.bfloat16, progress: bool = True) -> dict:
-    """Compute and store the embeddings of every id not cached yet.
+class EmbeddingCache:
+    """The cached embeddings of one model's frozen base.
 
     Args:
-        folder: cache folder.
-        sam: the frozen base SamModel.
-        ids: sample ids; images[i] is the H x W image of ids[i] (any intensity scale).
-        preprocess: ``preprocess(pixels, name) -> 1 x 3 x S x S`` (the model's own preprocessing).
-    Returns:
-        timing summary (images computed, seconds per image).
+        model: a :class:`psfh.model.PSFHModel` whose adapters leave the image encoder frozen.
+        root: the cache folder (default :func:`cache_root`).
+        dtype: storage type of the embeddings (bfloat16 halves the disk; the decoder gets float32).
     """
-    folder = Path(folder)
-    for view in VIEWS:
-        (folder / view).mkdir(parents=True, exist_ok=True)
-    missing = set(missing_ids(folder, ids))
-    # ``images`` may be a lazy generator: nothing is held in memory, and only missing ids are encoded.
-    todo = ((i, image) for i, image in zip(ids, images) if i in missing)
-    start = time.perf_counter()
-    for sample_id, image in tqdm(todo, total=len(missing), desc="caching embeddings", disable=not progress,
-                                 unit="image"):
-        pixels = preprocess(image, sample_id)
-        views = torch.cat([pixels, pixels.flip(-1)])  # the same two views as TTA at inference
-        embeddings = compute_embeddings(sam, views, precision).to(dtype)
-        for view, embedding in zip(VIEWS, embeddings):
-            target = embedding_path(folder, view, sample_id)
-            temporary = target.with_suffix(".tmp")
-            save_file({"embedding": embedding.contiguous()}, str(temporary))
-            os.replace(temporary, target)
-    seconds = time.perf_counter() - start
-    return {"computed": len(missing), "seconds": seconds, "seconds_per_image": seconds / max(len(missing), 1)}
+
+    def __init__(self, model, root: str | os.PathLike | None = None, dtype: torch.dtype = torch.bfloat16):
+        if model.encoder_scope != "none":
+            raise PSFHInputError("the embedding cache serves packages whose adapters leave the image encoder "
+                                 f"frozen; this one adapts it ({model.encoder_scope})")
+        self.model = model
+        self.dtype = dtype
+        self.folder = Path(root or cache_root()) / "embeddings" / base_key(model)
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    @torch.inference_mode()
+    def views(self, pixels: np.ndarray, name: str = "image") -> torch.Tensor:
+        """H x W image -> V x C x g x g float32 embeddings of its TTA views, from the cache or computed."""
+        pixel_values = self.model.preprocess(pixels, name)
+        path = self.path(content_key(pixel_values))
+        if path.is_file():
+            try:
+                stored = load_file(str(path))
+                return torch.stack([stored[view] for view in VIEWS]).float()
+            except (SafetensorError, KeyError, OSError):
+                pass  # a damaged file (e.g. a full disk): compute it again
+        embeddings = self.model.base_model.get_image_embeddings(inference.tta_views(pixel_values, True)).float()
+        with atomic_target(path) as temporary:
+            save_file({view: e.to(self.dtype).contiguous().cpu() for view, e in zip(VIEWS, embeddings)},
+                      str(temporary), metadata={"format": FORMAT})
+        return embeddings.cpu()
+
+    def build(self, ids: list[str], images, progress: bool = True) -> dict[str, torch.Tensor]:
+        """{view: N x C x g x g} for ``images`` (H x W arrays, any intensity scale; ``images[i]`` is
+        ``ids[i]``), computing the missing ones. ``images`` may be a lazy iterable."""
+        per_image = [self.views(image, sample_id)
+                     for sample_id, image in tqdm(zip(ids, images), total=len(ids), desc="embeddings",
+                                                  unit="image", disable=not progress)]
+        stacked = torch.stack(per_image).to(self.dtype)
+        return {view: stacked[:, index] for index, view in enumerate(VIEWS)}
 
 
-def load_embeddings(folder: Path, ids: list[str], view: str) -> torch.Tensor:
-    """N x C x g x g tensor of the cached embeddings of ``ids`` for one view."""
-    missing = [i for i in ids if not embedding_path(folder, view, i).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} embeddings missing for view {view} (e.g. {missing[:3]})")
-    return torch.stack([load_file(str(embedding_path(folder, view, i)))["embedding"] for i in ids])
+def main(argv: list[str] | None = None) -> int:
+    from psfh.cli import run_cli
+    return run_cli(_main, argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from psfh.data import find_samples
+def _main(argv: list[str] | None) -> int:
+    from psfh.data import find_samples, read_ids_file, select_samples
     from psfh.io import load_image
     from psfh.model import PSFHModel
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
+    parser = argparse.ArgumentParser(prog="python -m psfh.training.embedding_cache", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="labelled data set folder")
     parser.add_argument("--model", default=None, help="package folder or hub id of the base (default: embedded)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16 autocast is much slower on CPUs whose torch build lacks fast bf16 convolutions")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: $PSFH_CACHE or ~/.cache/psfh)")
     parser.add_argument("--ids-file", type=Path, default=None, help="only these ids (one per line)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
     args = parser.parse_args(argv)
 
+    samples = select_samples(find_samples(args.data), read_ids_file(args.ids_file) if args.ids_file else None,
+                             args.limit)
     model = PSFHModel.from_pretrained(args.model, device="cpu")
-    samples = find_samples(args.data)
-    if args.ids_file:
-        from psfh.data import read_ids_file, select_samples
-        samples = select_samples(samples, read_ids_file(args.ids_file), None)
-    samples = samples[: args.limit]
-    ids = [s.id for s in samples]
-    images = (load_image(s.image_path).pixels for s in samples)
-    summary = build_cache(args.out, model.base_model, ids, images, model.preprocess, args.precision)
-    (args.out / "cache_info.json").write_text(json.dumps({"model": str(model.source), "precision": args.precision,
-                                                          "ids": len(ids), **summary}, indent=2))
-    print(json.dumps(summary))
+    if model.encoder_scope != "none":  # the shipped package adapts its encoder: cache its frozen base
+        model = PSFHModel.from_pretrained(args.model, device="cpu", folds=[])
+    cache = EmbeddingCache(model, args.cache)
+    start = time.perf_counter()
+    cache.build([s.id for s in samples], (load_image(s.image_path).pixels for s in samples))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"cache": str(cache.folder), "images": len(samples), "seconds": round(seconds, 1)}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -98,7 +98,8 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
     """Train the adapter ``fold`` of a peft model on ``source[train_indices]``.
 
     After each epoch the held-out Dice is measured, the best epoch's adapter weights are kept,
-    and a checkpoint is written. On return the network holds the BEST epoch's weights.
+    and a checkpoint is written; with ``config.patience`` training stops early once that many
+    epochs in a row brought no better score. On return the network holds the BEST epoch's weights.
     """
     network.set_adapter(fold)  # peft: only this adapter's weights require grad now
     params = trainable_parameters(network)
@@ -111,7 +112,7 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
                                          steps_per_epoch if config.time_budget_minutes else None)
     schedule = scheduler.lr_lambdas[0]  # kept: accelerate wraps the scheduler
     network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
-    loss_fn = segmentation_loss(config.ce_weight, config.dice_weight)
+    loss_fn = segmentation_loss(config.ce_weight, config.dice_weight, config.class_weights)
 
     start_epoch, history = 0, []
     planned_epochs = config.epochs
@@ -172,6 +173,8 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
                 schedule.total_steps = steps_per_epoch * planned_epochs
             elif spent + spent / epoch > budget:  # the next epoch would overrun: stop at the best so far
                 planned_epochs = epoch
+        if config.patience is not None and epoch - best_epoch >= config.patience:
+            planned_epochs = epoch  # early stopping: no better validation score for `patience` epochs
         if accelerator.is_local_main_process:
             tqdm.write(f"{fold} epoch {epoch}/{planned_epochs}: loss {history[-1]['train_loss']:.4f} "
                        f"val Dice PS {dice_ps:.4f} FH {dice_fh:.4f} ({history[-1]['seconds']:.1f} s)")

@@ -13,7 +13,9 @@ Two presets:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
+
+from psfh.errors import PSFHInputError
 
 
 @dataclass
@@ -23,7 +25,7 @@ class TrainConfig:
     recipe: str = "paper"
     base: str = "lite-medsam"
     base_package: str | None = None      # folder or hub id holding the base weights (None: embedded)
-    folds: int = 5
+    n_folds: int = 5                     # cross-validation folds (one adapter each)
     block_size: int = 20                 # consecutive ids per fold block (frames of one exam)
     holdout: float = 0.0                 # fraction of id blocks kept out of training entirely (a test set)
     epochs: int = 400
@@ -37,12 +39,14 @@ class TrainConfig:
     train_decoder_tokens: bool = True
     ce_weight: float = 0.2
     dice_weight: float = 0.8
+    class_weights: tuple[float, float, float] | None = None  # background, PS, FH in Dice and CE (None: equal)
+    shift_cells: int = 0                 # cpu recipe: random shifts of embedding and label, in embedding cells
+    patience: int | None = None          # early stopping: epochs without a better validation score
     augment: bool = True
     mixed_precision: str = "no"          # accelerate: "no", "bf16" or "fp16"
     seed: int = 0
     time_budget_minutes: float | None = None  # per fold: epochs are fitted to it after the first one
-    cache_dir: str | None = None         # cpu recipe: where image embeddings are cached
-    extra: dict = field(default_factory=dict)
+    cache_dir: str | None = None         # cpu recipe: embedding cache (None: $PSFH_CACHE or ~/.cache/psfh)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,5 +62,5 @@ PRESETS = {
 def preset(name: str, **overrides) -> TrainConfig:
     """The named recipe with ``overrides`` (None values are ignored)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(PRESETS)}")
+        raise PSFHInputError(f"unknown recipe {name!r}; known: {', '.join(PRESETS)}")
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -3,13 +3,30 @@
 Both give ``(inputs, labels)`` for a list of sample indices: ``inputs`` are keyword arguments of
 :func:`psfh.inference.mask_logits` (``image_embeddings`` or ``pixel_values``), ``labels`` is
 B x S x S (long). All randomness comes from the ``generator`` passed in, so an epoch is a pure
-function of its seed (which makes resumed runs identical to uninterrupted ones).
+function of its seed (which makes resumed runs identical to uninterrupted ones). Images go
+through the inference preprocessing (:mod:`psfh.inference`), so training and serving feed the
+network alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+
+from psfh import inference
+
+
+def shift_2d(tensor: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """... x H x W -> the same, moved down ``dy`` and right ``dx`` (negative: up / left), zero-filled."""
+    out = torch.zeros_like(tensor)
+    height, width = tensor.shape[-2:]
+    if abs(dy) >= height or abs(dx) >= width:
+        return out
+    out[..., max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        tensor[..., max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return out
 
 
 class CachedEmbeddingSource:
@@ -17,21 +34,34 @@ class CachedEmbeddingSource:
 
     Args:
         embeddings: {"identity": N x C x g x g, "hflip": N x C x g x g} (any float dtype).
-        labels: N x S x S uint8 label maps in image orientation.
+        labels: N x S x S uint8 label maps in image orientation (S a multiple of g).
+        shift_cells: augmentation: move embedding and label together by up to this many
+            embedding cells in each direction (S / g pixels each; the uncovered border becomes
+            zero embedding and background). 0: flips only.
     """
 
-    def __init__(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor):
+    def __init__(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor, shift_cells: int = 0):
         self.embeddings = embeddings
         self.labels = labels
+        self.shift_cells = shift_cells
+        self.pixels_per_cell = labels.shape[-1] // embeddings["identity"].shape[-1]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator | None, augment: bool):
-        flip = (torch.rand(len(indices), generator=generator) < 0.5) if augment else torch.zeros(len(indices), dtype=torch.bool)
-        embeddings = torch.stack([self.embeddings["hflip" if f else "identity"][i] for i, f in zip(indices.tolist(), flip)])
-        labels = torch.stack([self.labels[i].flip(-1) if f else self.labels[i] for i, f in zip(indices.tolist(), flip)])
-        return {"image_embeddings": embeddings.float()}, labels.long()
+        count = len(indices)
+        flip = (torch.rand(count, generator=generator) < 0.5) if augment else torch.zeros(count, dtype=torch.bool)
+        shifts = torch.zeros(count, 2, dtype=torch.long)
+        if augment and self.shift_cells:
+            shifts = torch.randint(-self.shift_cells, self.shift_cells + 1, (count, 2), generator=generator)
+        embeddings, labels = [], []
+        for index, flipped, (dy, dx) in zip(indices.tolist(), flip.tolist(), shifts.tolist()):
+            embedding = self.embeddings["hflip" if flipped else "identity"][index]
+            label = self.labels[index].flip(-1) if flipped else self.labels[index]
+            embeddings.append(shift_2d(embedding, dy, dx))
+            labels.append(shift_2d(label, dy * self.pixels_per_cell, dx * self.pixels_per_cell))
+        return {"image_embeddings": torch.stack(embeddings).float()}, torch.stack(labels).long()
 
 
 class ImageSource:
@@ -42,26 +72,28 @@ class ImageSource:
         labels: N x S x S uint8.
         pixel_mean, pixel_std: the base's normalisation of [0, 1] images.
         augmentation: a MONAI Compose over {"image", "label"} (or None).
+        ids: the samples' ids, named in the error for an image the model cannot take.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pixel_mean, pixel_std, augmentation=None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pixel_mean, pixel_std, augmentation=None,
+                 ids: Sequence[str] | None = None):
         self.images, self.labels = images, labels
-        self.mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         self.augmentation = augmentation
+        self.ids = list(ids) if ids is not None else [f"image {n}" for n in range(len(images))]
+        for sample_id, image in zip(self.ids, images):  # a constant image fails now, not mid-epoch
+            inference.scale_to_unit(image.numpy(), sample_id)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _item(self, index: int, augment: bool):
-        image = self.images[index].float()[None]
-        low, high = image.min(), image.max()
-        image = (image - low) / (high - low).clamp(min=1e-6)  # the same min-max scaling as inference
+        image = torch.from_numpy(inference.scale_to_unit(self.images[index].numpy(), self.ids[index]))[None]
         label = self.labels[index][None].float()
         if augment and self.augmentation is not None:
             out = self.augmentation({"image": image, "label": label})
             image, label = torch.as_tensor(np.asarray(out["image"])), torch.as_tensor(np.asarray(out["label"]))
-        return (image.expand(3, -1, -1) - self.mean) / self.std, label[0].round().long()
+        return inference.normalize(image[None], self.pixel_mean, self.pixel_std)[0], label[0].round().long()
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator | None, augment: bool):
         if augment and self.augmentation is not None and generator is not None:

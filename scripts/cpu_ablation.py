@@ -1,0 +1,147 @@
+"""The CPU-recipe ablation (issue 10): decoder-side variants trained on one fold from cached embeddings.
+
+Every variant trains fold ``--fold`` of the shipped package's split (its folds.json: the same
+978 cross-validation frames, the 100 test frames never seen) on the frozen LiteMedSAM base's
+cached embeddings (psfh.training.embedding_cache), keeps the best epoch on the fold's validation
+frames (early stopping with ``--patience``), then predicts those frames exactly as
+``PSFHModel.predict`` does after its encoder pass (both flip views, soft ensemble, largest
+components) and scores them with psfh.evaluate's scoring (Dice, HD, ASD, both AoP definitions).
+
+    python scripts/cpu_ablation.py --data ../shared/data/psfhs --variant a_decoder_lora \\
+        --out docs/results/ablation
+    python scripts/cpu_ablation.py --table docs/results/ablation     # the markdown table
+
+Variants (VARIANTS below): a) today's CPU recipe (decoder LoRA) to convergence; b) the whole
+mask decoder trainable; c) a) plus shifts of embedding and label together on the embedding grid;
+d) a) plus a loss that weighs the PS (class weights); cd) c) and d) together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+
+from psfh.files import write_text_atomic  # noqa: E402
+from psfh.data import find_samples, id_sort_key, load_arrays  # noqa: E402
+from psfh.files import write_csv_atomic  # noqa: E402
+from psfh.lora import DECODER_TOKENS, make_lora_config  # noqa: E402
+from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
+from psfh.package import read_fold_assignment  # noqa: E402
+from psfh.model import PSFHModel  # noqa: E402
+from psfh.training.embedding_cache import EmbeddingCache, cache_root  # noqa: E402
+from psfh.training.loop import train_fold  # noqa: E402
+from psfh.training.recipe import preset  # noqa: E402
+from psfh.training.sources import CachedEmbeddingSource  # noqa: E402
+
+# name -> (what it is, recipe overrides, adapter)
+VARIANTS = {
+    "a_decoder_lora": ("today's CPU recipe: decoder LoRA r16 + output tokens, flips", {}, "lora"),
+    "b_whole_decoder": ("the whole mask decoder trainable (SAMed-style), flips",
+                        {"learning_rate": 1e-4}, "whole_decoder"),
+    "c_grid_shift": ("a) + shifts of embedding and label together (up to 4 cells = 16 px)",
+                     {"shift_cells": 4}, "lora"),
+    "d_class_weights": ("a) + class weights 1 / 3 / 1 (background / PS / FH) in Dice and CE",
+                        {"class_weights": (1.0, 3.0, 1.0)}, "lora"),
+    "cd_shift_and_weights": ("c) and d) together", {"shift_cells": 4, "class_weights": (1.0, 3.0, 1.0)}, "lora"),
+}
+TABLE_KEYS = ("dice_ps", "dice_fh", "dice_all", "hd_all", "asd_all", "aop_error_mean", "aop_challenge_error_mean")
+
+
+def whole_decoder_config() -> LoraConfig:
+    """Every mask-decoder weight trainable as a full copy (peft modules_to_save). peft needs one LoRA
+    target: the prompt encoder's mask-input convolution, which no prompt-free pass runs."""
+    return LoraConfig(r=1, lora_alpha=1, target_modules=r"prompt_encoder\.mask_embed\.conv1",
+                      modules_to_save=["mask_decoder", *DECODER_TOKENS[2:]])
+
+
+def run_variant(args) -> None:
+    description, overrides, adapter = VARIANTS[args.variant]
+    out = args.out / args.variant
+    folds = read_fold_assignment(args.package)
+    held_out = f"fold_{args.fold}"
+    # Training frames: every --train-stride-th of the other folds (neighbouring frames of an exam
+    # are near-duplicates, and each frame costs an encoder pass per view); validation: all of the fold.
+    training = sorted((i for i in folds if folds[i] != held_out), key=id_sort_key)[:: args.train_stride]
+    samples = [s for s in find_samples(args.data) if folds.get(s.id) == held_out or s.id in set(training)]
+    ids, images, labels = load_arrays(samples, progress=False)
+
+    base = PSFHModel.from_pretrained(args.package, device="cpu", folds=[])
+    start = time.perf_counter()
+    embeddings = EmbeddingCache(base).build(ids, list(images))
+    cache_seconds = time.perf_counter() - start
+
+    torch.manual_seed(0)
+    lora = whole_decoder_config() if adapter == "whole_decoder" else make_lora_config(0, 16)
+    model = PSFHModel.from_base("lite-medsam", [held_out], lora, device="cpu", base_folder=args.package)
+    config = preset("cpu", epochs=args.epochs, patience=args.patience, **overrides)
+    source = CachedEmbeddingSource(embeddings, torch.as_tensor(labels), shift_cells=config.shift_cells)
+    train = torch.tensor([n for n, i in enumerate(ids) if folds[i] != held_out])
+    val = torch.tensor([n for n, i in enumerate(ids) if folds[i] == held_out])
+    result = train_fold(model.network, held_out, args.fold, source, train, val, config, model.config.input_size,
+                        cache_root() / "ablation" / args.variant / held_out, Accelerator(cpu=True), resume=True, progress=False)
+
+    rows = []
+    for n in val.tolist():
+        views = torch.stack([embeddings[view][n] for view in embeddings]).float()
+        members = model.fold_probabilities_from_embeddings(views, [held_out], tta=True)
+        prediction = model.finish(members, labels[n].shape, [held_out], True, name=ids[n])
+        rows.append(score_label_map(ids[n], prediction.label_map, labels[n]))
+    write_csv_atomic(out / "per_image.csv", SCORE_COLUMNS, rows)
+    summary = {**summarize(rows), "variant": args.variant, "description": description, "fold": held_out,
+               "recipe": config.to_dict(), "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history), "history": result.history,
+               "seconds_per_epoch": sum(h["seconds"] for h in result.history) / len(result.history),
+               "train_frames": len(train), "train_stride": args.train_stride, "val_frames": len(val),
+               "cache_seconds": cache_seconds,
+               "threads": torch.get_num_threads()}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    print(json.dumps({k: summary[k] for k in (*TABLE_KEYS, "best_epoch", "epochs_run", "seconds_per_epoch")}))
+
+
+def table(folder: Path) -> str:
+    lines = ["| variant | " + " | ".join(TABLE_KEYS) + " | best / run epochs | min per epoch |",
+             "|---|" + "---|" * (len(TABLE_KEYS) + 2)]
+    for name in VARIANTS:
+        path = folder / name / "summary.json"
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        cells = [f"{s[k]:.3f}" if s.get(k) is not None else "-" for k in TABLE_KEYS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['best_epoch']} / {s['epochs_run']} | "
+                     f"{s['seconds_per_epoch'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
+    parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
+    parser.add_argument("--variant", choices=sorted(VARIANTS))
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--train-stride", type=int, default=2, help="train on every N-th frame of the other folds")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "ablation")
+    parser.add_argument("--table", type=Path, default=None, help="print the table of the variants in this folder")
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return 0
+    if not args.variant:
+        parser.error("give --variant or --table")
+    run_variant(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from psfh import inference
+from psfh import inference, prompts
 from psfh.aop import AoPMeasurement, measure_aop
 from psfh.bases import get_base
 from psfh.errors import PSFHInputError
 from psfh.io import load_image
-from psfh.labels import structure_areas
+from psfh.labels import CLASSES, structure_areas
 from psfh.lora import adapts_encoder, describe, encoder_scope, make_lora_config
 from psfh.options import check_precision, resolve_folds
 from psfh.package import (PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights)
@@ -50,6 +50,8 @@ class Prediction:
         folds, tta: what the ensemble used.
         timings: seconds spent per step.
         name: the input's name (file name without extension), when known.
+        corrected: the structures a user re-segmented with a box prompt, {class name: the box
+            (x0, y0, x1, y1) in image pixels}; empty for the model's own result.
     """
 
     label_map: np.ndarray
@@ -61,6 +63,7 @@ class Prediction:
     tta: bool
     timings: dict[str, float] = field(default_factory=dict)
     name: str | None = None
+    corrected: dict[str, list[float]] = field(default_factory=dict)
 
     def report(self) -> dict:
         """A JSON-able summary: AoP and its construction, per-fold AoPs, areas, timings."""
@@ -74,8 +77,37 @@ class Prediction:
             "mean_disagreement": float(self.disagreement.mean()),
             "folds": list(self.folds),
             "tta": self.tta,
+            "corrected_by_user": {name: [round(v, 1) for v in box] for name, box in self.corrected.items()},
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
+
+
+@dataclass(eq=False)
+class ImageEmbeddings:
+    """What :meth:`PSFHModel.embed` made of one image, kept to decode again without an encoder pass.
+
+    Attributes:
+        size: (H, W) of the image.
+        name: the input's name, when known.
+        folds, tta, precision: what the encoder ran for.
+        per_fold: {fold: V x C x g x g} embeddings of the TTA views (identity, then the flip);
+            folds that share the encoder share one tensor.
+        base: 1 x C x g x g, the base encoder's embedding of the image (adapters off), which box
+            prompts decode from; None unless asked for.
+        timings: seconds spent so far.
+        automatic: the ensemble's own prediction, kept by the first :meth:`PSFHModel.decode` so
+            that a correction runs only the box-prompted decoder and the AoP.
+    """
+
+    size: tuple[int, int]
+    name: str | None
+    folds: list[str]
+    tta: bool
+    precision: str
+    per_fold: dict[str, torch.Tensor]
+    base: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    automatic: Prediction | None = None
 
 
 def default_device() -> torch.device:
@@ -217,24 +249,11 @@ class PSFHModel:
     @torch.inference_mode()
     def fold_probabilities(self, pixel_values: torch.Tensor, folds: list[str] | None = None, tta: bool = True,
                            precision: str = "fp32") -> torch.Tensor:
-        """Class probabilities of every fold and TTA view: 1 x 3 x S x S -> F x V x 3 x S x S.
-
-        When no adapter touches the image encoder (the CPU recipe), the encoder runs once for
-        both views and only the decoder runs per fold: the ensemble's answer is the same, its
-        cost about a fifth.
-        """
+        """Class probabilities of every fold and TTA view: 1 x 3 x S x S -> F x V x 3 x S x S."""
         folds = resolve_folds(self.folds, folds)
-        views = inference.tta_views(pixel_values, tta)
         with self._lock, self._autocast(precision):
-            if self.encoder_scope == "none":
-                embeddings = self.base_model.get_image_embeddings(views)
-                return self._members(folds, tta, image_embeddings=embeddings)
-            shared = self._shared_encoder_stages
-            if shared is None:
-                return self._members(folds, tta, pixel_values=views)
-            # The stages no adapter touches run once for all folds and views; each fold runs the rest.
-            hidden = self.base_model.vision_encoder.forward_prefix(views, shared)
-            return self._members(folds, tta, encoder_hidden=(hidden, shared))
+            embeddings = self._encode(inference.tta_views(pixel_values, tta), folds)
+            return self._decode_folds(embeddings, folds, tta)
 
     @cached_property  # adapters are all in place once the model is built
     def encoder_scope(self) -> str:
@@ -251,10 +270,11 @@ class PSFHModel:
         if adapts_encoder(self.config.lora):
             raise PSFHInputError("this package adapts the image encoder: embeddings differ per fold")
         folds = resolve_folds(self.folds, folds)
+        shared = view_embeddings[: 2 if tta else 1].to(self.device)
         with self._lock:
-            return self._members(folds, tta, image_embeddings=view_embeddings[: 2 if tta else 1].to(self.device))
+            return self._decode_folds({fold: shared for fold in folds}, folds, tta)
 
-    @cached_property  # found once: fold_probabilities asks on every call
+    @cached_property  # found once: every prediction asks
     def _shared_encoder_stages(self) -> int | None:
         """How many leading encoder stages no fold adapter touches (their output is shared by all
         folds), or None when the encoder cannot be split (a ViT base, or LoRA in its first layer)."""
@@ -270,28 +290,109 @@ class PSFHModel:
                 stages.append(int(match.group(1)))
         return min(stages) if stages else len(encoder.layers)
 
-    def _members(self, folds: list[str], tta: bool, encoder_hidden: tuple[torch.Tensor, int] | None = None,
-                 **inputs) -> torch.Tensor:
-        """Run each fold adapter on the views (hot-swapped on the shared base); call under the lock.
+    def _encode(self, views: torch.Tensor, folds: list[str]) -> dict[str, torch.Tensor]:
+        """Each fold's image embeddings of the views: (V*B) x 3 x S x S -> {fold: (V*B) x C x g x g}.
 
-        ``inputs`` are :func:`psfh.inference.mask_logits`'s (pixel values or image embeddings);
-        ``encoder_hidden`` is (the shared encoder prefix's output, the stage it stopped before),
-        which each fold finishes with its own adapted stages.
+        Call under the lock. When no adapter touches the encoder (the CPU recipe), it runs once
+        and every fold shares its output; otherwise the stages no adapter touches run once for
+        all folds and views (exact: the tests compare with full passes), and each fold runs the rest.
         """
+        encoder = self.base_model.vision_encoder
+        if self.encoder_scope == "none":
+            shared = self.base_model.get_image_embeddings(views)
+            return {fold: shared for fold in folds}
+        stage = self._shared_encoder_stages
+        hidden = encoder.forward_prefix(views, stage) if stage is not None else None
+        embeddings = {}
+        for fold in folds:
+            self.network.set_adapter(fold)
+            embeddings[fold] = (self.base_model.get_image_embeddings(views) if hidden is None
+                                else encoder.forward_from(hidden, stage).last_hidden_state)
+        return embeddings
+
+    def _decode_folds(self, embeddings: dict[str, torch.Tensor], folds: list[str], tta: bool) -> torch.Tensor:
+        """Each fold adapter's decoder on its embeddings of the views -> F x V x 3 x S x S class
+        probabilities in image orientation (adapters hot-swapped on the shared base). Call under the lock."""
         per_fold = []
         for fold in folds:
             self.network.set_adapter(fold)
-            if encoder_hidden is not None:
-                hidden, stage = encoder_hidden
-                inputs = {"image_embeddings": self.base_model.vision_encoder.forward_from(
-                    hidden, stage).last_hidden_state}
-            logits = inference.mask_logits(self.network, self.config.input_size, **inputs)
+            logits = inference.mask_logits(self.network, self.config.input_size, image_embeddings=embeddings[fold])
             per_fold.append(inference.undo_tta(logits.float().softmax(dim=1), tta)[:, 0])
         return torch.stack(per_fold)
 
+    # ----------------------------------------------------------------------------- embed, decode, predict
+    @torch.inference_mode()
+    def embed(self, image, folds: list[str] | None = None, tta: bool | None = None, precision: str = "fp32",
+              for_prompts: bool = False) -> ImageEmbeddings:
+        """Run the encoder once on one image and keep what it made (the SamPredictor.set_image step).
+
+        Args:
+            image, folds, tta, precision: as in :meth:`predict`.
+            for_prompts: also keep the base encoder's embedding (adapters off) that box prompts
+                decode from. Free when no adapter touches the encoder; otherwise one more
+                encoder pass on the identity view, so that a later correction runs none.
+        """
+        start = time.perf_counter()
+        loaded = load_image(image)
+        tta = self.default_tta if tta is None else bool(tta)
+        folds = resolve_folds(self.folds, folds)
+        pixel_values = self.preprocess(loaded.pixels, loaded.name or "image")
+        timings = {"load_and_preprocess": time.perf_counter() - start}
+        start = time.perf_counter()
+        with self._lock, self._autocast(precision):
+            per_fold = self._encode(inference.tta_views(pixel_values, tta), folds)
+            base = None
+            if for_prompts:
+                if self.encoder_scope == "none":
+                    base = per_fold[folds[0]][:1]
+                else:
+                    with self._adapters_off():
+                        base = self.base_model.get_image_embeddings(pixel_values)
+        timings["encoder"] = time.perf_counter() - start
+        return ImageEmbeddings(size=loaded.pixels.shape, name=loaded.name, folds=folds, tta=tta,
+                               precision=precision, per_fold=per_fold, base=base, timings=timings)
+
+    @torch.inference_mode()
+    def decode(self, embeddings: ImageEmbeddings, boxes: dict | None = None) -> Prediction:
+        """The fold ensemble's prediction from kept embeddings, optionally corrected by box prompts;
+        no encoder pass. The probabilities, disagreement and fold AoPs stay the ensemble's; the
+        label map and the AoP show the correction.
+
+        Args:
+            embeddings: from :meth:`embed`.
+            boxes: ``{"ps": (x0, y0, x1, y1), "fh": ...}`` in image pixels: those structures are
+                re-segmented by the base's decoder from the box (SAM's box prompt) and replace
+                the ensemble's; the other structure is kept (:mod:`psfh.prompts`). Needs
+                embeddings made with ``for_prompts=True``.
+        """
+        checked = prompts.check_boxes(boxes, embeddings.size)
+        if checked and embeddings.base is None:
+            raise PSFHInputError("box prompts need embeddings made with embed(..., for_prompts=True)")
+        if embeddings.automatic is None:  # the ensemble's answer does not change with prompts: once
+            start = time.perf_counter()
+            with self._lock, self._autocast(embeddings.precision):
+                members = self._decode_folds(embeddings.per_fold, embeddings.folds, embeddings.tta).cpu()
+            timings = {**embeddings.timings, "decoder": time.perf_counter() - start}
+            embeddings.automatic = self.finish(members, embeddings.size, embeddings.folds, embeddings.tta,
+                                               name=embeddings.name, timings=timings)
+        automatic = embeddings.automatic
+        if not checked:
+            return automatic
+        start = time.perf_counter()
+        with self._lock, self._autocast(embeddings.precision), self._adapters_off():
+            box_logits = {value: prompts.box_mask_logits(
+                self.base_model, embeddings.base, prompts.box_to_input(box, embeddings.size, self.config.input_size),
+                self.config.input_size).cpu() for value, box in checked.items()}
+        corrected = {value: prompts.mask_from_logits(logits, embeddings.size) for value, logits in box_logits.items()}
+        label_map = prompts.fuse(automatic.label_map, corrected)
+        aop = measure_aop(label_map)
+        return replace(automatic, label_map=label_map, aop=aop,
+                       corrected={CLASSES[value]: list(box) for value, box in checked.items()},
+                       timings={"correction": time.perf_counter() - start})
+
     def predict(self, image, folds: list[str] | None = None, tta: bool | None = None,
-                precision: str = "fp32") -> Prediction:
-        """Segment PS and FH in one image and measure the AoP.
+                precision: str = "fp32", boxes: dict | None = None) -> Prediction:
+        """Segment PS and FH in one image and measure the AoP (:meth:`embed`, then :meth:`decode`).
 
         Args:
             image: a file path (.png .jpg .bmp .tif .mha .nii .nii.gz .nrrd), an H x W or H x W x C
@@ -299,21 +400,17 @@ class PSFHModel:
             folds: which fold adapters to ensemble (default: all).
             tta: horizontal-flip test-time augmentation (default: :attr:`default_tta`).
             precision: "fp32" (reference) or "bf16" (autocast; faster on CPUs with AVX512-BF16).
+            boxes: optional box prompts per structure, ``{"ps": (x0, y0, x1, y1)}`` in image
+                pixels (see :meth:`decode`). To correct one image several times, keep
+                ``embed(image, for_prompts=True)`` and call :meth:`decode` with each box.
         Raises:
-            PSFHInputError: unreadable or invalid input, unknown folds, a package without folds.
+            PSFHInputError: unreadable or invalid input, unknown folds, a package without folds, bad boxes.
         """
-        timings = {}
-        start = time.perf_counter()
-        loaded = load_image(image)
-        tta = self.default_tta if tta is None else bool(tta)
-        folds = resolve_folds(self.folds, folds)
-        pixel_values = self.preprocess(loaded.pixels, loaded.name or "image")
-        timings["load_and_preprocess"] = time.perf_counter() - start
+        return self.decode(self.embed(image, folds, tta, precision, for_prompts=bool(boxes)), boxes)
 
-        start = time.perf_counter()
-        members = self.fold_probabilities(pixel_values, folds, tta, precision).cpu()
-        timings["ensemble_forward"] = time.perf_counter() - start
-        return self.finish(members, loaded.pixels.shape, folds, tta, name=loaded.name, timings=timings)
+    def _adapters_off(self):
+        """Context: the base alone (peft's disable_adapter), for box prompts. Call under the lock."""
+        return self.network.disable_adapter() if isinstance(self.network, PeftModel) else nullcontext()
 
     def finish(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
                name: str | None = None, timings: dict[str, float] | None = None) -> Prediction:

@@ -1,0 +1,98 @@
+"""Measure box correction (issue 12): a user's rough box around PS and/or FH, on the test frames.
+
+For each frame, boxes are the ground-truth structure's bounding box with every coordinate moved
+by a random integer in [-jitter, +jitter] pixels (seeded), as a user's two clicks would be. The
+correction runs the product's own path, ``PSFHModel.decode(embeddings, boxes=...)``: the base's
+box-prompted decoder on the base embedding, fused with the ensemble's automatic label map. The
+automatic result is read from label maps the package wrote earlier (``python -m psfh.evaluate
+--save-label-maps``; the shipped package's answers are pinned by a golden test), and the base
+embeddings come from the persistent embedding cache, so a run costs one base encoder pass per
+new frame instead of the full ensemble.
+
+    python -m psfh.evaluate --data ../shared/data/psfhs --ids-file docs/splits/test_ids.txt \\
+        --out runs/eval/shipped-test --save-label-maps
+    python scripts/measure_correction.py --automatic runs/eval/shipped-test/label_maps \\
+        --out docs/results/correction_test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.files import write_csv_atomic, write_text_atomic  # noqa: E402
+from psfh.io import load_image, load_label_map  # noqa: E402
+from psfh.labels import FH, PS  # noqa: E402
+from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
+from psfh.model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
+from psfh.aop import measure_aop  # noqa: E402
+from psfh.training.embedding_cache import EmbeddingCache  # noqa: E402
+
+CONDITIONS = {"automatic": (), "ps_box": ("ps",), "fh_box": ("fh",), "both_boxes": ("ps", "fh")}
+KEYS = ("dice_ps", "dice_fh", "dice_all", "hd_all", "aop_error_mean", "aop_error_median", "aop_challenge_error_mean")
+
+
+def jittered_box(label: np.ndarray, value: int, jitter: int, rng: np.random.Generator) -> tuple[float, ...]:
+    rows, cols = np.nonzero(label == value)
+    box = np.array([cols.min(), rows.min(), cols.max(), rows.max()], float)
+    return tuple((box + rng.integers(-jitter, jitter + 1, 4)).tolist())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
+    parser.add_argument("--ids-file", type=Path, default=ROOT / "docs" / "splits" / "test_ids.txt")
+    parser.add_argument("--model", default=None, help="the package (default: the embedded one)")
+    parser.add_argument("--automatic", type=Path, required=True, help="the package's label maps, <id>.png")
+    parser.add_argument("--jitter", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    model = PSFHModel.from_pretrained(args.model, device="cpu")
+    base_cache = EmbeddingCache(PSFHModel.from_pretrained(args.model, device="cpu", folds=[]))
+    samples = select_samples(find_samples(args.data), read_ids_file(args.ids_file))
+    rng = np.random.default_rng(args.seed)
+    rows = {name: [] for name in CONDITIONS}
+    seconds = []
+    for sample in samples:
+        label = load_label_map(sample.label_path)
+        automatic_map = load_label_map(args.automatic / f"{sample.id}.png")
+        boxes = {"ps": jittered_box(label, PS, args.jitter, rng), "fh": jittered_box(label, FH, args.jitter, rng)}
+        base = base_cache.views(load_image(sample.image_path).pixels, sample.id)[:1]
+        automatic = Prediction(label_map=automatic_map, probabilities=np.zeros(0), disagreement=np.zeros(0),
+                               aop=measure_aop(automatic_map), fold_aop={}, folds=model.folds, tta=True)
+        embeddings = ImageEmbeddings(size=label.shape, name=sample.id, folds=model.folds, tta=True,
+                                     precision="fp32", per_fold={}, base=base, automatic=automatic)
+        for name, structures in CONDITIONS.items():
+            start = time.perf_counter()
+            prediction = model.decode(embeddings, boxes={s: boxes[s] for s in structures} or None)
+            if structures:
+                seconds.append(time.perf_counter() - start)
+            rows[name].append(score_label_map(sample.id, prediction.label_map, label))
+    summaries = {name: summarize(table) for name, table in rows.items()}
+    for name, table in rows.items():
+        write_csv_atomic(args.out / f"{name}.csv", SCORE_COLUMNS, table)
+    summary = {"conditions": summaries, "jitter_px": args.jitter, "seed": args.seed, "frames": len(samples),
+               "correction_seconds_median": float(np.median(seconds)), "threads": torch.get_num_threads()}
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    print("| boxes given | " + " | ".join(KEYS) + " |")
+    print("|---|" + "---|" * len(KEYS))
+    for name, s in summaries.items():
+        print(f"| {name} | " + " | ".join(f"{s[k]:.3f}" if s.get(k) is not None else "-" for k in KEYS) + " |")
+    print(f"correction: median {np.median(seconds):.3f} s per decode ({torch.get_num_threads()} threads)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,13 @@ draws. This file only wires them to Gradio components. Importing it launches not
     demo = create_app("path/to/package")   # or build_demo(PSFHModel.from_pretrained(...))
 
 API: the Run button is the endpoint "/segment" (image file, tta, n_folds) -> (label map PNG,
-label map MHA, AoP in degrees or None, report dict); see README.md for a gradio_client call.
+label map MHA, AoP in degrees or None, report dict); "/correct" takes the same plus a box per
+structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
+returns the same; see README.md for gradio_client calls.
+
+Correction in the page: after a run, pick a structure and click two opposite corners of a box
+around it on the overlay. The structure is re-segmented from the kept embeddings (SAM's box
+prompt; no encoder pass), the AoP and downloads follow; Undo and Reset go back.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from PIL import Image
 from psfh.errors import PSFHInputError
 from psfh.io import PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, image_extension, load_image, \
     save_label_map
-from psfh.model import PSFHModel, Prediction
+from psfh.labels import CLASSES
+from psfh.model import ImageEmbeddings, PSFHModel, Prediction
 from psfh.options import first_folds
-from psfh.overlay import render_disagreement, render_segmentation
+from psfh.overlay import display_scale, render_disagreement, render_segmentation
+from psfh.prompts import STRUCTURE_NAMES
 
 log = logging.getLogger("psfh.app")
 
@@ -67,15 +75,26 @@ AOP_EXPLAINED = (
 # ------------------------------------------------------------------------------- the handlers
 
 
+# The structure picker's choices -> the box keys of PSFHModel.decode.
+CORRECTABLE = {"Pubic symphysis (PS)": "ps", "Fetal head (FH)": "fh"}
+
+
 @dataclass
 class Analysis:
-    """What one run produced, kept (in a gr.State) for drawing: the display image (H x W
-    uint8), the prediction, notes about the input, the request's wall time."""
+    """What one run produced, kept (in a gr.State) for drawing and correcting: the display image
+    (H x W uint8), the prediction shown, notes about the input, the request's wall time, the
+    kept embeddings, the image's geometry (for the MHA download), the correction boxes by
+    structure key, earlier box sets (undo) and a first corner clicked."""
 
     image: np.ndarray
     prediction: Prediction
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    embeddings: ImageEmbeddings | None = None
+    spatial: dict | None = None
+    boxes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    pending: tuple[float, float] | None = None
 
 
 def _user_error(error: Exception, path: str | os.PathLike | None) -> gr.Error:
@@ -166,12 +185,25 @@ def chosen_folds(model: PSFHModel, n_folds) -> list[str] | None:
         raise _user_error(error, None) from None
 
 
-def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: int | None = None,
-                progress=None):
-    """The "/segment" handler: file -> (label map PNG, label map MHA, AoP deg or None, report, Analysis).
+def write_downloads(prediction: Prediction, spatial: dict | None) -> tuple[Path, Path]:
+    """The label map as PNG and MHA in a new request folder; both say which structures a user
+    corrected (PNG text chunk, MHA header key ``psfh_corrected_by_user``)."""
+    out = _output_folder()
+    name = prediction.name or "image"
+    metadata = {"psfh_corrected_by_user": ", ".join(prediction.corrected) or "none"}
+    label_png = save_label_map(prediction.label_map, out / f"{name}_labels.png", metadata=metadata)
+    label_mha = save_label_map(prediction.label_map, out / f"{name}_labels.mha", spatial=spatial, metadata=metadata)
+    return label_png, label_mha
 
-    Thread-safe: PSFHModel.predict switches adapters under its lock, and each request writes
-    into its own folder. Bad input raises gr.Error with psfh's message.
+
+def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: int | None = None,
+                progress=None, boxes: dict | None = None):
+    """The "/segment" (and "/correct") handler: file -> (label map PNG, label map MHA, AoP deg
+    or None, report, Analysis).
+
+    The encoder's work is kept in the Analysis (with the base embedding box prompts need), so
+    corrections in the page run no encoder pass. Thread-safe: PSFHModel switches adapters under
+    its lock, and each request writes into its own folder. Bad input raises gr.Error with psfh's message.
     """
     start = time.perf_counter()
     progress = progress or (lambda *args, **kwargs: None)
@@ -181,19 +213,80 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
     try:
         loaded = load_image(path)
         progress(0.2, desc=f"Segmenting with {len(folds or model.folds)} fold(s){' and flip TTA' if tta else ''}")
-        prediction = model.predict(path, folds=folds, tta=bool(tta))
+        embeddings = model.embed(path, folds=folds, tta=bool(tta), for_prompts=True)
+        prediction = model.decode(embeddings, boxes=boxes)
         progress(0.9, desc="Writing the label maps")
-        out = _output_folder()
-        name = loaded.name or "image"
-        label_png = save_label_map(prediction.label_map, out / f"{name}_labels.png")
-        label_mha = save_label_map(prediction.label_map, out / f"{name}_labels.mha", spatial=loaded.spatial)
+        label_png, label_mha = write_downloads(prediction, loaded.spatial)
     except PSFHInputError as error:
         raise _user_error(error, path) from None
-    analysis = Analysis(as_uint8(loaded), prediction, input_notes(path, loaded), time.perf_counter() - start)
+    analysis = Analysis(as_uint8(loaded), prediction, input_notes(path, loaded), time.perf_counter() - start,
+                        embeddings=embeddings, spatial=loaded.spatial,
+                        boxes={STRUCTURE_KEY[CLASSES.index(n)]: tuple(b) for n, b in prediction.corrected.items()})
+    name = prediction.name or "image"
     aop = prediction.aop.angle_deg
     log.info("segmented %s: folds=%s tta=%s aop=%s in %.2fs", name, prediction.folds, tta, aop, analysis.wall_s)
     return (str(label_png), str(label_mha), None if aop is None else round(aop, 1), prediction.report(),
             analysis)
+
+
+# The box key of each label value (PSFHModel.decode's boxes are keyed "ps" / "fh").
+STRUCTURE_KEY = {value: key for key, value in STRUCTURE_NAMES.items() if key in ("ps", "fh")}
+
+
+def click_to_image(analysis: Analysis, display_xy) -> tuple[float, float] | None:
+    """A click on the overlay (display pixels) -> (x, y) in image pixels, or None outside the image."""
+    height, width = analysis.image.shape[:2]
+    factor = display_scale(height, width)
+    x, y = ((float(v) + 0.5) / factor - 0.5 for v in display_xy)
+    if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
+        return None
+    return x, y
+
+
+def apply_boxes(model: PSFHModel, analysis: Analysis) -> tuple[Analysis, str]:
+    """Decode again with the Analysis' boxes (none: the automatic result); -> (Analysis, status)."""
+    start = time.perf_counter()
+    analysis.prediction = model.decode(analysis.embeddings, boxes=dict(analysis.boxes) or None)
+    seconds = time.perf_counter() - start
+    corrected = ", ".join(name.replace("_", " ") for name in analysis.prediction.corrected)
+    status = (f"Corrected: **{corrected}** ({seconds:.2f} s). Undo or Reset go back." if corrected
+              else "The model's own result.")
+    log.info("correction of %s: %s in %.3fs", analysis.prediction.name, corrected or "none", seconds)
+    return analysis, status
+
+
+def correct_click(model: PSFHModel, analysis: Analysis | None, structure: str, display_xy):
+    """A click on the overlay: the first corner of a box, or the second, which re-segments
+    ``structure`` (a CORRECTABLE label) from the box. -> (Analysis, status)."""
+    if analysis is None or analysis.embeddings is None:
+        raise gr.Error("Run the model first; then click two corners of a box on the overlay.", print_exception=False)
+    point = click_to_image(analysis, display_xy)
+    if point is None:
+        return analysis, "Click inside the image (not the legend)."
+    if analysis.pending is None:
+        analysis.pending = point
+        return analysis, (f"First corner at ({point[0]:.0f}, {point[1]:.0f}); click the opposite corner of the box "
+                          f"around the {structure.split(' (')[0].lower()}.")
+    (x0, y0), (x1, y1) = analysis.pending, point
+    analysis.pending = None
+    box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+        return analysis, "That box is too small: click two opposite corners a few pixels apart."
+    analysis.history.append(dict(analysis.boxes))
+    analysis.boxes[CORRECTABLE[structure]] = box
+    return apply_boxes(model, analysis)
+
+
+def undo_correction(model: PSFHModel, analysis: Analysis | None, reset: bool = False):
+    """Back one correction (or, with ``reset``, to the model's own result). -> (Analysis, status)."""
+    if analysis is None or analysis.embeddings is None:
+        raise gr.Error("Nothing to undo: run the model first.", print_exception=False)
+    analysis.pending = None
+    if reset:
+        analysis.history, analysis.boxes = [], {}
+    elif analysis.history:
+        analysis.boxes = analysis.history.pop()
+    return apply_boxes(model, analysis)
 
 
 # ------------------------------------------------------------------------------- the texts
@@ -235,19 +328,40 @@ def timing_markdown(analysis: Analysis) -> str:
             f"flip TTA {'on' if prediction.tta else 'off'}.")
 
 
+def overlay_picture(analysis: Analysis) -> np.ndarray:
+    """The overlay with the correction boxes and a pending first corner drawn."""
+    boxes = {STRUCTURE_NAMES[key]: box for key, box in analysis.boxes.items()}
+    return render_segmentation(analysis.image, analysis.prediction.label_map, analysis.prediction.aop,
+                               boxes=boxes, pending=analysis.pending)
+
+
+def show_correction(analysis: Analysis, status: str):
+    """After a click, undo or reset: the overlay, AoP, downloads and report of the shown result."""
+    prediction = analysis.prediction
+    label_png, label_mha = write_downloads(prediction, analysis.spatial)
+    report = prediction.report()
+    report_file = label_png.parent / f"{prediction.name or 'image'}_report.json"
+    report_file.write_text(json.dumps(report, indent=2))
+    aop = prediction.aop.angle_deg
+    return (analysis, overlay_picture(analysis), None if aop is None else round(aop, 1), aop_markdown(prediction),
+            str(label_png), str(label_mha), report, str(report_file), status)
+
+
 def show_result(analysis: Analysis | None):
     """Analysis -> the pictures, texts and report file of the page."""
     if analysis is None:
         raise gr.Error("No result to show; press Run again.", print_exception=False)
     prediction = analysis.prediction
-    overlay = render_segmentation(analysis.image, prediction.label_map, prediction.aop)
+    overlay = overlay_picture(analysis)
     heatmap = render_disagreement(analysis.image, prediction.disagreement)
     report_file = _output_folder() / f"{prediction.name or 'image'}_report.json"
     report_file.write_text(json.dumps(prediction.report(), indent=2))
     status = f"Done: **{prediction.name or 'image'}**."
     status += "".join(f"\n- {note}" for note in analysis.notes)
+    corrected = ", ".join(name.replace("_", " ") for name in prediction.corrected)
+    correction = f"Corrected: **{corrected}** (from the boxes given)." if corrected else ""
     return (overlay, aop_markdown(prediction), heatmap, fold_markdown(prediction), timing_markdown(analysis),
-            str(report_file), status)
+            str(report_file), status, correction)
 
 
 # ------------------------------------------------------------------------------- the page
@@ -303,8 +417,18 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                 run = gr.Button("Run", variant="primary", elem_id="run")
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=3):
-                overlay = gr.Image(label="Segmentation and AoP construction", type="numpy", interactive=False,
-                                   format="png", elem_id="overlay")
+                overlay = gr.Image(label="Segmentation and AoP construction (click to correct, see below)",
+                                   type="numpy", interactive=False, format="png", elem_id="overlay")
+                with gr.Group():
+                    gr.Markdown("**Correct a structure:** pick it, then click two opposite corners of a box "
+                                "around it on the picture above. It is re-segmented from the box (SAM's box "
+                                "prompt) and the AoP follows.")
+                    with gr.Row():
+                        structure = gr.Radio(list(CORRECTABLE), value=next(iter(CORRECTABLE)), label="Structure",
+                                             elem_id="correct-structure")
+                        undo = gr.Button("Undo", size="sm", elem_id="undo")
+                        reset = gr.Button("Reset", size="sm", elem_id="reset")
+                    correction_status = gr.Markdown(elem_id="correction-status")
                 aop_value = gr.Number(label="Angle of progression (degrees)", precision=1, interactive=False,
                                       elem_id="aop-value")
                 aop_text = gr.Markdown(elem_id="aop-text")
@@ -323,15 +447,55 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
             gr.Markdown(AOP_EXPLAINED + "\n\n" + DISCLAIMER)
 
         results = [overlay, aop_value, aop_text, heatmap, fold_table, timing, label_png, label_mha,
-                   report_file, report]
+                   report_file, report, correction_status]
         # A new upload clears the last result, so a picture never sits beside another file's name.
         upload.change(lambda image: (*describe_upload(image), *[None] * len(results)), inputs=upload,
                       outputs=[preview, status, *results], api_visibility="private", concurrency_limit=4)
+        shown = [overlay, aop_text, heatmap, fold_table, timing, report_file, status, correction_status]
         run.click(segment, inputs=[upload, tta, fold_count], outputs=[label_png, label_mha, aop_value, report, analysis],
                   api_name="segment", concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
-                  ).success(show_result, inputs=analysis,
-                            outputs=[overlay, aop_text, heatmap, fold_table, timing, report_file, status],
-                            api_visibility="private", concurrency_limit=4)
+                  ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private", concurrency_limit=4)
+
+        # The page's correction: clicks on the overlay, Undo, Reset (kept embeddings, no encoder pass).
+        corrected = [analysis, overlay, aop_value, aop_text, label_png, label_mha, report, report_file,
+                     correction_status]
+
+        def on_click(state: Analysis | None, chosen: str, event: gr.SelectData):
+            return show_correction(*correct_click(model, state, chosen, event.index))
+
+        overlay.select(on_click, inputs=[analysis, structure], outputs=corrected, api_visibility="private",
+                       concurrency_limit=4)
+        undo.click(lambda state: show_correction(*undo_correction(model, state)), inputs=analysis,
+                   outputs=corrected, api_visibility="private", concurrency_limit=4)
+        reset.click(lambda state: show_correction(*undo_correction(model, state, reset=True)), inputs=analysis,
+                    outputs=corrected, api_visibility="private", concurrency_limit=4)
+
+        # "/correct" for API callers: the image and a box per structure, in one stateless call.
+        ps_box, fh_box = gr.JSON(visible=False), gr.JSON(visible=False)
+        correct_button = gr.Button(visible=False)
+
+        def correct(image: str | None, tta: bool, n_folds: float, ps_box: list | None, fh_box: list | None,
+                    progress=gr.Progress()):
+            """Segment one image with the structures given a box re-segmented from it (SAM's box prompt).
+
+            Args:
+                image: the ultrasound image, as for /segment.
+                tta, n_folds: as for /segment.
+                ps_box, fh_box: [x0, y0, x1, y1] in image pixels around the pubic symphysis / the
+                    fetal head, or None to keep the model's own outline.
+            Returns:
+                As /segment; the report's "corrected_by_user" names the boxed structures.
+            """
+            boxes = {key: box for key, box in (("ps", ps_box), ("fh", fh_box)) if box is not None}
+            if not boxes:
+                raise gr.Error("give ps_box and/or fh_box: [x0, y0, x1, y1] in image pixels", print_exception=False)
+            return run_segment(model, image, tta, n_folds, progress, boxes=boxes)
+
+        correct_button.click(correct, inputs=[upload, tta, fold_count, ps_box, fh_box],
+                             outputs=[label_png, label_mha, aop_value, report, analysis], api_name="correct",
+                             concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
+                             ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private",
+                                       concurrency_limit=4)
     demo.queue(max_size=64)
     return demo
 

@@ -122,12 +122,15 @@ def save_label_map(
     path: str | os.PathLike,
     spatial: dict | None = None,
     overwrite: bool = True,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write an H x W label map with values in {0, 1, 2} as uint8.
 
     .png goes through Pillow (mode "L"); .mha, .nii, .nii.gz and .nrrd through SimpleITK,
     compressed, with spacing/origin/direction from `spatial` (as in :class:`LoadedImage`) when
-    given (PNG has no geometry, so `spatial` is ignored there). The file is written next to its
+    given (PNG has no geometry, so `spatial` is ignored there). `metadata` ({key: text}, e.g.
+    which structures a user corrected) goes into PNG text chunks and the .mha / .nrrd header
+    (NIfTI has no free-text fields and drops it). The file is written next to its
     destination and moved into place with os.replace, so a crash never leaves half a file.
     With overwrite=False an existing file is refused (the CLI uses this to protect inputs).
     Parent folders are created. Returns the path written.
@@ -148,9 +151,12 @@ def save_label_map(
         # The temporary file keeps the extension: the writers pick their format from the name.
         with atomic_target(path, suffix=extension) as temporary:
             if extension == ".png":
-                Image.fromarray(labels).save(temporary, format="PNG")
+                Image.fromarray(labels).save(temporary, format="PNG", pnginfo=_png_text(metadata))
             else:
-                _sitk().WriteImage(_label_sitk_image(labels, spatial, path), str(temporary), True)
+                image = _label_sitk_image(labels, spatial, path)
+                for key, value in (metadata or {}).items():
+                    image.SetMetaData(str(key), str(value))
+                _sitk().WriteImage(image, str(temporary), True)
     except PSFHInputError:
         raise
     except Exception as error:  # OSError from Pillow, RuntimeError from SimpleITK
@@ -315,6 +321,15 @@ def _spatial_2d(image) -> dict:
             float(direction[row * dimension + col]) for row in range(2) for col in range(2)
         ),
     }
+
+
+def _png_text(metadata: dict[str, str] | None):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(str(key), str(value))
+    return info
 
 
 def _label_sitk_image(labels: np.ndarray, spatial: dict | None, path: Path):

@@ -338,15 +338,39 @@ def add_colour_bar(rgb: np.ndarray, low: str = "0: folds agree", high: str = "fo
 
 
 def render_segmentation(image: np.ndarray, label_map: np.ndarray, aop: AoPMeasurement | None,
-                        min_side: int = 512) -> np.ndarray:
+                        min_side: int = 512, boxes: dict | None = None,
+                        pending: tuple[float, float] | None = None) -> np.ndarray:
     """The demo's main picture: the image, enlarged for display when small, with PS and FH
-    coloured, the AoP construction drawn and a legend below. Returns an RGB uint8 array."""
+    coloured, the AoP construction drawn and a legend below. Returns an RGB uint8 array.
+
+    ``boxes`` ({label value: (x0, y0, x1, y1)} in image pixels) are the user's correction boxes,
+    drawn as outlines in their structure's colour; ``pending`` is a first corner clicked, (x, y).
+    The picture is ``display_scale(H, W)`` times the image (image pixel = display pixel / scale).
+    """
     _check_same_size(np.asarray(image), label_map, "label_map")
     factor = display_scale(*np.asarray(image).shape[:2], min_side=min_side)
     rgb = overlay_labels(upscale(image, factor), upscale(label_map, factor))
     if aop is not None:
         rgb = draw_aop(rgb, aop, scale=factor)
+    if boxes or pending:
+        rgb = draw_boxes(rgb, boxes or {}, pending, scale=factor)
     return add_legend(rgb)
+
+
+def draw_boxes(rgb: np.ndarray, boxes: dict, pending: tuple[float, float] | None = None,
+               scale: float = 1.0) -> np.ndarray:
+    """Outline correction boxes ({label value: (x0, y0, x1, y1)} in image pixels) and mark a
+    pending first corner on an H x W x 3 picture drawn at ``scale``."""
+    picture = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(picture)
+    colours = {PS: PS_COLOUR, FH: FH_COLOUR}
+    for value, (x0, y0, x1, y1) in boxes.items():
+        corners = [(x0 + 0.5) * scale, (y0 + 0.5) * scale, (x1 + 0.5) * scale, (y1 + 0.5) * scale]
+        draw.rectangle(corners, outline=(0, 0, 0), width=4)
+        draw.rectangle(corners, outline=colours.get(value, (255, 255, 255)), width=2)
+    if pending is not None:
+        _dot(draw, scale_point(pending, scale), max(3.0, scale * 2), (255, 255, 255))
+    return np.asarray(picture)
 
 
 def render_disagreement(image: np.ndarray, disagreement: np.ndarray, min_side: int = 512) -> np.ndarray:

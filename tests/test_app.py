@@ -107,7 +107,7 @@ def assert_api_result_matches(result, expected):
 
 def test_api_has_the_segment_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert list(endpoints) == ["/segment"]  # the page's other events are private
+    assert list(endpoints) == ["/segment", "/correct"]  # the page's other events are private
     segment = endpoints["/segment"]
     assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds"]
     assert [r["component"] for r in segment["returns"]] == ["File", "File", "Number", "Json"]
@@ -239,7 +239,7 @@ def test_16_bit_and_rgba_images_are_segmented_with_a_note(client, model, images,
 
 def test_show_result_draws_and_describes_a_run(model, images):
     *_, analysis = app.run_segment(model, str(images[2]), True, 3)
-    overlay, aop_text, heatmap, fold_table, timing, report_file, status = app.show_result(analysis)
+    overlay, aop_text, heatmap, fold_table, timing, report_file, status, correction = app.show_result(analysis)
     prediction = analysis.prediction
     assert overlay.shape[1] == heatmap.shape[1] == 300 * 3  # 220 x 300 input, enlarged 3x to reach 512
     if prediction.aop.measured:
@@ -250,7 +250,7 @@ def test_show_result_draws_and_describes_a_run(model, images):
     assert all(fold in fold_table for fold in model.folds)
     assert timing.startswith("**Time:**") and "3 fold(s), flip TTA on" in timing
     assert json.loads(Path(report_file).read_text()) == json.loads(json.dumps(prediction.report()))
-    assert "Done" in status
+    assert "Done" in status and correction == ""
 
 
 def test_fold_spread_and_unmeasured_aop_texts():
@@ -296,6 +296,66 @@ def test_main_serves_on_the_spaces_address_and_honours_gradio_env(monkeypatch):
     app.main()
     assert [(k["server_name"], k["server_port"]) for k in launched] == [("0.0.0.0", 7860), ("127.0.0.1", 7999)]
     assert all(k["max_file_size"] == "50mb" for k in launched)
+
+
+# ------------------------------------------------------------------------------- correction
+
+
+def test_the_api_corrects_a_structure_from_a_box(client, model, images):
+    result = client.predict(image=handle_file(images[0]), tta=False, n_folds=2, ps_box=[20, 30, 120, 90], fh_box=None,
+                            api_name="/correct")
+    expected = model.predict(images[0], folds=model.folds[:2], tta=False, boxes={"ps": (20, 30, 120, 90)})
+    assert_api_result_matches(result, expected)
+    assert result[3]["corrected_by_user"] == {"pubic_symphysis": [20.0, 30.0, 120.0, 90.0]}
+    with pytest.raises(AppError, match="ps_box and/or fh_box"):
+        client.predict(image=handle_file(images[0]), tta=False, n_folds=1, ps_box=None, fh_box=None,
+                       api_name="/correct")
+    with pytest.raises(AppError, match="x0 < x1"):
+        client.predict(image=handle_file(images[0]), tta=False, n_folds=1, ps_box=[50, 0, 10, 20], fh_box=None,
+                       api_name="/correct")
+
+
+def test_two_clicks_correct_undo_and_reset_go_back(model, images):
+    *_, analysis = app.run_segment(model, str(images[0]), False, 2)
+    automatic = analysis.prediction
+    factor = 512 // 256  # the 256 x 256 frame is shown at twice its size
+    analysis, status = app.correct_click(model, analysis, "Fetal head (FH)", (40 * factor, 60 * factor))
+    assert "First corner at (40, 60)" in status and analysis.pending is not None
+    shown = app.show_correction(analysis, status)
+    assert shown[1].shape[1] == 512 and shown[-1] == status  # the first corner is drawn, nothing decoded yet
+    analysis, status = app.correct_click(model, analysis, "Fetal head (FH)", (200 * factor, 180 * factor))
+    assert analysis.boxes == {"fh": (40.0 - 0.25, 60.0 - 0.25, 200.0 - 0.25, 180.0 - 0.25)}
+    assert analysis.prediction.corrected == {"fetal_head": list(analysis.boxes["fh"])}
+    assert status.startswith("Corrected: **fetal head**")
+    expected = model.decode(analysis.embeddings, boxes=analysis.boxes)
+    np.testing.assert_array_equal(analysis.prediction.label_map, expected.label_map)
+
+    state, overlay, aop, aop_text, label_png, label_mha, report, report_file, _ = app.show_correction(analysis, status)
+    assert report["corrected_by_user"] == {"fetal_head": [39.8, 59.8, 199.8, 179.8]}
+    assert Image.open(label_png).text["psfh_corrected_by_user"] == "fetal_head"
+    np.testing.assert_array_equal(load_label_map(label_mha), analysis.prediction.label_map)
+    assert json.loads(Path(report_file).read_text()) == report
+
+    analysis, status = app.correct_click(model, analysis, "Pubic symphysis (PS)", (10, 10))
+    analysis, status = app.correct_click(model, analysis, "Pubic symphysis (PS)", (100, 60))
+    assert set(analysis.boxes) == {"fh", "ps"}
+    analysis, status = app.undo_correction(model, analysis)
+    assert set(analysis.boxes) == {"fh"}
+    analysis, status = app.undo_correction(model, analysis, reset=True)
+    assert analysis.boxes == {} and status == "The model's own result."
+    np.testing.assert_array_equal(analysis.prediction.label_map, automatic.label_map)
+    assert analysis.prediction.corrected == {}
+
+
+def test_clicks_outside_the_image_or_before_a_run_are_explained(model, images):
+    *_, analysis = app.run_segment(model, str(images[0]), False, 1)
+    analysis, status = app.correct_click(model, analysis, "Fetal head (FH)", (5000, 10))
+    assert "inside the image" in status and analysis.pending is None
+    app.correct_click(model, analysis, "Fetal head (FH)", (100, 100))
+    analysis, status = app.correct_click(model, analysis, "Fetal head (FH)", (101, 101))
+    assert "too small" in status and analysis.boxes == {}
+    with pytest.raises(gr.Error, match="Run the model first"):
+        app.correct_click(model, None, "Fetal head (FH)", (1, 1))
 
 
 def test_the_embedded_package_starts(monkeypatch, images):

@@ -1,7 +1,9 @@
 """The demo in a real browser: headless Debian Chromium driven by Playwright.
 
 Upload an example, run, read the AoP off the page, see the overlay, keep a screenshot
-(docs/screenshots/demo.png, when PSFH_UPDATE_SCREENSHOT=1); bad files get a clear message and the page keeps working.
+(docs/screenshots/demo.png, when PSFH_UPDATE_SCREENSHOT=1); box the PS on the overlay with the
+real embedded package and see the AoP change, then reset; bad files get a clear message and the
+page keeps working.
 
 Needs Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium`) and the
 playwright package; the test FAILS, not skips, without them, so CI cannot pass without
@@ -21,7 +23,7 @@ import pytest
 from PIL import Image
 
 import app
-from psfh.io import as_uint8, load_image
+from psfh.io import as_uint8, load_image, load_label_map
 from psfh.model import PSFHModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,24 +60,49 @@ def model(tiny_model):
 
 @pytest.fixture(scope="module")
 def url(model):
+    demo, address = serve(model)
+    yield address
+    demo.close()
+
+
+def serve(model) -> tuple[object, str]:
     demo = app.build_demo(model)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                 **app.launch_options())
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    return demo, f"http://127.0.0.1:{port}/"
 
 
-@pytest.fixture
-def page(browser, url):
+def open_page(browser, url):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url, wait_until="domcontentloaded")
     page.locator("#run").wait_for()
+    return page
+
+
+@pytest.fixture
+def page(browser, url):
+    page = open_page(browser, url)
     yield page
     page.close()
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return PSFHModel.from_pretrained(device="cpu")
+
+
+@pytest.fixture
+def embedded_page(browser, embedded):
+    """The page around the real embedded package: box prompts need a base that knows PS and FH."""
+    demo, url = serve(embedded)
+    page = open_page(browser, url)
+    yield page
+    page.close()
+    demo.close()
 
 
 def upload(page, path: Path) -> None:
@@ -123,6 +150,50 @@ def test_upload_run_and_read_the_aop(page, model, tmp_path):
     if os.environ.get("PSFH_UPDATE_SCREENSHOT") == "1":  # refresh the README's picture on purpose only
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def click_image_pixel(page, selector: str, x: float, y: float, factor: int) -> None:
+    """Click the displayed picture where image pixel (x, y) is (the picture is the image
+    enlarged ``factor`` times, then scaled by the page to the element's size)."""
+    image = page.locator(selector)
+    natural_width = image.evaluate("img => img.naturalWidth")
+    shown = image.bounding_box()
+    scale = shown["width"] / natural_width
+    image.click(position={"x": ((x + 0.5) * factor) * scale, "y": ((y + 0.5) * factor) * scale})
+
+
+def aop_shown(page) -> str:
+    return page.locator("#aop-value input").input_value()
+
+
+def test_box_the_ps_the_aop_follows_and_reset_restores_it(embedded_page, embedded):
+    page = embedded_page
+    upload(page, EXAMPLE)
+    page.locator("#preview img").wait_for()
+    page.locator("#tta input").uncheck()  # one view: a quicker run on the 2-core machine
+    page.locator("#run").click()
+    page.locator("#aop-text").get_by_text("Angle of progression:").wait_for()
+    page.locator("#overlay img").wait_for()
+    automatic = aop_shown(page)
+    assert float(automatic) == round(embedded.predict(EXAMPLE, tta=False).aop.angle_deg, 1)
+
+    # The ground-truth PS box, 4 px larger, as a user would draw it (the picture is 2x the image).
+    rows, cols = np.nonzero(load_label_map(ROOT / "examples" / "label_mha" / EXAMPLE.name) == 1)
+    page.locator("#correct-structure").get_by_text("Pubic symphysis (PS)").click()
+    click_image_pixel(page, "#overlay img", cols.min() - 4, rows.min() - 4, factor=2)
+    page.locator("#correction-status").get_by_text("First corner").wait_for()
+    click_image_pixel(page, "#overlay img", cols.max() + 4, rows.max() + 4, factor=2)
+    page.locator("#correction-status").get_by_text("Corrected: pubic symphysis").wait_for()
+    seconds = float(re.search(r"\(([0-9.]+) s\)", page.locator("#correction-status").inner_text()).group(1))
+    corrected = aop_shown(page)
+    assert corrected != automatic, "the AoP follows the corrected PS"
+    assert seconds < 5.0  # the decoder only; psfh.benchmark measures it on a quiet machine
+    report = page.locator("#report-file [data-testid=download-link]").get_attribute("download")
+    assert report == f"{EXAMPLE.stem}_report.json"
+
+    page.locator("#reset").click()
+    page.locator("#correction-status").get_by_text("The model's own result.").wait_for()
+    assert aop_shown(page) == automatic
 
 
 def test_bad_files_get_a_clear_message_and_the_page_keeps_working(page, tmp_path):

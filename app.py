@@ -223,7 +223,7 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
                         embeddings=embeddings, spatial=loaded.spatial,
                         boxes={STRUCTURE_KEY[CLASSES.index(n)]: tuple(b) for n, b in prediction.corrected.items()})
     name = prediction.name or "image"
-    aop = prediction.aop.angle_deg
+    aop = prediction.reported_aop_deg
     log.info("segmented %s: folds=%s tta=%s aop=%s in %.2fs", name, prediction.folds, tta, aop, analysis.wall_s)
     return (str(label_png), str(label_mha), None if aop is None else round(aop, 1), prediction.report(),
             analysis)
@@ -295,7 +295,11 @@ def undo_correction(model: PSFHModel, analysis: Analysis | None, reset: bool = F
 def aop_markdown(prediction: Prediction) -> str:
     """The AoP, or why there is none, and what it means."""
     aop = prediction.aop
-    if aop.measured:
+    if aop.measured and not prediction.trusted:
+        reasons = "".join(f"\n- {reason[:1].upper()}{reason[1:]}." for reason in prediction.quality.reasons)
+        headline = (f"### Angle of progression: withheld \N{WARNING SIGN} check this result\n{reasons}\n\n"
+                    f"(Measured on this segmentation: {aop.angle_deg:.1f}\N{DEGREE SIGN}; do not use it unchecked.)")
+    elif aop.measured:
         headline = f"### Angle of progression: {aop.angle_deg:.1f}\N{DEGREE SIGN}"
     else:
         headline = f"### Angle of progression: not measured\n{aop.reason[:1].upper()}{aop.reason[1:]}."
@@ -342,7 +346,7 @@ def show_correction(analysis: Analysis, status: str):
     report = prediction.report()
     report_file = label_png.parent / f"{prediction.name or 'image'}_report.json"
     report_file.write_text(json.dumps(report, indent=2))
-    aop = prediction.aop.angle_deg
+    aop = prediction.reported_aop_deg
     return (analysis, overlay_picture(analysis), None if aop is None else round(aop, 1), aop_markdown(prediction),
             str(label_png), str(label_mha), report, str(report_file), status)
 

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from psfh import inference, prompts
+from psfh import inference, prompts, quality
 from psfh.aop import AoPMeasurement, measure_aop
 from psfh.bases import get_base
 from psfh.errors import PSFHInputError
-from psfh.io import load_image
+from psfh.io import as_uint8, load_image
 from psfh.labels import CLASSES, structure_areas
 from psfh.lora import adapts_encoder, describe, encoder_scope, make_lora_config
 from psfh.options import check_precision, resolve_folds
@@ -52,6 +52,8 @@ class Prediction:
         name: the input's name (file name without extension), when known.
         corrected: the structures a user re-segmented with a box prompt, {class name: the box
             (x0, y0, x1, y1) in image pixels}; empty for the model's own result.
+        quality: the checks of :mod:`psfh.quality` on the input and this label map; when they
+            fail, ``reported_aop_deg`` is None (the AoP is withheld) and the reasons say why.
     """
 
     label_map: np.ndarray
@@ -64,6 +66,17 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     name: str | None = None
     corrected: dict[str, list[float]] = field(default_factory=dict)
+    quality: quality.QualityCheck | None = None
+
+    @property
+    def trusted(self) -> bool:
+        """False when the quality checks failed ("check this result")."""
+        return self.quality is None or self.quality.trusted
+
+    @property
+    def reported_aop_deg(self) -> float | None:
+        """The AoP to report: the measured angle, or None when it is not measured or withheld."""
+        return self.aop.angle_deg if self.trusted else None
 
     def report(self) -> dict:
         """A JSON-able summary: AoP and its construction, per-fold AoPs, areas, timings."""
@@ -72,6 +85,8 @@ class Prediction:
             "name": self.name,
             "image_size": list(self.label_map.shape),
             "aop": self.aop.to_dict(),
+            "aop_reported_deg": self.reported_aop_deg,
+            "quality": None if self.quality is None else self.quality.to_dict(),
             "fold_aop_deg": {fold: m.angle_deg for fold, m in self.fold_aop.items()},
             "area_pixels": areas,
             "mean_disagreement": float(self.disagreement.mean()),
@@ -95,6 +110,7 @@ class ImageEmbeddings:
         base: 1 x C x g x g, the base encoder's embedding of the image (adapters off), which box
             prompts decode from; None unless asked for.
         timings: seconds spent so far.
+        image: H x W uint8, the input as shown (for the quality checks).
         automatic: the ensemble's own prediction, kept by the first :meth:`PSFHModel.decode` so
             that a correction runs only the box-prompted decoder and the AoP.
     """
@@ -107,6 +123,7 @@ class ImageEmbeddings:
     per_fold: dict[str, torch.Tensor]
     base: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = None
     automatic: Prediction | None = None
 
 
@@ -350,7 +367,8 @@ class PSFHModel:
                         base = self.base_model.get_image_embeddings(pixel_values)
         timings["encoder"] = time.perf_counter() - start
         return ImageEmbeddings(size=loaded.pixels.shape, name=loaded.name, folds=folds, tta=tta,
-                               precision=precision, per_fold=per_fold, base=base, timings=timings)
+                               precision=precision, per_fold=per_fold, base=base, timings=timings,
+                               image=as_uint8(loaded))
 
     @torch.inference_mode()
     def decode(self, embeddings: ImageEmbeddings, boxes: dict | None = None) -> Prediction:
@@ -374,7 +392,7 @@ class PSFHModel:
                 members = self._decode_folds(embeddings.per_fold, embeddings.folds, embeddings.tta).cpu()
             timings = {**embeddings.timings, "decoder": time.perf_counter() - start}
             embeddings.automatic = self.finish(members, embeddings.size, embeddings.folds, embeddings.tta,
-                                               name=embeddings.name, timings=timings)
+                                               name=embeddings.name, timings=timings, image=embeddings.image)
         automatic = embeddings.automatic
         if not checked:
             return automatic
@@ -386,7 +404,8 @@ class PSFHModel:
         corrected = {value: prompts.mask_from_logits(logits, embeddings.size) for value, logits in box_logits.items()}
         label_map = prompts.fuse(automatic.label_map, corrected)
         aop = measure_aop(label_map)
-        return replace(automatic, label_map=label_map, aop=aop,
+        checked_quality = None if embeddings.image is None else quality.check(embeddings.image, label_map)
+        return replace(automatic, label_map=label_map, aop=aop, quality=checked_quality,
                        corrected={CLASSES[value]: list(box) for value, box in checked.items()},
                        timings={"correction": time.perf_counter() - start})
 
@@ -413,12 +432,14 @@ class PSFHModel:
         return self.network.disable_adapter() if isinstance(self.network, PeftModel) else nullcontext()
 
     def finish(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
-               name: str | None = None, timings: dict[str, float] | None = None) -> Prediction:
+               name: str | None = None, timings: dict[str, float] | None = None,
+               image: np.ndarray | None = None) -> Prediction:
         """The ensemble's members -> a :class:`Prediction` at the image's H x W ``size``.
 
         ``members`` is F x V x 3 x S x S (:meth:`fold_probabilities`): they are averaged (soft
         ensemble), resized, turned into a label map with the largest component of each
-        structure, and the AoP is measured on it and on each fold's own prediction.
+        structure, and the AoP is measured on it and on each fold's own prediction. With the
+        H x W uint8 ``image``, the quality checks run on it and the label map.
         """
         timings = dict(timings or {})
         start = time.perf_counter()
@@ -428,7 +449,9 @@ class PSFHModel:
         fold_aop = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0])
                     for i, fold in enumerate(folds)}
         aop = measure_aop(label_map)
+        checked_quality = None if image is None else quality.check(image, label_map)
         timings["postprocess_and_aop"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,
-                          aop=aop, fold_aop=fold_aop, folds=list(folds), tta=tta, timings=timings, name=name)
+                          aop=aop, fold_aop=fold_aop, folds=list(folds), tta=tta, timings=timings, name=name,
+                          quality=checked_quality)

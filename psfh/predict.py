@@ -42,7 +42,8 @@ from psfh.labels import structure_areas
 from psfh.options import check_precision, resolve_folds
 
 CSV_NAME = "aop.csv"
-CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "ps_area_px", "fh_area_px",
+CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "check", "aop_deg_measured", "ps_area_px",
+               "fh_area_px",
                "mean_disagreement", "fold_aop_min", "fold_aop_max", "seconds", "error")
 MAX_LISTED_SKIPPED = 10  # skipped files named per folder; the rest are counted
 
@@ -218,8 +219,10 @@ def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, pre
     areas = structure_areas(prediction.label_map)
     return {
         "label_map": str(item.output),
-        "aop_deg": prediction.aop.angle_deg,
-        "aop_reason": prediction.aop.reason,
+        "aop_deg": prediction.reported_aop_deg,
+        "aop_reason": prediction.aop.reason or (None if prediction.trusted else "withheld: check this result"),
+        "check": "ok" if prediction.trusted else "check this result: " + "; ".join(prediction.quality.reasons),
+        "aop_deg_measured": prediction.aop.angle_deg,
         "ps_area_px": areas["pubic_symphysis"],
         "fh_area_px": areas["fetal_head"],
         "mean_disagreement": float(prediction.disagreement.mean()),

@@ -95,10 +95,11 @@ def assert_api_result_matches(result, expected):
     label_png, label_mha, aop, report = result
     np.testing.assert_array_equal(load_label_map(label_png), expected.label_map)
     np.testing.assert_array_equal(load_label_map(label_mha), expected.label_map)
-    angle = expected.aop.angle_deg
+    angle = expected.reported_aop_deg
     assert aop == (None if angle is None else round(angle, 1))
     wanted = expected.report()
-    for key in ("name", "image_size", "aop", "fold_aop_deg", "area_pixels", "mean_disagreement", "folds", "tta"):
+    for key in ("name", "image_size", "aop", "aop_reported_deg", "quality", "fold_aop_deg", "area_pixels",
+                "mean_disagreement", "folds", "tta"):
         assert report[key] == wanted[key], key
 
 
@@ -244,6 +245,7 @@ def test_show_result_draws_and_describes_a_run(model, images):
     assert overlay.shape[1] == heatmap.shape[1] == 300 * 3  # 220 x 300 input, enlarged 3x to reach 512
     if prediction.aop.measured:
         assert f"{prediction.aop.angle_deg:.1f}\N{DEGREE SIGN}" in aop_text
+        assert ("withheld" in aop_text) == (not prediction.trusted)
     else:
         assert "not measured" in aop_text and prediction.aop.reason[1:] in aop_text
     assert "not a medical device" in aop_text.lower() and "120" in aop_text

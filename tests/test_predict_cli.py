@@ -81,6 +81,10 @@ def test_predict_folder_writes_label_maps_and_table(tiny_package, inputs, tmp_pa
         assert set(np.unique(label).tolist()) <= {0, 1, 2}
         areas = (int(rows[name]["ps_area_px"]), int(rows[name]["fh_area_px"]))
         assert areas == (int((label == 1).sum()), int((label == 2).sum()))
+        check = rows[name]["check"]
+        assert check == "ok" or check.startswith("check this result: ")
+        if check != "ok":  # the tiny random model's garbage: the AoP is withheld, the measurement kept
+            assert rows[name]["aop_deg"] == ""
 
     geometry = sitk.ReadImage(str(out / f"{names[1]}.mha"))
     assert geometry.GetSpacing() == pytest.approx(SPACING)

@@ -1,0 +1,105 @@
+"""psfh.quality: inputs and results that should not be trusted are flagged, with reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import EXAMPLES
+from psfh import quality
+from psfh.errors import PSFHInputError
+from psfh.io import as_uint8, load_image, load_label_map
+from psfh.labels import FH, PS
+
+EXAMPLE_IDS = sorted(p.stem for p in (EXAMPLES / "image_mha").glob("*.mha"))
+
+
+def example(sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+    return (as_uint8(load_image(EXAMPLES / "image_mha" / f"{sample_id}.mha")),
+            load_label_map(EXAMPLES / "label_mha" / f"{sample_id}.mha"))
+
+
+def disk(shape, centre, radius) -> np.ndarray:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def test_solidity_and_border_measures():
+    assert quality.solidity(disk((100, 100), (50, 50), 30)) > 0.95
+    ring = disk((100, 100), (50, 50), 30) & ~disk((100, 100), (50, 50), 24)
+    assert quality.solidity(ring) < 0.5
+    assert quality.border_pixels(disk((20, 20), (0, 10), 3)) == 7 and quality.border_pixels(disk((20, 20), (10, 10), 3)) == 0
+
+
+@pytest.mark.parametrize("sample_id", EXAMPLE_IDS)
+def test_ground_truth_of_real_frames_passes(sample_id):
+    check = quality.check(*example(sample_id))
+    assert check.trusted, check.reasons
+
+
+def test_each_check_says_what_failed():
+    image, labels = example(EXAMPLE_IDS[0])
+    ragged = labels.copy()
+    ragged[(labels == FH) & (np.indices(labels.shape).sum(0) % 6 == 0)] = 0  # a head full of holes
+    assert any("fetal head outline" in r for r in quality.check(image, ragged).reasons)
+    tiny_ps = labels.copy()
+    tiny_ps[tiny_ps == PS] = 0
+    tiny_ps[60:63, 120:123] = PS
+    assert any("times the head's area" in r for r in quality.check(image, tiny_ps).reasons)
+    cut = labels.copy()
+    cut[:, -1][:40] = FH
+    assert any("touches the image border" in r for r in quality.check(image, cut).reasons)
+    assert any("grey levels" in r for r in quality.check((labels * 100).astype(np.uint8), labels).reasons)
+    assert any("dark background" in r for r in quality.check(np.clip(image, 30, 255), labels).reasons)
+    assert quality.check(image, labels).to_dict()["trusted"] is True
+
+
+def bad_inputs() -> dict[str, np.ndarray]:
+    """Inputs that are not transperineal ultrasound frames as the model knows them."""
+    import skimage.data
+
+    ultrasound = as_uint8(load_image(EXAMPLES / "image_mha" / f"{EXAMPLE_IDS[0]}.mha"))
+    text = Image.new("L", (256, 256), 255)
+    draw = ImageDraw.Draw(text)
+    for line in range(8):
+        draw.text((10, 10 + 30 * line), "angle of progression 123 deg", fill=0)
+    return {
+        "noise": np.random.default_rng(0).integers(0, 256, (256, 256)).astype(np.uint8),
+        "label map": load_label_map(EXAMPLES / "label_mha" / f"{EXAMPLE_IDS[0]}.mha"),
+        "text": np.asarray(text),
+        "photograph": skimage.data.camera(),  # bundled with scikit-image, no download
+        "rotated ultrasound": np.rot90(ultrasound).copy(),
+        "upside-down ultrasound": ultrasound[::-1].copy(),
+        # Not here: a frame cropped so that the PS is cut away (ultrasound[100:, 80:]) still passes
+        # these checks; the model's own uncertainty is the next check to add (issue 12).
+    }
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from psfh.model import PSFHModel
+
+    return PSFHModel.from_pretrained(device="cpu")
+
+
+@pytest.mark.parametrize("name", list(bad_inputs()))
+def test_bad_inputs_are_flagged_and_their_aop_withheld(embedded, name):
+    # One fold, one view keeps the test quick; the checks look at the image and the label map only.
+    prediction = embedded.predict(bad_inputs()[name], folds=["fold_0"], tta=False)
+    assert not prediction.trusted, (name, prediction.quality.measures)
+    assert prediction.reported_aop_deg is None and prediction.quality.reasons
+    report = prediction.report()
+    assert report["quality"]["trusted"] is False and report["aop_reported_deg"] is None
+
+
+def test_a_blank_frame_is_refused(embedded):
+    with pytest.raises(PSFHInputError, match="constant"):
+        embedded.predict(np.full((256, 256), 17, np.uint8), folds=["fold_0"], tta=False)
+
+
+@pytest.mark.parametrize("sample_id", EXAMPLE_IDS[:4])
+def test_real_frames_are_trusted(embedded, sample_id):
+    prediction = embedded.predict(EXAMPLES / "image_mha" / f"{sample_id}.mha", folds=["fold_0"], tta=False)
+    assert prediction.trusted, prediction.quality.reasons
+    assert prediction.reported_aop_deg == prediction.aop.angle_deg is not None

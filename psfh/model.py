@@ -371,7 +371,8 @@ class PSFHModel:
                                image=as_uint8(loaded))
 
     @torch.inference_mode()
-    def decode(self, embeddings: ImageEmbeddings, boxes: dict | None = None) -> Prediction:
+    def decode(self, embeddings: ImageEmbeddings, boxes: dict | None = None,
+               box_policy: str | None = None) -> Prediction:
         """The fold ensemble's prediction from kept embeddings, optionally corrected by box prompts;
         no encoder pass. The probabilities, disagreement and fold AoPs stay the ensemble's; the
         label map and the AoP show the correction.
@@ -382,6 +383,9 @@ class PSFHModel:
                 re-segmented by the base's decoder from the box (SAM's box prompt) and replace
                 the ensemble's; the other structure is kept (:mod:`psfh.prompts`). Needs
                 embeddings made with ``for_prompts=True``.
+            box_policy: how a box corrects a structure (:func:`psfh.prompts.box_outline`):
+                "ensemble_first" or "sam" for both; None: each structure's measured best
+                (:data:`psfh.prompts.DEFAULT_POLICY`).
         """
         checked = prompts.check_boxes(boxes, embeddings.size)
         if checked and embeddings.base is None:
@@ -401,7 +405,10 @@ class PSFHModel:
             box_logits = {value: prompts.box_mask_logits(
                 self.base_model, embeddings.base, prompts.box_to_input(box, embeddings.size, self.config.input_size),
                 self.config.input_size).cpu() for value, box in checked.items()}
-        corrected = {value: prompts.mask_from_logits(logits, embeddings.size) for value, logits in box_logits.items()}
+        corrected = {value: prompts.box_outline(automatic.label_map == value,
+                                                prompts.mask_from_logits(logits, embeddings.size), checked[value],
+                                                box_policy or prompts.DEFAULT_POLICY[value])
+                     for value, logits in box_logits.items()}
         label_map = prompts.fuse(automatic.label_map, corrected)
         aop = measure_aop(label_map)
         checked_quality = None if embeddings.image is None else quality.check(embeddings.image, label_map)

@@ -4,8 +4,15 @@ A box is ``(x0, y0, x1, y1)`` in the image's pixel coordinates (columns, rows; t
 structure's bounding box). SAM's prompt encoder takes it in model-input coordinates, so it is
 scaled by S / W and S / H. The box-prompted mask comes from the base's own mask decoder (fold
 adapters off), which LiteMedSAM trained on box prompts: zero-shot with ground-truth boxes it
-reaches Dice PS 0.893 / FH 0.949 on PSFHS (FACTS.md). The corrected structure replaces the
-ensemble's; the other structure is kept.
+reaches Dice PS 0.893 / FH 0.949 on PSFHS (FACTS.md), below the fine-tuned ensemble's own PS
+where that is right. So a box can be used two ways (:func:`box_outline`): "ensemble_first" keeps
+the ensemble's structure, trimmed to the box, where it lies in the box, and lets the
+box-prompted decoder draw it only where the ensemble put it elsewhere; "sam" always takes the
+box-prompted decoder's mask. Chosen per structure on the 245 out-of-fold frames with jittered
+ground-truth boxes (scripts/measure_correction.py, model_card.md): the PS by "ensemble_first"
+(Dice PS 0.875 -> 0.888, AoP error 8.10 -> 7.48 deg; "sam" 0.872, 7.92), the head by "sam"
+(AoP error 8.10 -> 7.91 deg; "ensemble_first" 8.07, Dice FH 0.952 vs 0.949). The corrected
+structure replaces the ensemble's; the other structure is kept.
 """
 
 from __future__ import annotations
@@ -78,6 +85,31 @@ def mask_from_logits(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """S x S logits -> H x W bool mask (bilinear to the image, > 0, largest component)."""
     resized = F.interpolate(logits[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return largest_component((resized > 0).cpu().numpy())
+
+
+POLICIES = ("ensemble_first", "sam")
+DEFAULT_POLICY = {PS: "ensemble_first", FH: "sam"}
+# "ensemble_first": the ensemble's outline is kept when at least this share of it lies in the
+# box, widened by the margin (two clicks are a few pixels off; a tight box must not trim the outline).
+MIN_SHARE_IN_BOX = 0.5
+BOX_MARGIN_PX = 5
+
+
+def box_outline(ensemble_mask: np.ndarray, prompted_mask: np.ndarray, box: Box, policy: str = "ensemble_first",
+                ) -> np.ndarray:
+    """The corrected structure's H x W mask from the ensemble's mask, the box-prompted mask and the box."""
+    if policy not in POLICIES:
+        raise PSFHInputError(f"box policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    if policy == "sam" or not ensemble_mask.any():
+        return prompted_mask
+    x0, y0, x1, y1 = box
+    rows, cols = np.indices(ensemble_mask.shape)
+    m = BOX_MARGIN_PX
+    inside = (cols >= x0 - m) & (cols <= x1 + m) & (rows >= y0 - m) & (rows <= y1 + m)
+    kept = ensemble_mask & inside
+    if kept.sum() < MIN_SHARE_IN_BOX * ensemble_mask.sum():
+        return prompted_mask  # the ensemble's structure is elsewhere: the box-prompted decoder draws it
+    return largest_component(kept)
 
 
 def fuse(label_map: np.ndarray, corrected: Mapping[int, np.ndarray]) -> np.ndarray:

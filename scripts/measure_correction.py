@@ -56,6 +56,8 @@ def main() -> int:
     parser.add_argument("--automatic", type=Path, required=True, help="the package's label maps, <id>.png")
     parser.add_argument("--jitter", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", default=None, help="psfh.prompts.box_outline's policy for both structures "
+                        "(default: each structure's, psfh.prompts.DEFAULT_POLICY)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -76,14 +78,17 @@ def main() -> int:
                                      precision="fp32", per_fold={}, base=base, automatic=automatic)
         for name, structures in CONDITIONS.items():
             start = time.perf_counter()
-            prediction = model.decode(embeddings, boxes={s: boxes[s] for s in structures} or None)
+            prediction = model.decode(embeddings, boxes={s: boxes[s] for s in structures} or None,
+                                      box_policy=args.policy)
             if structures:
                 seconds.append(time.perf_counter() - start)
             rows[name].append(score_label_map(sample.id, prediction.label_map, label))
     summaries = {name: summarize(table) for name, table in rows.items()}
     for name, table in rows.items():
         write_csv_atomic(args.out / f"{name}.csv", SCORE_COLUMNS, table)
-    summary = {"conditions": summaries, "jitter_px": args.jitter, "seed": args.seed, "frames": len(samples),
+    summary = {"conditions": summaries, "policy": args.policy or "default (per structure)", "jitter_px": args.jitter,
+               "seed": args.seed,
+               "frames": len(samples),
                "correction_seconds_median": float(np.median(seconds)), "threads": torch.get_num_threads()}
     write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print("| boxes given | " + " | ".join(KEYS) + " |")

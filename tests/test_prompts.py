@@ -86,3 +86,21 @@ def test_the_base_embedding_is_the_unadapted_encoders(tiny_model, image, one_tor
     assert tiny_model.encoder_scope == "all", "the base pass is the extra one, not a fold's"
     scale = base.abs().max()  # the tiny random encoder's outputs are far from unit size
     assert (embeddings.base - base).abs().max() <= 1e-5 * scale
+
+
+def test_ensemble_first_keeps_the_ensembles_outline_in_the_box_and_asks_sam_elsewhere():
+    from psfh.prompts import box_outline
+
+    ensemble = np.zeros((40, 40), bool)
+    ensemble[10:20, 10:20] = True
+    sam = np.zeros((40, 40), bool)
+    sam[12:18, 12:30] = True
+    # The box covers the ensemble's structure (give or take the margin): its outline stays, trimmed.
+    np.testing.assert_array_equal(box_outline(ensemble, sam, (12, 12, 30, 30), "ensemble_first"), ensemble)
+    trimmed = box_outline(ensemble, sam, (17, 10, 30, 30), "ensemble_first")
+    assert trimmed[:, :12].sum() == 0 and trimmed.sum() == 10 * 8
+    # The ensemble put it elsewhere: the box-prompted mask.
+    np.testing.assert_array_equal(box_outline(ensemble, sam, (28, 28, 38, 38), "ensemble_first"), sam)
+    np.testing.assert_array_equal(box_outline(ensemble, sam, (12, 12, 30, 30), "sam"), sam)
+    with pytest.raises(PSFHInputError, match="box policy"):
+        box_outline(ensemble, sam, (0, 0, 5, 5), "best")

@@ -40,7 +40,6 @@ from PIL import Image
 from psfh.errors import PSFHInputError
 from psfh.io import PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, image_extension, load_image, \
     save_label_map
-from psfh.labels import CLASSES
 from psfh.model import ImageEmbeddings, PSFHModel, Prediction
 from psfh.options import first_folds
 from psfh.overlay import display_scale, render_disagreement, render_segmentation
@@ -81,20 +80,23 @@ CORRECTABLE = {"Pubic symphysis (PS)": "ps", "Fetal head (FH)": "fh"}
 
 @dataclass
 class Analysis:
-    """What one run produced, kept (in a gr.State) for drawing and correcting: the display image
-    (H x W uint8), the prediction shown, notes about the input, the request's wall time, the
-    kept embeddings, the image's geometry (for the MHA download), the correction boxes by
-    structure key, earlier box sets (undo) and a first corner clicked."""
+    """What one run produced, kept (in a gr.State) for drawing and correcting: the kept embeddings
+    (with the display image, H x W uint8), the prediction shown, notes about the input, the
+    request's wall time, the image's geometry (for the MHA download), the correction boxes by
+    structure key ("ps", "fh"), earlier box sets (undo) and a first corner clicked."""
 
-    image: np.ndarray
+    embeddings: ImageEmbeddings
     prediction: Prediction
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
-    embeddings: ImageEmbeddings | None = None
     spatial: dict | None = None
     boxes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     pending: tuple[float, float] | None = None
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.embeddings.image
 
 
 def _user_error(error: Exception, path: str | os.PathLike | None) -> gr.Error:
@@ -213,24 +215,19 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
     try:
         loaded = load_image(path)
         progress(0.2, desc=f"Segmenting with {len(folds or model.folds)} fold(s){' and flip TTA' if tta else ''}")
-        embeddings = model.embed(path, folds=folds, tta=bool(tta), for_prompts=True)
+        embeddings = model.embed(loaded, folds=folds, tta=bool(tta), for_prompts=True)
         prediction = model.decode(embeddings, boxes=boxes)
         progress(0.9, desc="Writing the label maps")
         label_png, label_mha = write_downloads(prediction, loaded.spatial)
     except PSFHInputError as error:
         raise _user_error(error, path) from None
-    analysis = Analysis(as_uint8(loaded), prediction, input_notes(path, loaded), time.perf_counter() - start,
-                        embeddings=embeddings, spatial=loaded.spatial,
-                        boxes={STRUCTURE_KEY[CLASSES.index(n)]: tuple(b) for n, b in prediction.corrected.items()})
+    analysis = Analysis(embeddings, prediction, input_notes(path, loaded), time.perf_counter() - start,
+                        spatial=loaded.spatial, boxes={key: tuple(box) for key, box in (boxes or {}).items()})
     name = prediction.name or "image"
     aop = prediction.reported_aop_deg
     log.info("segmented %s: folds=%s tta=%s aop=%s in %.2fs", name, prediction.folds, tta, aop, analysis.wall_s)
     return (str(label_png), str(label_mha), None if aop is None else round(aop, 1), prediction.report(),
             analysis)
-
-
-# The box key of each label value (PSFHModel.decode's boxes are keyed "ps" / "fh").
-STRUCTURE_KEY = {value: key for key, value in STRUCTURE_NAMES.items() if key in ("ps", "fh")}
 
 
 def click_to_image(analysis: Analysis, display_xy) -> tuple[float, float] | None:
@@ -248,7 +245,7 @@ def apply_boxes(model: PSFHModel, analysis: Analysis) -> tuple[Analysis, str]:
     start = time.perf_counter()
     analysis.prediction = model.decode(analysis.embeddings, boxes=dict(analysis.boxes) or None)
     seconds = time.perf_counter() - start
-    corrected = ", ".join(name.replace("_", " ") for name in analysis.prediction.corrected)
+    corrected = corrected_text(analysis.prediction)
     status = (f"Corrected: **{corrected}** ({seconds:.2f} s). Undo or Reset go back." if corrected
               else "The model's own result.")
     log.info("correction of %s: %s in %.3fs", analysis.prediction.name, corrected or "none", seconds)
@@ -258,7 +255,7 @@ def apply_boxes(model: PSFHModel, analysis: Analysis) -> tuple[Analysis, str]:
 def correct_click(model: PSFHModel, analysis: Analysis | None, structure: str, display_xy):
     """A click on the overlay: the first corner of a box, or the second, which re-segments
     ``structure`` (a CORRECTABLE label) from the box. -> (Analysis, status)."""
-    if analysis is None or analysis.embeddings is None:
+    if analysis is None:
         raise gr.Error("Run the model first; then click two corners of a box on the overlay.", print_exception=False)
     point = click_to_image(analysis, display_xy)
     if point is None:
@@ -279,7 +276,7 @@ def correct_click(model: PSFHModel, analysis: Analysis | None, structure: str, d
 
 def undo_correction(model: PSFHModel, analysis: Analysis | None, reset: bool = False):
     """Back one correction (or, with ``reset``, to the model's own result). -> (Analysis, status)."""
-    if analysis is None or analysis.embeddings is None:
+    if analysis is None:
         raise gr.Error("Nothing to undo: run the model first.", print_exception=False)
     analysis.pending = None
     if reset:
@@ -290,6 +287,11 @@ def undo_correction(model: PSFHModel, analysis: Analysis | None, reset: bool = F
 
 
 # ------------------------------------------------------------------------------- the texts
+
+
+def corrected_text(prediction: Prediction) -> str:
+    """The structures a user corrected, in words ("" for the model's own result)."""
+    return ", ".join(name.replace("_", " ") for name in prediction.corrected)
 
 
 def aop_markdown(prediction: Prediction) -> str:
@@ -362,7 +364,7 @@ def show_result(analysis: Analysis | None):
     report_file.write_text(json.dumps(prediction.report(), indent=2))
     status = f"Done: **{prediction.name or 'image'}**."
     status += "".join(f"\n- {note}" for note in analysis.notes)
-    corrected = ", ".join(name.replace("_", " ") for name in prediction.corrected)
+    corrected = corrected_text(prediction)
     correction = f"Corrected: **{corrected}** (from the boxes given)." if corrected else ""
     return (overlay, aop_markdown(prediction), heatmap, fold_markdown(prediction), timing_markdown(analysis),
             str(report_file), status, correction)

@@ -68,6 +68,10 @@ class BaseSpec:
     last_stage_lora_targets: str | None = None
     channels_last: bool = False
 
+    def __post_init__(self):
+        if self.weights not in WEIGHT_SOURCES:  # a registry typo must not fall through to "hub"
+            raise ValueError(f"base {self.name!r}: weights must be one of {WEIGHT_SOURCES}, not {self.weights!r}")
+
     def encoder_targets(self, scope: str) -> str:
         """The peft regex of the encoder layers a fold adapter adapts: scope "all" (every attention
         qkv, the paper's LoRA target) or "last_stage"."""

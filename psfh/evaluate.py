@@ -14,8 +14,8 @@ Writes OUT/per_image.csv (id, the nine metrics, aop_pred, aop_true, aop_error, t
 for the challenge's ellipse definition of the AoP (:mod:`psfh.aop_challenge`), seconds; empty
 cells where an angle could not be measured) and OUT/summary.json (the means of
 :func:`psfh.metrics.summarize`, the score, n, and what was run: model, folds, tta (the
-package's setting unless --no-tta), precision, data, date). Both are written to a temporary file and renamed, so a failed run never leaves
-half a file. Every pair is read and checked before inference starts, so a bad file stops the
+package's setting unless --no-tta), precision, data, date). Both are written to a temporary
+file and renamed, so a failed run never leaves half a file. Every pair is read and checked before inference starts, so a bad file stops the
 run at once, not after an hour of inference.
 
 Exit status: 0 on success, 2 with an error message for bad input (a folder that is not a

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from psfh.files import atomic_target
 from psfh.errors import PSFHInputError
+from psfh.files import atomic_target
 from psfh.labels import check_label_map
 
 PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -72,8 +72,9 @@ def image_name(path: str | os.PathLike) -> str:
     return name[: len(name) - len(image_extension(name))]
 
 
-def load_image(source: str | os.PathLike | np.ndarray | Image.Image) -> LoadedImage:
-    """Read one 2-D image from a file path, a numpy array or a PIL image.
+def load_image(source: str | os.PathLike | np.ndarray | Image.Image | LoadedImage) -> LoadedImage:
+    """Read one 2-D image from a file path, a numpy array or a PIL image (a LoadedImage is
+    returned as it is, so a caller that read the file already passes it on instead of reading again).
 
     Arrays are H x W or H x W x C (channels last, C <= 4). Colour becomes grayscale: 1 channel
     is squeezed, 2 (gray + alpha) keep the first, 3 (RGB) become BT.601 luminance (exactly the
@@ -82,6 +83,8 @@ def load_image(source: str | os.PathLike | np.ndarray | Image.Image) -> LoadedIm
     Returns a :class:`LoadedImage` whose pixels are H x W float32. Raises PSFHInputError for a
     missing, empty, corrupt or unsupported file and for arrays that are not a usable image.
     """
+    if isinstance(source, LoadedImage):
+        return source
     if isinstance(source, (str, os.PathLike)):
         return _load_file(Path(source))
     if isinstance(source, Image.Image):

@@ -102,7 +102,7 @@ class ImageEmbeddings:
     """What :meth:`PSFHModel.embed` made of one image, kept to decode again without an encoder pass.
 
     Attributes:
-        size: (H, W) of the image.
+        image: H x W uint8, the input as shown (its size, and the quality checks' input).
         name: the input's name, when known.
         folds, tta, precision: what the encoder ran for.
         per_fold: {fold: V x C x g x g} embeddings of the TTA views (identity, then the flip);
@@ -110,12 +110,11 @@ class ImageEmbeddings:
         base: 1 x C x g x g, the base encoder's embedding of the image (adapters off), which box
             prompts decode from; None unless asked for.
         timings: seconds spent so far.
-        image: H x W uint8, the input as shown (for the quality checks).
         automatic: the ensemble's own prediction, kept by the first :meth:`PSFHModel.decode` so
             that a correction runs only the box-prompted decoder and the AoP.
     """
 
-    size: tuple[int, int]
+    image: np.ndarray
     name: str | None
     folds: list[str]
     tta: bool
@@ -123,8 +122,12 @@ class ImageEmbeddings:
     per_fold: dict[str, torch.Tensor]
     base: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    image: np.ndarray | None = None
     automatic: Prediction | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return self.image.shape[:2]
 
 
 def default_device() -> torch.device:
@@ -366,9 +369,8 @@ class PSFHModel:
                     with self._adapters_off():
                         base = self.base_model.get_image_embeddings(pixel_values)
         timings["encoder"] = time.perf_counter() - start
-        return ImageEmbeddings(size=loaded.pixels.shape, name=loaded.name, folds=folds, tta=tta,
-                               precision=precision, per_fold=per_fold, base=base, timings=timings,
-                               image=as_uint8(loaded))
+        return ImageEmbeddings(image=as_uint8(loaded), name=loaded.name, folds=folds, tta=tta,
+                               precision=precision, per_fold=per_fold, base=base, timings=timings)
 
     @torch.inference_mode()
     def decode(self, embeddings: ImageEmbeddings, boxes: dict | None = None,
@@ -403,16 +405,15 @@ class PSFHModel:
         start = time.perf_counter()
         with self._lock, self._autocast(embeddings.precision), self._adapters_off():
             box_logits = {value: prompts.box_mask_logits(
-                self.base_model, embeddings.base, prompts.box_to_input(box, embeddings.size, self.config.input_size),
-                self.config.input_size).cpu() for value, box in checked.items()}
+                self.base_model, embeddings.base, prompts.box_to_input(box, embeddings.size, self.config.input_size)
+            ).cpu() for value, box in checked.items()}
         corrected = {value: prompts.box_outline(automatic.label_map == value,
                                                 prompts.mask_from_logits(logits, embeddings.size), checked[value],
                                                 box_policy or prompts.DEFAULT_POLICY[value])
                      for value, logits in box_logits.items()}
         label_map = prompts.fuse(automatic.label_map, corrected)
         aop = measure_aop(label_map)
-        checked_quality = None if embeddings.image is None else quality.check(embeddings.image, label_map)
-        return replace(automatic, label_map=label_map, aop=aop, quality=checked_quality,
+        return replace(automatic, label_map=label_map, aop=aop, quality=quality.check(embeddings.image, label_map),
                        corrected={CLASSES[value]: list(box) for value, box in checked.items()},
                        timings={"correction": time.perf_counter() - start})
 
@@ -422,7 +423,7 @@ class PSFHModel:
 
         Args:
             image: a file path (.png .jpg .bmp .tif .mha .nii .nii.gz .nrrd), an H x W or H x W x C
-                numpy array (uint8, uint16 or float) or a PIL image.
+                numpy array (uint8, uint16 or float), a PIL image, or a :class:`psfh.io.LoadedImage`.
             folds: which fold adapters to ensemble (default: all).
             tta: horizontal-flip test-time augmentation (default: :attr:`default_tta`).
             precision: "fp32" (reference) or "bf16" (autocast; faster on CPUs with AVX512-BF16).

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from psfh.files import atomic_target, write_text_atomic
 from psfh.bases import EMBEDDED_PACKAGE_DIR, get_base
 from psfh.errors import PSFHInputError
+from psfh.files import atomic_target, write_text_atomic
 from psfh.labels import CLASSES
 
 FORMAT_VERSION = 1

@@ -210,10 +210,9 @@ def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precisi
 
 
 def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, precision: str) -> dict:
-    # Read the file here, once, for its geometry; predict takes the pixels (preprocessing
-    # min-max scales them, so the result is the same as predicting from the path).
+    # Read the file here, once, for its geometry; predict takes what was read.
     loaded = load_image(item.path)
-    prediction = model.predict(loaded.pixels, folds=folds, tta=tta, precision=precision)
+    prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision)
     save_label_map(prediction.label_map, item.output, spatial=loaded.spatial, overwrite=True)
     fold_angles = [m.angle_deg for m in prediction.fold_aop.values() if m.angle_deg is not None]
     areas = structure_areas(prediction.label_map)

@@ -39,6 +39,8 @@ def check_boxes(boxes: Mapping[str, Sequence[float]] | None, size: tuple[int, in
     """
     if not boxes:
         return {}
+    if not isinstance(boxes, Mapping):
+        raise PSFHInputError(f"boxes must map a structure to its box, e.g. {{'ps': (x0, y0, x1, y1)}}, not {boxes!r}")
     height, width = size
     checked = {}
     for key, box in boxes.items():
@@ -66,8 +68,9 @@ def box_to_input(box: Box, size: tuple[int, int], input_size: int) -> torch.Tens
     return torch.tensor([[[x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y]]], dtype=torch.float32)
 
 
-def box_mask_logits(sam, image_embedding: torch.Tensor, box: torch.Tensor, input_size: int) -> torch.Tensor:
-    """One structure's mask logits S x S from a SamModel's decoder prompted with one box.
+def box_mask_logits(sam, image_embedding: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """One structure's mask logits from a SamModel's decoder prompted with one box: s x s, the
+    decoder's own output grid (4x the embedding grid; :func:`mask_from_logits` brings it to the image).
 
     Args:
         sam: the SamModel (adapters off: the base's decoder).
@@ -75,14 +78,11 @@ def box_mask_logits(sam, image_embedding: torch.Tensor, box: torch.Tensor, input
         box: 1 x 1 x 4 in model-input coordinates (:func:`box_to_input`).
     """
     output = sam(image_embeddings=image_embedding, input_boxes=box.to(image_embedding.device), multimask_output=False)
-    logits = output.pred_masks[0, 0, :1]  # 1 x s x s
-    if logits.shape[-1] != input_size:
-        logits = F.interpolate(logits[None], size=(input_size, input_size), mode="bilinear", align_corners=False)[0]
-    return logits[0].float()
+    return output.pred_masks[0, 0, 0].float()
 
 
 def mask_from_logits(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """S x S logits -> H x W bool mask (bilinear to the image, > 0, largest component)."""
+    """s x s logits -> H x W bool mask (bilinear to the image in one step, > 0, largest component)."""
     resized = F.interpolate(logits[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return largest_component((resized > 0).cpu().numpy())
 
@@ -119,7 +119,7 @@ def fuse(label_map: np.ndarray, corrected: Mapping[int, np.ndarray]) -> np.ndarr
     user's box is the latest word there); the other structure keeps its remaining pixels.
     """
     fused = label_map.copy()
-    for value, mask in corrected.items():
+    for value in corrected:
         fused[fused == value] = BACKGROUND
     for value, mask in corrected.items():
         fused[mask] = value

@@ -8,7 +8,7 @@ words; a result with any failed check is flagged "check this result" and its AoP
 reviewer).
 
 Input: an ultrasound frame has many grey levels and a dark background around the ultrasound
-sector (PSFHS frames: at least 206 levels and 8.9 % black pixels); a label map, a drawing or
+sector (PSFHS frames: at least 205 levels and 8.8 % black pixels); a label map, a drawing or
 text has few levels, a photograph or noise no dark background.
 Result: the fetal head is a smooth, convex (elliptical) skull outline, the pubic symphysis a
 compact structure a tenth of the head's size, and neither is cut off by the image border.
@@ -38,14 +38,17 @@ class QualityCheck:
     """The verdict on one input and result.
 
     Attributes:
-        trusted: False when any check failed: show "check this result" and withhold the AoP.
-        reasons: what failed, in plain words (empty when trusted).
+        reasons: what failed, in plain words (empty when the result can be trusted).
         measures: the numbers the checks looked at.
     """
 
-    trusted: bool
     reasons: list[str] = field(default_factory=list)
     measures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def trusted(self) -> bool:
+        """False when any check failed: show "check this result" and withhold the AoP."""
+        return not self.reasons
 
     def to_dict(self) -> dict:
         return {"trusted": self.trusted, "reasons": list(self.reasons),
@@ -109,4 +112,4 @@ def check(image: np.ndarray, label_map: np.ndarray) -> QualityCheck:
                        f"{low:g}-{high:g}")
     if m["border_pixels"] > MAX_BORDER_PIXELS:
         reasons.append("a structure touches the image border: the anatomy may be cut off (a cropped frame?)")
-    return QualityCheck(trusted=not reasons, reasons=reasons, measures=m)
+    return QualityCheck(reasons=reasons, measures=m)

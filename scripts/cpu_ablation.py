@@ -71,18 +71,16 @@ def run_variant(args) -> None:
     held_out = f"fold_{args.fold}"
     # Training frames: every --train-stride-th of the other folds (neighbouring frames of an exam
     # are near-duplicates, and each frame costs an encoder pass per view); validation: all of the fold.
-    training = sorted((i for i in folds if folds[i] != held_out), key=id_sort_key)[:: args.train_stride]
-    samples = [s for s in find_samples(args.data) if folds.get(s.id) == held_out or s.id in set(training)]
+    training = set(sorted((i for i in folds if folds[i] != held_out), key=id_sort_key)[:: args.train_stride])
+    samples = [s for s in find_samples(args.data) if folds.get(s.id) == held_out or s.id in training]
     ids, images, labels = load_arrays(samples, progress=False)
-
-    base = PSFHModel.from_pretrained(args.package, device="cpu", folds=[])
-    start = time.perf_counter()
-    embeddings = EmbeddingCache(base).build(ids, list(images))
-    cache_seconds = time.perf_counter() - start
 
     torch.manual_seed(0)
     lora = whole_decoder_config() if adapter == "whole_decoder" else make_lora_config(0, 16)
     model = PSFHModel.from_base("lite-medsam", [held_out], lora, device="cpu", base_folder=args.package)
+    start = time.perf_counter()  # the adapters leave the encoder alone: the model's base serves the cache
+    embeddings = EmbeddingCache(model).build(ids, list(images))
+    cache_seconds = time.perf_counter() - start
     config = preset("cpu", epochs=args.epochs, patience=args.patience, **overrides)
     source = CachedEmbeddingSource(embeddings, torch.as_tensor(labels), shift_cells=config.shift_cells)
     train = torch.tensor([n for n, i in enumerate(ids) if folds[i] != held_out])

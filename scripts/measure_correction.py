@@ -7,7 +7,9 @@ box-prompted decoder on the base embedding, fused with the ensemble's automatic 
 automatic result is read from label maps the package wrote earlier (``python -m psfh.evaluate
 --save-label-maps``; the shipped package's answers are pinned by a golden test), and the base
 embeddings come from the persistent embedding cache, so a run costs one base encoder pass per
-new frame instead of the full ensemble.
+new frame instead of the full ensemble. One difference from the product: the cache stores
+embeddings in bfloat16, where ``embed`` keeps the base embedding in float32, so a few boundary
+pixels of a box-prompted mask may differ.
 
     python -m psfh.evaluate --data ../shared/data/psfhs --ids-file docs/splits/test_ids.txt \\
         --out runs/eval/shipped-test --save-label-maps
@@ -31,7 +33,7 @@ import torch  # noqa: E402
 
 from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
 from psfh.files import write_csv_atomic, write_text_atomic  # noqa: E402
-from psfh.io import load_image, load_label_map  # noqa: E402
+from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
 from psfh.labels import FH, PS  # noqa: E402
 from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
 from psfh.model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
@@ -61,8 +63,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    model = PSFHModel.from_pretrained(args.model, device="cpu")
-    base_cache = EmbeddingCache(PSFHModel.from_pretrained(args.model, device="cpu", folds=[]))
+    # The base alone serves both the cache and the correction: with the automatic result given,
+    # decode runs only the base's box-prompted decoder (adapters off), never a fold adapter.
+    model = PSFHModel.from_pretrained(args.model, device="cpu", folds=[])
+    base_cache = EmbeddingCache(model)
     samples = select_samples(find_samples(args.data), read_ids_file(args.ids_file))
     rng = np.random.default_rng(args.seed)
     rows = {name: [] for name in CONDITIONS}
@@ -71,10 +75,11 @@ def main() -> int:
         label = load_label_map(sample.label_path)
         automatic_map = load_label_map(args.automatic / f"{sample.id}.png")
         boxes = {"ps": jittered_box(label, PS, args.jitter, rng), "fh": jittered_box(label, FH, args.jitter, rng)}
-        base = base_cache.views(load_image(sample.image_path).pixels, sample.id)[:1]
+        loaded = load_image(sample.image_path)
+        base = base_cache.views(loaded.pixels, sample.id)[:1]
         automatic = Prediction(label_map=automatic_map, probabilities=np.zeros(0), disagreement=np.zeros(0),
-                               aop=measure_aop(automatic_map), fold_aop={}, folds=model.folds, tta=True)
-        embeddings = ImageEmbeddings(size=label.shape, name=sample.id, folds=model.folds, tta=True,
+                               aop=measure_aop(automatic_map), fold_aop={}, folds=[], tta=True)
+        embeddings = ImageEmbeddings(image=as_uint8(loaded), name=sample.id, folds=[], tta=True,
                                      precision="fp32", per_fold={}, base=base, automatic=automatic)
         for name, structures in CONDITIONS.items():
             start = time.perf_counter()

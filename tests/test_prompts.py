@@ -59,13 +59,19 @@ def test_predict_is_embed_then_decode_and_a_correction_runs_no_encoder(tiny_mode
     corrected = tiny_model.decode(embeddings, boxes={"ps": (8, 8, 30, 20)})
     assert corrected.report()["corrected_by_user"] == {"pubic_symphysis": [8.0, 8.0, 30.0, 20.0]}
     ps = corrected.label_map == PS
-    if ps.any():  # the box-prompted mask lies in (or near) the box
-        rows, cols = np.nonzero(ps)
-        assert rows.min() >= 0 and cols.max() < 64
     untouched = (automatic.label_map == FH) & ~ps
     assert ((corrected.label_map == FH) == untouched).all(), "the fetal head is kept where the PS did not take it"
     np.testing.assert_array_equal(corrected.probabilities, automatic.probabilities)
     assert corrected.aop == tiny_model.decode(embeddings, boxes={"ps": (8, 8, 30, 20)}).aop  # repeatable
+
+    # A box around the ensemble's own PS keeps it ("ensemble_first"); the box-prompted decoder redraws it ("sam").
+    rows, cols = np.nonzero(automatic.label_map == PS)
+    assert len(rows), "the tiny package finds some PS on this image"
+    around = (cols.min() - 2, rows.min() - 2, cols.max() + 2, rows.max() + 2)
+    kept = tiny_model.decode(embeddings, boxes={"ps": around}, box_policy="ensemble_first")
+    np.testing.assert_array_equal(kept.label_map, automatic.label_map)
+    redrawn = tiny_model.decode(embeddings, boxes={"ps": around}, box_policy="sam")
+    assert not np.array_equal(redrawn.label_map == PS, automatic.label_map == PS)
 
 
 def test_boxes_need_embeddings_kept_for_prompts(tiny_model, image, one_torch_thread):
@@ -75,6 +81,8 @@ def test_boxes_need_embeddings_kept_for_prompts(tiny_model, image, one_torch_thr
         tiny_model.decode(embeddings, boxes={"fh": (0, 0, 10, 10)})
     with pytest.raises(PSFHInputError, match="x0 < x1"):
         tiny_model.predict(image, boxes={"fh": (10, 0, 0, 10)})
+    with pytest.raises(PSFHInputError, match="boxes must map a structure"):
+        tiny_model.predict(image, boxes=[(0, 0, 10, 10)])
 
 
 def test_the_base_embedding_is_the_unadapted_encoders(tiny_model, image, one_torch_thread):

@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from psfh import inference
-from psfh.files import atomic_target
 from psfh.errors import PSFHInputError
+from psfh.files import atomic_target
 
 VIEWS = ("identity", "hflip")  # the order of inference.tta_views
 FORMAT = "psfh-embeddings-1"
@@ -88,7 +88,8 @@ class EmbeddingCache:
 
     @torch.inference_mode()
     def views(self, pixels: np.ndarray, name: str = "image") -> torch.Tensor:
-        """H x W image -> V x C x g x g float32 embeddings of its TTA views, from the cache or computed."""
+        """H x W image -> V x C x g x g float32 embeddings of its TTA views, from the cache or computed
+        (in the stored precision either way, so a result never depends on whether it was cached)."""
         pixel_values = self.model.preprocess(pixels, name)
         path = self.path(content_key(pixel_values))
         if path.is_file():
@@ -97,11 +98,12 @@ class EmbeddingCache:
                 return torch.stack([stored[view] for view in VIEWS]).float()
             except (SafetensorError, KeyError, OSError):
                 pass  # a damaged file (e.g. a full disk): compute it again
-        embeddings = self.model.base_model.get_image_embeddings(inference.tta_views(pixel_values, True)).float()
+        embeddings = self.model.base_model.get_image_embeddings(inference.tta_views(pixel_values, True))
+        stored = embeddings.to(self.dtype).cpu()
         with atomic_target(path) as temporary:
-            save_file({view: e.to(self.dtype).contiguous().cpu() for view, e in zip(VIEWS, embeddings)},
-                      str(temporary), metadata={"format": FORMAT})
-        return embeddings.cpu()
+            save_file({view: e.contiguous() for view, e in zip(VIEWS, stored)}, str(temporary),
+                      metadata={"format": FORMAT})
+        return stored.float()
 
     def build(self, ids: list[str], images, progress: bool = True) -> dict[str, torch.Tensor]:
         """{view: N x C x g x g} for ``images`` (H x W arrays, any intensity scale; ``images[i]`` is

@@ -11,8 +11,10 @@ through the full inference (the fold ensemble, TTA, largest components) exactly 
 :mod:`psfh.metrics` and the AoP of both maps is measured with :func:`psfh.aop.measure_aop`.
 
 Writes OUT/per_image.csv (id, the nine metrics, aop_pred, aop_true, aop_error, the same three
-for the challenge's ellipse definition of the AoP (:mod:`psfh.aop_challenge`), seconds; empty
-cells where an angle could not be measured) and OUT/summary.json (the means of
+for the challenge's ellipse definition of the AoP (:mod:`psfh.aop_challenge`), seconds; then
+the quality check of :mod:`psfh.quality` — trusted, its reasons and its measures, so that flags
+can be calibrated on out-of-fold rows and judged against the AoP error; empty cells where an
+angle or a measure is not available) and OUT/summary.json (the means of
 :func:`psfh.metrics.summarize`, the score, n, and what was run: model, folds, tta (the
 package's setting unless --no-tta), precision, data, date). Both are written to a temporary
 file and renamed, so a failed run never leaves half a file. Every pair is read and checked before inference starts, so a bad file stops the
@@ -36,16 +38,18 @@ from tqdm import tqdm
 
 from psfh.cli import add_model_arguments, load_model, run_cli
 from psfh.data import Sample, find_samples, read_ids_file, select_samples, validate_samples
+from psfh import quality
 from psfh.errors import PSFHInputError
 from psfh.files import write_csv_atomic, write_text_atomic
-from psfh.io import load_label_map, save_label_map
+from psfh.io import as_uint8, load_image, load_label_map, save_label_map
 from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize
 from psfh.options import check_precision, resolve_folds
 from psfh.package import read_fold_assignment
 
 ROWS_NAME = "per_image.csv"
 SUMMARY_NAME = "summary.json"
-ROW_COLUMNS = SCORE_COLUMNS
+QUALITY_COLUMNS = ("trusted", "quality_reasons", *quality.MEASURES)
+ROW_COLUMNS = (*SCORE_COLUMNS, *QUALITY_COLUMNS)
 
 
 def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = None, tta: bool | None = None,
@@ -123,7 +127,16 @@ def _evaluate_sample(model, sample: Sample, folds: list[str], tta: bool, precisi
     seconds = time.perf_counter() - start  # inference only: the scoring below is not the model's cost
     if label_map_dir is not None:
         save_label_map(prediction.label_map, Path(label_map_dir) / f"{sample.id}.png")
-    return score_label_map(sample.id, prediction.label_map, load_label_map(sample.label_path), seconds)
+    return {**score_label_map(sample.id, prediction.label_map, load_label_map(sample.label_path), seconds),
+            **quality_cells(prediction.quality)}
+
+
+def quality_cells(checked: quality.QualityCheck | None) -> dict:
+    """The QUALITY_COLUMNS of one row (empty when no check ran)."""
+    if checked is None:
+        return dict.fromkeys(QUALITY_COLUMNS)
+    return {"trusted": checked.trusted, "quality_reasons": "; ".join(checked.reasons),
+            **{key: checked.measures.get(key) for key in quality.MEASURES}}
 
 
 def score_predictions(samples: Sequence[Sample], predictions: Path, progress: bool = True) -> tuple[list[dict], dict]:
@@ -142,7 +155,9 @@ def score_predictions(samples: Sequence[Sample], predictions: Path, progress: bo
         if predicted.shape != target.shape:
             raise PSFHInputError(f"{predictions}/{sample.id}.png: {predicted.shape} label map for a "
                                  f"{target.shape} label")
-        rows.append(score_label_map(sample.id, predicted, target))
+        image = as_uint8(load_image(sample.image_path))
+        # No model here: the image and anatomy checks only (no views or folds to compare).
+        rows.append({**score_label_map(sample.id, predicted, target), **quality_cells(quality.check(image, predicted))})
     summary = {**summarize(rows), "predictions": str(predictions),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return rows, summary

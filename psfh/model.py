@@ -47,6 +47,8 @@ class Prediction:
         disagreement: H x W float32 in [0, 1], fraction of ensemble members that disagree with the label.
         aop: the angle of progression measured on ``label_map`` (with its construction).
         fold_aop: the AoP of each fold's own (TTA-averaged) prediction: the spread across folds.
+        view_aop: the AoP of each fold's prediction on each TTA view, {fold: [identity, flip]}
+            (degrees, None where not measurable): how much the model agrees with itself.
         folds, tta: what the ensemble used.
         timings: seconds spent per step.
         name: the input's name (file name without extension), when known.
@@ -67,6 +69,7 @@ class Prediction:
     name: str | None = None
     corrected: dict[str, list[float]] = field(default_factory=dict)
     quality: quality.QualityCheck | None = None
+    view_aop: dict[str, list[float | None]] = field(default_factory=dict)
 
     @property
     def trusted(self) -> bool:
@@ -88,6 +91,7 @@ class Prediction:
             "aop_reported_deg": self.reported_aop_deg,
             "quality": None if self.quality is None else self.quality.to_dict(),
             "fold_aop_deg": {fold: m.angle_deg for fold, m in self.fold_aop.items()},
+            "view_aop_deg": {fold: list(angles) for fold, angles in self.view_aop.items()},
             "area_pixels": areas,
             "mean_disagreement": float(self.disagreement.mean()),
             "folds": list(self.folds),
@@ -413,6 +417,8 @@ class PSFHModel:
                      for value, logits in box_logits.items()}
         label_map = prompts.fuse(automatic.label_map, corrected)
         aop = measure_aop(label_map)
+        # A corrected structure follows the user's box, not the model: the views' and folds' AoPs
+        # no longer describe it, so only the image and anatomy checks run.
         return replace(automatic, label_map=label_map, aop=aop, quality=quality.check(embeddings.image, label_map),
                        corrected={CLASSES[value]: list(box) for value, box in checked.items()},
                        timings={"correction": time.perf_counter() - start})
@@ -446,8 +452,9 @@ class PSFHModel:
 
         ``members`` is F x V x 3 x S x S (:meth:`fold_probabilities`): they are averaged (soft
         ensemble), resized, turned into a label map with the largest component of each
-        structure, and the AoP is measured on it and on each fold's own prediction. With the
-        H x W uint8 ``image``, the quality checks run on it and the label map.
+        structure, and the AoP is measured on it, on each fold's own prediction and on each
+        fold's view. With the H x W uint8 ``image``, the quality checks run on it, the label map
+        and the views' and folds' AoPs.
         """
         timings = dict(timings or {})
         start = time.perf_counter()
@@ -456,10 +463,13 @@ class PSFHModel:
         disagreement_map = inference.resize_map(disagreement, size).numpy()
         fold_aop = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0])
                     for i, fold in enumerate(folds)}
+        view_aop = {fold: [measure_aop(inference.to_label_map(view, size)[0]).angle_deg for view in members[i]]
+                    for i, fold in enumerate(folds)}
         aop = measure_aop(label_map)
-        checked_quality = None if image is None else quality.check(image, label_map)
+        checked_quality = None if image is None else quality.check(
+            image, label_map, view_aop, {fold: m.angle_deg for fold, m in fold_aop.items()})
         timings["postprocess_and_aop"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,
                           aop=aop, fold_aop=fold_aop, folds=list(folds), tta=tta, timings=timings, name=name,
-                          quality=checked_quality)
+                          quality=checked_quality, view_aop=view_aop)

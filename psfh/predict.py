@@ -44,7 +44,7 @@ from psfh.options import check_precision, resolve_folds
 CSV_NAME = "aop.csv"
 CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "check", "aop_deg_measured", "ps_area_px",
                "fh_area_px",
-               "mean_disagreement", "fold_aop_min", "fold_aop_max", "seconds", "error")
+               "mean_disagreement", "fold_aop_min", "fold_aop_max", "flip_aop_gap", "seconds", "error")
 MAX_LISTED_SKIPPED = 10  # skipped files named per folder; the rest are counted
 
 
@@ -227,6 +227,7 @@ def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, pre
         "mean_disagreement": float(prediction.disagreement.mean()),
         "fold_aop_min": min(fold_angles, default=None),
         "fold_aop_max": max(fold_angles, default=None),
+        "flip_aop_gap": prediction.quality.measures.get("flip_aop_gap") if prediction.quality else None,
     }
 
 

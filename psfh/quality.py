@@ -12,6 +12,11 @@ sector (PSFHS frames: at least 205 levels and 8.8 % black pixels); a label map, 
 text has few levels, a photograph or noise no dark background.
 Result: the fetal head is a smooth, convex (elliptical) skull outline, the pubic symphysis a
 compact structure a tenth of the head's size, and neither is cut off by the image border.
+Model: each fold segments the frame and its mirror image; where the two disagree on the angle
+(``flip_aop_gap``, the mean over folds of |AoP(identity view) - AoP(flipped view)|), the model is
+unsure of the anatomy. The gap is defined per fold so that it means the same for the one
+held-out fold that out-of-fold calibration has and for the full ensemble. The spread of the
+fold AoPs is reported beside it (it cannot be calibrated out of fold: one fold per frame).
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ MIN_FH_SOLIDITY = 0.90
 MIN_PS_SOLIDITY = 0.78
 PS_TO_FH_AREA = (0.03, 0.35)
 MAX_BORDER_PIXELS = 0
+MAX_FLIP_AOP_GAP = 12.0
+
+# Every measure a check can hold (the model's two only when views / folds were given).
+MEASURES = ("grey_levels", "dark_fraction", "fh_solidity", "ps_solidity", "ps_to_fh_area", "border_pixels",
+            "flip_aop_gap", "fold_aop_spread")
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,33 @@ def border_pixels(mask: np.ndarray) -> int:
     return int(mask[0].sum() + mask[-1].sum() + mask[1:-1, 0].sum() + mask[1:-1, -1].sum())
 
 
-def measure(image: np.ndarray, label_map: np.ndarray) -> dict[str, float]:
-    """The measures the checks use, for an H x W uint8 image and its H x W label map."""
+def flip_aop_gap(view_aop: dict[str, list[float | None]]) -> float | None:
+    """Mean over folds of |AoP(identity view) - AoP(flipped view)| in degrees; a fold that measures
+    an AoP in one view and none in the other counts 90 degrees (it does not know where the
+    anatomy is); None without flip views or without any measured AoP."""
+    gaps = []
+    for angles in view_aop.values():
+        if len(angles) != 2 or (angles[0] is None and angles[1] is None):
+            continue
+        gaps.append(90.0 if None in angles else abs(angles[0] - angles[1]))
+    return float(np.mean(gaps)) if gaps else None
+
+
+def fold_aop_spread(fold_aop: dict[str, float | None]) -> float | None:
+    """Largest minus smallest fold AoP (degrees), with two or more measured folds; else None."""
+    angles = [a for a in fold_aop.values() if a is not None]
+    return float(max(angles) - min(angles)) if len(angles) > 1 else None
+
+
+def measure(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[float | None]] | None = None,
+            fold_aop: dict[str, float | None] | None = None) -> dict[str, float]:
+    """The measures the checks use, for an H x W uint8 image and its H x W label map, and, when
+    given, the AoP of each fold's views ({fold: [identity, flip]}) and of each fold."""
     labels = check_label_map(label_map)
     ps, fh = labels == PS, labels == FH
     image = np.asarray(image)
-    return {
+    model = {"flip_aop_gap": flip_aop_gap(view_aop or {}), "fold_aop_spread": fold_aop_spread(fold_aop or {})}
+    return {**{k: v for k, v in model.items() if v is not None},
         "grey_levels": float(len(np.unique(image))),
         "dark_fraction": float((image == 0).mean()),
         "fh_solidity": solidity(fh) if fh.any() else 0.0,
@@ -89,9 +120,17 @@ def measure(image: np.ndarray, label_map: np.ndarray) -> dict[str, float]:
     }
 
 
-def check(image: np.ndarray, label_map: np.ndarray) -> QualityCheck:
-    """Check an input frame (H x W uint8, as shown to the user) and its label map."""
-    m = measure(image, label_map)
+def check(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[float | None]] | None = None,
+          fold_aop: dict[str, float | None] | None = None) -> QualityCheck:
+    """Check an input frame (H x W uint8, as shown to the user) and its label map, and the model's
+    agreement with itself when the views' and folds' AoPs are given (see :func:`measure`)."""
+    m = measure(image, label_map, view_aop, fold_aop)
+    return QualityCheck(reasons=judge(m), measures=m)
+
+
+def judge(m: dict[str, float]) -> list[str]:
+    """The reasons not to trust a result with the measures ``m`` of :func:`measure` (a measure
+    that is absent is not checked); empty when every check passes."""
     reasons = []
     if m["grey_levels"] < MIN_GREY_LEVELS:
         reasons.append(f"the image has only {m['grey_levels']:.0f} grey levels: it looks like a label map, a "
@@ -112,4 +151,7 @@ def check(image: np.ndarray, label_map: np.ndarray) -> QualityCheck:
                        f"{low:g}-{high:g}")
     if m["border_pixels"] > MAX_BORDER_PIXELS:
         reasons.append("a structure touches the image border: the anatomy may be cut off (a cropped frame?)")
-    return QualityCheck(reasons=reasons, measures=m)
+    if m.get("flip_aop_gap", 0.0) > MAX_FLIP_AOP_GAP:
+        reasons.append(f"the model is unsure: the frame and its mirror image give AoPs {m['flip_aop_gap']:.1f} "
+                       f"degrees apart (at most {MAX_FLIP_AOP_GAP:g} expected)")
+    return reasons

@@ -2,11 +2,14 @@
 tested on, the bounds' flag rates, and on the test frames whether flags pick out bad AoPs.
 
 Calibration uses the ground truth of the cross-validation frames (the package's folds.json) and
-the package's out-of-fold label maps (``python -m psfh.evaluate --out-of-fold --save-label-maps``).
-The test frames are only scored, after the bounds are fixed: flagged fraction and AoP error of
-flagged vs unflagged frames (their label maps from ``python -m psfh.evaluate --save-label-maps``).
+the package's out-of-fold predictions: a per_image.csv with psfh.evaluate's quality columns
+(``scripts/measure_views.py --mode oof``, or ``python -m psfh.evaluate --out-of-fold``). The
+flags are judged again from the rows' measures with the bounds of psfh.quality as they are now,
+so a changed bound needs no new inference. For the model's self-agreement (flip_aop_gap) it
+tabulates candidate bounds: flagged fraction and the AoP error of flagged vs unflagged frames.
+The test frames are only scored, after the bounds are fixed.
 
-    python scripts/calibrate_quality.py --oof runs/eval/gpu2-paper-oof4 --test runs/eval/gpu2-paper-test \\
+    python scripts/calibrate_quality.py --oof docs/results/views/oof/both --test docs/results/views/test/both \
         --out docs/results/quality
 """
 
@@ -28,30 +31,40 @@ from psfh.files import write_text_atomic  # noqa: E402
 from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
 from psfh.package import read_fold_assignment  # noqa: E402
 
-MEASURES = ("grey_levels", "dark_fraction", "fh_solidity", "ps_solidity", "ps_to_fh_area", "border_pixels")
+GAP_CANDIDATES = (8, 10, 12, 14, 16, 18, 20, 25, 30)
 
 
 def image(data: Path, sample_id: str) -> np.ndarray:
     return as_uint8(load_image(data / "image_mha" / f"{sample_id}.mha"))
 
 
-def checked(data: Path, ids, maps: Path | None) -> list[quality.QualityCheck]:
-    """The checks of each id: on its ground truth (maps None) or on a label map written for it."""
-    results = []
-    for sample_id in ids:
-        labels = (load_label_map(data / "label_mha" / f"{sample_id}.mha") if maps is None
-                  else load_label_map(maps / f"{sample_id}.png"))
-        results.append(quality.check(image(data, sample_id), labels))
-    return results
+def ground_truth_checks(data: Path, ids) -> list[quality.QualityCheck]:
+    """The image and anatomy checks of each id on its ground-truth label map."""
+    return [quality.check(image(data, i), load_label_map(data / "label_mha" / f"{i}.mha")) for i in ids]
+
+
+def from_rows(rows: list[dict]) -> list[quality.QualityCheck]:
+    """Checks judged again (current bounds) from the measures of per_image.csv rows."""
+    checks = []
+    for row in rows:
+        measures = {key: float(row[key]) for key in quality.MEASURES if row.get(key) not in (None, "")}
+        checks.append(quality.QualityCheck(reasons=quality.judge(measures), measures=measures))
+    return checks
 
 
 def ranges(checks: list[quality.QualityCheck]) -> dict:
     out = {}
-    for key in MEASURES:
-        values = np.array([c.measures[key] for c in checks])
-        out[key] = {"min": float(values.min()), "p1": float(np.percentile(values, 1)),
-                    "p99": float(np.percentile(values, 99)), "max": float(values.max())}
+    for key in quality.MEASURES:
+        values = np.array([c.measures[key] for c in checks if key in c.measures])
+        if len(values):
+            out[key] = {"min": float(values.min()), "p1": float(np.percentile(values, 1)),
+                        "p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
+                        "max": float(values.max())}
     return out
+
+
+def aop_errors(rows: list[dict]) -> np.ndarray:
+    return np.array([float(r["aop_error"] or "nan") for r in rows])
 
 
 def flag_summary(checks, errors=None) -> dict:
@@ -59,38 +72,58 @@ def flag_summary(checks, errors=None) -> dict:
     summary = {"n": len(checks), "flagged": int(flagged.sum()), "flagged_fraction": float(flagged.mean()),
                "reasons": sorted({r.split(" (")[0].split(":")[0] for c in checks for r in c.reasons})}
     if errors is not None:
-        errors = np.array(errors, float)
-        for name, rows in (("flagged", flagged), ("unflagged", ~flagged)):
-            values = errors[rows & ~np.isnan(errors)]
-            summary[f"aop_error_{name}_mean"] = float(values.mean()) if len(values) else None
-            summary[f"aop_error_{name}_median"] = float(np.median(values)) if len(values) else None
-            summary[f"aop_error_over_15deg_{name}"] = int((values > 15).sum())
+        summary.update(split_errors(flagged, errors))
     return summary
+
+
+def split_errors(flagged: np.ndarray, errors: np.ndarray) -> dict:
+    """AoP error (degrees) of the flagged and the unflagged frames."""
+    out = {}
+    for name, rows in (("flagged", flagged), ("unflagged", ~flagged)):
+        values = errors[rows & ~np.isnan(errors)]
+        out[f"aop_error_{name}_mean"] = float(values.mean()) if len(values) else None
+        out[f"aop_error_{name}_median"] = float(np.median(values)) if len(values) else None
+        out[f"aop_error_over_15deg_{name}"] = int((values > 15).sum())
+    return out
+
+
+def gap_table(checks, errors: np.ndarray) -> list[dict]:
+    """For each candidate bound on flip_aop_gap alone: how many frames it flags and their AoP error."""
+    gaps = np.array([c.measures.get("flip_aop_gap", np.nan) for c in checks])
+    table = []
+    for bound in GAP_CANDIDATES:
+        flagged = np.nan_to_num(gaps, nan=0.0) > bound
+        table.append({"bound": bound, "flagged": int(flagged.sum()), "flagged_fraction": float(flagged.mean()),
+                      **split_errors(flagged, errors)})
+    return table
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
     parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
-    parser.add_argument("--oof", type=Path, required=True, help="evaluate --out-of-fold output with label_maps/")
-    parser.add_argument("--test", type=Path, default=None, help="evaluate output on the test frames, label_maps/")
+    parser.add_argument("--oof", type=Path, required=True, help="folder with the out-of-fold per_image.csv")
+    parser.add_argument("--test", type=Path, default=None, help="folder with the test frames' per_image.csv")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     cv_ids = sorted(read_fold_assignment(args.package))
+    ground_truth = ground_truth_checks(args.data, cv_ids)
     oof_rows = list(csv.DictReader(open(args.oof / "per_image.csv")))
-    ground_truth = checked(args.data, cv_ids, None)
-    oof = checked(args.data, [r["id"] for r in oof_rows], args.oof / "label_maps")
-    report = {"bounds": {k: getattr(quality, k) for k in ("MIN_GREY_LEVELS", "MIN_DARK_FRACTION", "MIN_FH_SOLIDITY",
-                                                          "MIN_PS_SOLIDITY", "PS_TO_FH_AREA", "MAX_BORDER_PIXELS")},
+    oof = from_rows(oof_rows)
+    bounds = ("MIN_GREY_LEVELS", "MIN_DARK_FRACTION", "MIN_FH_SOLIDITY", "MIN_PS_SOLIDITY", "PS_TO_FH_AREA",
+              "MAX_BORDER_PIXELS", "MAX_FLIP_AOP_GAP")
+    report = {"bounds": {k: getattr(quality, k) for k in bounds},
               "ground_truth": {"ranges": ranges(ground_truth), **flag_summary(ground_truth)},
-              "out_of_fold": {"ranges": ranges(oof),
-                              **flag_summary(oof, [float(r["aop_error"] or "nan") for r in oof_rows])}}
+              "out_of_fold": {"source": str(args.oof), "ranges": ranges(oof),
+                              **flag_summary(oof, aop_errors(oof_rows)),
+                              "flip_aop_gap_bounds": gap_table(oof, aop_errors(oof_rows))}}
     if args.test is not None:
         test_rows = list(csv.DictReader(open(args.test / "per_image.csv")))
-        test = checked(args.data, [r["id"] for r in test_rows], args.test / "label_maps")
-        report["test"] = flag_summary(test, [float(r["aop_error"] or "nan") for r in test_rows])
-        report["test"]["flagged_ids"] = {r["id"]: c.reasons for r, c in zip(test_rows, test) if not c.trusted}
+        test = from_rows(test_rows)
+        report["test"] = {"source": str(args.test), **flag_summary(test, aop_errors(test_rows)),
+                          "flip_aop_gap_bounds": gap_table(test, aop_errors(test_rows)),
+                          "flagged_ids": {r["id"]: c.reasons for r, c in zip(test_rows, test) if not c.trusted}}
     write_text_atomic(args.out / "calibration.json", json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "ranges"} if isinstance(v, dict) else v
                       for k, v in report.items()}, indent=1))

@@ -5,11 +5,9 @@ by a random integer in [-jitter, +jitter] pixels (seeded), as a user's two click
 correction runs the product's own path, ``PSFHModel.decode(embeddings, boxes=...)``: the base's
 box-prompted decoder on the base embedding, fused with the ensemble's automatic label map. The
 automatic result is read from label maps the package wrote earlier (``python -m psfh.evaluate
---save-label-maps``; the shipped package's answers are pinned by a golden test), and the base
-embeddings come from the persistent embedding cache, so a run costs one base encoder pass per
-new frame instead of the full ensemble. One difference from the product: the cache stores
-embeddings in bfloat16, where ``embed`` keeps the base embedding in float32, so a few boundary
-pixels of a box-prompted mask may differ.
+--save-label-maps``; the shipped package's answers are pinned by a golden test), so a run
+costs one base encoder pass per frame (float32, as ``embed(..., for_prompts=True)`` makes it)
+instead of the full ensemble.
 
     python -m psfh.evaluate --data ../shared/data/psfhs --ids-file docs/splits/test_ids.txt \\
         --out runs/eval/shipped-test --save-label-maps
@@ -38,7 +36,6 @@ from psfh.labels import FH, PS  # noqa: E402
 from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
 from psfh.model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
-from psfh.training.embedding_cache import EmbeddingCache  # noqa: E402
 
 CONDITIONS = {"automatic": (), "ps_box": ("ps",), "fh_box": ("fh",), "both_boxes": ("ps", "fh")}
 KEYS = ("dice_ps", "dice_fh", "dice_all", "hd_all", "aop_error_mean", "aop_error_median", "aop_challenge_error_mean")
@@ -63,10 +60,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    # The base alone serves both the cache and the correction: with the automatic result given,
-    # decode runs only the base's box-prompted decoder (adapters off), never a fold adapter.
+    # The base alone serves the correction: with the automatic result given, decode runs only the
+    # base's box-prompted decoder (adapters off), never a fold adapter.
     model = PSFHModel.from_pretrained(args.model, device="cpu", folds=[])
-    base_cache = EmbeddingCache(model)
     samples = select_samples(find_samples(args.data), read_ids_file(args.ids_file))
     rng = np.random.default_rng(args.seed)
     rows = {name: [] for name in CONDITIONS}
@@ -76,7 +72,8 @@ def main() -> int:
         automatic_map = load_label_map(args.automatic / f"{sample.id}.png")
         boxes = {"ps": jittered_box(label, PS, args.jitter, rng), "fh": jittered_box(label, FH, args.jitter, rng)}
         loaded = load_image(sample.image_path)
-        base = base_cache.views(loaded.pixels, sample.id)[:1]
+        with torch.inference_mode():
+            base = model.base_model.get_image_embeddings(model.preprocess(loaded.pixels, sample.id))
         automatic = Prediction(label_map=automatic_map, probabilities=np.zeros(0), disagreement=np.zeros(0),
                                aop=measure_aop(automatic_map), fold_aop={}, folds=[], tta=True)
         embeddings = ImageEmbeddings(image=as_uint8(loaded), name=sample.id, folds=[], tta=True,

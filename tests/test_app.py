@@ -98,8 +98,8 @@ def assert_api_result_matches(result, expected):
     angle = expected.reported_aop_deg
     assert aop == (None if angle is None else round(angle, 1))
     wanted = expected.report()
-    for key in ("name", "image_size", "aop", "aop_reported_deg", "quality", "fold_aop_deg", "area_pixels",
-                "mean_disagreement", "folds", "tta"):
+    for key in ("name", "image_size", "aop", "aop_reported_deg", "quality", "fold_aop_deg", "view_aop_deg",
+                "area_pixels", "mean_disagreement", "folds", "tta"):
         assert report[key] == wanted[key], key
 
 

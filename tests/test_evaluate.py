@@ -63,6 +63,10 @@ def test_evaluate_cli_writes_rows_and_summary(tiny_package, labelled, tmp_path):
         assert tuple(reader.fieldnames) == ROW_COLUMNS
         rows = list(reader)
     assert [row["id"] for row in rows] == [s.id for s in find_samples(labelled)]
+    for row in rows:  # the quality check of each prediction, to calibrate flags against errors
+        assert row["trusted"] in ("True", "False") and float(row["grey_levels"]) > 1
+        assert (row["trusted"] == "False") == bool(row["quality_reasons"])
+        assert row["flip_aop_gap"] == ""  # --no-tta: no mirror view to compare with
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert summary["n"] == 3 and summary["folds"] == ["fold_0", "fold_2"] and summary["tta"] is False

@@ -32,6 +32,29 @@ def test_solidity_and_border_measures():
     assert quality.border_pixels(disk((20, 20), (0, 10), 3)) == 7 and quality.border_pixels(disk((20, 20), (10, 10), 3)) == 0
 
 
+def test_flip_gap_and_fold_spread_measures():
+    assert quality.flip_aop_gap({"fold_0": [100.0, 110.0], "fold_1": [100.0, 104.0]}) == pytest.approx(7.0)
+    # A fold that finds an AoP in one view only does not know where the anatomy is: 90 degrees.
+    assert quality.flip_aop_gap({"fold_0": [100.0, None], "fold_1": [100.0, 102.0]}) == pytest.approx(46.0)
+    assert quality.flip_aop_gap({"fold_0": [None, None]}) is None
+    assert quality.flip_aop_gap({"fold_0": [100.0]}) is None  # no flip view: nothing to compare
+    assert quality.fold_aop_spread({"fold_0": 100.0, "fold_1": 111.5, "fold_2": None}) == pytest.approx(11.5)
+    assert quality.fold_aop_spread({"fold_0": 100.0}) is None
+
+
+def test_the_models_self_disagreement_is_judged_when_known():
+    image, labels = example(EXAMPLE_IDS[0])
+    agree = {"fold_0": [120.0, 122.0]}
+    disagree = {"fold_0": [120.0, 120.0 + quality.MAX_FLIP_AOP_GAP + 1]}
+    assert quality.check(image, labels, agree).trusted
+    checked = quality.check(image, labels, disagree)
+    assert not checked.trusted and "unsure" in checked.reasons[0]
+    assert checked.measures["flip_aop_gap"] == pytest.approx(quality.MAX_FLIP_AOP_GAP + 1)
+    assert "flip_aop_gap" not in quality.check(image, labels).measures  # not given: not checked
+    # The same verdict from the measures alone (calibration judges stored measures again).
+    assert quality.judge(checked.measures) == checked.reasons
+
+
 @pytest.mark.parametrize("sample_id", EXAMPLE_IDS)
 def test_ground_truth_of_real_frames_passes(sample_id):
     check = quality.check(*example(sample_id))
@@ -71,8 +94,7 @@ def bad_inputs() -> dict[str, np.ndarray]:
         "photograph": skimage.data.camera(),  # bundled with scikit-image, no download
         "rotated ultrasound": np.rot90(ultrasound).copy(),
         "upside-down ultrasound": ultrasound[::-1].copy(),
-        # Not here: a frame cropped so that the PS is cut away (ultrasound[100:, 80:]) still passes
-        # these checks; the model's own uncertainty is the next check to add (issue 12).
+        # A frame cropped so that the PS is cut away: test_a_cropped_frame_is_flagged_as_unsure.
     }
 
 
@@ -91,6 +113,20 @@ def test_bad_inputs_are_flagged_and_their_aop_withheld(embedded, name):
     assert prediction.reported_aop_deg is None and prediction.quality.reasons
     report = prediction.report()
     assert report["quality"]["trusted"] is False and report["aop_reported_deg"] is None
+
+
+def test_a_cropped_frame_is_flagged_as_unsure(embedded):
+    # Cropped so that the pubic symphysis is cut away, the image and anatomy checks can pass; the
+    # model's views then disagree on where the anatomy is (its flip TTA needed: both views).
+    ultrasound = as_uint8(load_image(EXAMPLES / "image_mha" / "03970.mha"))
+    prediction = embedded.predict(ultrasound[100:, 80:].copy(), folds=["fold_0"], tta=True)
+    assert not prediction.trusted and prediction.reported_aop_deg is None
+    assert any("unsure" in reason for reason in prediction.quality.reasons), prediction.quality.reasons
+    assert prediction.quality.measures["flip_aop_gap"] > quality.MAX_FLIP_AOP_GAP
+    whole = embedded.predict(ultrasound, folds=["fold_0"], tta=True)
+    assert whole.trusted and whole.quality.measures["flip_aop_gap"] < quality.MAX_FLIP_AOP_GAP
+    assert set(whole.view_aop) == {"fold_0"} and len(whole.view_aop["fold_0"]) == 2
+    assert whole.report()["view_aop_deg"] == {"fold_0": whole.view_aop["fold_0"]}
 
 
 def test_a_blank_frame_is_refused(embedded):

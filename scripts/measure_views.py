@@ -1,0 +1,80 @@
+"""Which TTA views to fuse, and how the model's self-agreement tracks its errors (issues 10, 12).
+
+From the members kept by ``scripts/cache_members.py`` (no encoder pass here), each frame is
+finished as :meth:`PSFHModel.finish` does with three view choices: ``both`` (the package's flip
+TTA, the product today), ``identity`` (the frame as given) and ``flip`` (the mirror image only);
+each label map is scored against the ground truth (:func:`psfh.metrics.score_label_map`) and
+carries the quality check's cells of psfh.evaluate (flip_aop_gap is always the two views' gap).
+
+    python scripts/measure_views.py --mode oof --out docs/results/views/oof
+    python scripts/measure_views.py --mode all --ids-file docs/splits/test_ids.txt --out docs/results/views/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from cache_members import load_members, members_folder  # noqa: E402
+from psfh import quality  # noqa: E402
+from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.evaluate import ROW_COLUMNS, quality_cells  # noqa: E402
+from psfh.files import write_csv_atomic, write_text_atomic  # noqa: E402
+from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
+from psfh.metrics import score_label_map, summarize  # noqa: E402
+from psfh.model import PSFHModel  # noqa: E402
+
+VIEW_CHOICES = {"both": [0, 1], "identity": [0], "flip": [1]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
+    parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
+    parser.add_argument("--mode", choices=("oof", "all"), required=True)
+    parser.add_argument("--ids-file", type=Path, default=None, help="default: every frame with kept members")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    model = PSFHModel.from_pretrained(args.package, device="cpu", folds=[])
+    folder = members_folder(args.package, args.mode)
+    kept = {p.stem for p in folder.glob("*.safetensors")}
+    wanted = read_ids_file(args.ids_file) if args.ids_file else sorted(kept)
+    samples = [s for s in select_samples(find_samples(args.data), [i for i in wanted if i in kept])]
+    rows = {choice: [] for choice in VIEW_CHOICES}
+    for sample in samples:
+        members, folds = load_members(folder, sample.id)
+        image = as_uint8(load_image(sample.image_path))
+        target = load_label_map(sample.label_path)
+        both = model.finish(members, image.shape[:2], folds, True, image=image)
+        for choice, views in VIEW_CHOICES.items():
+            prediction = both if choice == "both" else model.finish(members[:, views], image.shape[:2], folds, False,
+                                                                     image=image)
+            checked = quality.check(image, prediction.label_map, both.view_aop,
+                                    {f: m.angle_deg for f, m in prediction.fold_aop.items()})
+            rows[choice].append({**score_label_map(sample.id, prediction.label_map, target),
+                                 **quality_cells(checked)})
+    summary = {}
+    for choice, choice_rows in rows.items():
+        write_csv_atomic(args.out / choice / "per_image.csv", ROW_COLUMNS, choice_rows)
+        summary[choice] = summarize(choice_rows)
+    summary["frames"] = len(samples)
+    summary["members"] = str(folder)
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    keys = ("dice_ps", "dice_fh", "dice_all", "hd_all", "aop_error_mean", "aop_challenge_error_mean")
+    for choice in VIEW_CHOICES:
+        print(choice, {k: None if summary[choice][k] is None else round(summary[choice][k], 3) for k in keys})
+    gap = np.array([float(r["flip_aop_gap"] if r["flip_aop_gap"] is not None else "nan") for r in rows["both"]])
+    print("flip_aop_gap median", float(np.nanmedian(gap)), "p95", float(np.nanpercentile(gap, 95)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,6 +37,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from psfh import quality
 from psfh.errors import PSFHInputError
 from psfh.io import PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, image_extension, load_image, \
     save_label_map
@@ -309,12 +310,16 @@ def aop_markdown(prediction: Prediction) -> str:
 
 
 def fold_markdown(prediction: Prediction) -> str:
-    """Each fold's AoP and their spread (min-max, SD): how much the ensemble's members agree."""
-    rows = ["| fold | AoP |", "| --- | --- |"]
+    """Each fold's AoP (and on the frame and its mirror image), their spread and the views' gap:
+    how much the ensemble's members agree (psfh.quality flags a large gap)."""
+    with_views = any(len(angles) == 2 for angles in prediction.view_aop.values())
+    rows = ["| fold | AoP | frame | mirror image |" if with_views else "| fold | AoP |",
+            "| --- | --- | --- | --- |" if with_views else "| --- | --- |"]
     for fold, measurement in prediction.fold_aop.items():
         value = (f"{measurement.angle_deg:.1f}\N{DEGREE SIGN}" if measurement.measured
                  else f"not measured ({measurement.reason})")
-        rows.append(f"| {fold} | {value} |")
+        views = [("-" if a is None else f"{a:.1f}\N{DEGREE SIGN}") for a in prediction.view_aop.get(fold, [])]
+        rows.append(f"| {fold} | {value} | " + " | ".join(views) + " |" if with_views else f"| {fold} | {value} |")
     angles = np.array([m.angle_deg for m in prediction.fold_aop.values() if m.measured])
     if len(angles) >= 2:
         spread = (f"Spread over {len(angles)} folds: {angles.min():.1f}\N{DEGREE SIGN} to "
@@ -322,6 +327,10 @@ def fold_markdown(prediction: Prediction) -> str:
                   f"SD {angles.std(ddof=1):.1f}\N{DEGREE SIGN}.")
     else:
         spread = "A spread needs at least two folds with a measured AoP."
+    gap = prediction.quality.measures.get("flip_aop_gap") if prediction.quality else None
+    if gap is not None:
+        spread += (f" Frame vs mirror image: {gap:.1f}\N{DEGREE SIGN} apart on average (a result is flagged "
+                   f"above {quality.MAX_FLIP_AOP_GAP:g}\N{DEGREE SIGN}).")
     return "\n".join(rows) + f"\n\n{spread}"
 
 

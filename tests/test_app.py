@@ -259,10 +259,17 @@ def test_fold_spread_and_unmeasured_aop_texts():
     prediction = types.SimpleNamespace(
         fold_aop={"fold_0": AoPMeasurement(100.0), "fold_1": AoPMeasurement(110.0),
                   "fold_2": AoPMeasurement(None, "no fetal head found")},
-        aop=AoPMeasurement(None, "no pubic symphysis found"))
+        aop=AoPMeasurement(None, "no pubic symphysis found"), view_aop={}, quality=None)
     table = app.fold_markdown(prediction)
     assert "100.0\N{DEGREE SIGN} to 110.0\N{DEGREE SIGN}" in table and "SD 7.1\N{DEGREE SIGN}" in table
-    assert "not measured (no fetal head found)" in table
+    assert "not measured (no fetal head found)" in table and "mirror image" not in table
+    # With flip views: each fold's AoP on the frame and its mirror image, and their mean gap.
+    prediction.view_aop = {"fold_0": [98.0, 102.0], "fold_1": [105.0, 115.0], "fold_2": [None, None]}
+    prediction.quality = types.SimpleNamespace(measures={"flip_aop_gap": 7.0})
+    table = app.fold_markdown(prediction)
+    assert "| fold_1 | 110.0\N{DEGREE SIGN} | 105.0\N{DEGREE SIGN} | 115.0\N{DEGREE SIGN} |" in table
+    assert "| fold_2 | not measured (no fetal head found) | - | - |" in table
+    assert "7.0\N{DEGREE SIGN} apart on average" in table
     text = app.aop_markdown(prediction)
     assert "not measured\nNo pubic symphysis found." in text
 

@@ -110,6 +110,27 @@ def principal_axis_endpoints(points: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return centroid + projections.min() * axis, centroid + projections.max() * axis
 
 
+def ps_axis_ends(ps_points: np.ndarray, head_centroid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The superior and inferior ends of the PS long axis (steps 2 and 3 above).
+
+    The inferior end (the apex of the AoP, the start of the HSD) is the axis end nearer the
+    head centroid; on a tie, the end at the smaller projection. One function so that every
+    measurement built on the symphysis starts from the same two points.
+
+    Args:
+        ps_points: N x 2 ``(x, y)`` coordinates of the PS pixels, N >= 1.
+        head_centroid: length-2 ``(x, y)``, the centroid of the FH pixels.
+
+    Returns:
+        Two length-2 arrays ``(x, y)``: the superior end, then the inferior end. They coincide
+        when all PS points do (a one-pixel PS has no axis).
+    """
+    end_a, end_b = principal_axis_endpoints(ps_points)
+    if np.linalg.norm(end_a - head_centroid) <= np.linalg.norm(end_b - head_centroid):
+        return end_b, end_a
+    return end_a, end_b
+
+
 def convex_hull_points(points: np.ndarray) -> np.ndarray:
     """Vertices of the convex hull of a point set, M x 2; the points themselves if degenerate.
 
@@ -236,15 +257,9 @@ def measure_aop(label_map) -> AoPMeasurement:
         return AoPMeasurement(None, "no fetal head found")
 
     ps_points, fh_points = mask_points(ps), mask_points(fh)
-    end_a, end_b = principal_axis_endpoints(ps_points)
-    if np.allclose(end_a, end_b):
+    superior, apex = ps_axis_ends(ps_points, fh_points.mean(axis=0))
+    if np.allclose(superior, apex):
         return AoPMeasurement(None, "the pubic symphysis is a single pixel and has no long axis")
-
-    head_centroid = fh_points.mean(axis=0)
-    if np.linalg.norm(end_a - head_centroid) <= np.linalg.norm(end_b - head_centroid):
-        apex, superior = end_a, end_b
-    else:
-        apex, superior = end_b, end_a
 
     # The apex is a point on the axis, not a pixel: look at the pixel it falls in, too, since
     # a degenerate (one-pixel-wide) head has no hull to be inside of.

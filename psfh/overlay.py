@@ -7,7 +7,8 @@ demo and any report can draw without a plotting library:
     heat = render_disagreement(image_uint8, prediction.disagreement)
 
 Each piece is a function you can call alone: :func:`overlay_labels` colours PS and FH,
-:func:`draw_aop` draws the angle's construction, :func:`disagreement_heatmap` colours the
+:func:`draw_aop` draws the angle's construction, :func:`draw_hsd` the head-symphysis distance
+(optional: ``render_segmentation(..., hsd=measure_hsd(...))``), :func:`disagreement_heatmap` colours the
 per-pixel disagreement, :func:`add_legend` and :func:`add_colour_bar` append a key below a
 picture. Images are H x W (grayscale) or H x W x 3 (RGB) uint8 arrays; every function returns a
 new array and never changes its input.
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from psfh.aop import AoPMeasurement
+from psfh.hsd import HSDMeasurement
 from psfh.labels import FH, PS
 from psfh.errors import PSFHInputError
 
@@ -31,6 +33,7 @@ from psfh.errors import PSFHInputError
 PS_COLOUR = (230, 159, 0)  # orange
 FH_COLOUR = (86, 180, 233)  # sky blue
 CONSTRUCTION_COLOUR = (255, 236, 61)  # yellow: the lines and the arc of the AoP
+HSD_COLOUR = (204, 121, 167)  # Okabe-Ito reddish purple: apart from the AoP's yellow and both labels
 SHADOW_COLOUR = (0, 0, 0)  # drawn under every line and letter so they read on bright tissue too
 LEGEND_BACKGROUND = (24, 24, 27)
 LEGEND_TEXT = (240, 240, 240)
@@ -40,6 +43,7 @@ LEGEND_ENTRIES = (
     (FH_COLOUR, "fetal head (FH)"),
     (CONSTRUCTION_COLOUR, "AoP construction"),
 )
+HSD_LEGEND_ENTRY = (HSD_COLOUR, "head-symphysis distance (HSD)")
 
 # Anchors of a perceptually ordered black -> purple -> orange -> pale-yellow map (close to
 # matplotlib's "inferno"): dark means agreement, so the eye goes to where the folds disagree.
@@ -220,6 +224,60 @@ def draw_aop(rgb: np.ndarray, aop: AoPMeasurement, scale: float = 1.0, label: bo
     return np.asarray(picture)
 
 
+def draw_hsd(rgb: np.ndarray, hsd: HSDMeasurement, scale: float = 1.0, label: bool = True) -> np.ndarray:
+    """Draw the head-symphysis distance: the line from the PS apex to the skull point, a dot at
+    each end, and (``label``) the distance in mm just past the skull point when the spacing was
+    known.
+
+    Args:
+        rgb: H x W x 3 (or H x W) uint8 picture, possibly ``scale`` times the size of the label
+            map the HSD was measured on.
+        hsd: the measurement; points are in label-map pixels. When it has no distance nothing
+            is drawn.
+        scale: size of ``rgb`` over the size of the label map.
+        label: write the distance; only a distance in mm is written, since a pixel count of a
+            resampled frame would read as a clinical number it is not.
+
+    Returns:
+        A new H x W x 3 uint8 array.
+    """
+    picture = Image.fromarray(as_rgb(rgb))
+    if not hsd.measured:
+        return np.asarray(picture)
+    draw = ImageDraw.Draw(picture)
+    size = min(picture.size)
+    width = max(2, round(size / 220))
+    apex, skull = scale_point(hsd.apex, scale), scale_point(hsd.skull_point, scale)
+    _shadowed_line(draw, [apex, skull], width, HSD_COLOUR)
+    for point in (apex, skull):
+        _dot(draw, point, max(2.0, width * 1.3), HSD_COLOUR)
+    if label and hsd.distance_mm is not None:
+        _draw_line_label(draw, picture.size, np.asarray(apex), np.asarray(skull),
+                         f"HSD {hsd.distance_mm:.1f} mm", size)
+    return np.asarray(picture)
+
+
+def _draw_line_label(draw, picture_size, start, end, text, size) -> None:
+    """Text just past the end of a line, on its extension, kept inside the picture.
+
+    Past the skull point the text lies on the head's plain fill; beside the HSD line it would
+    cross the AoP's tangent or its angle label, which lie on both sides of it.
+    """
+    along = _unit(end - start)
+    if along is None:  # a zero-length line: put the text just below its point
+        along = np.array([0.0, 1.0])
+    font = _font(size / 20)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font, anchor="mm", stroke_width=2)
+    half_w, half_h = (right - left) / 2, (bottom - top) / 2
+    # Centre the text so far along the line that its box (its extent along the line is
+    # |ax| half_w + |ay| half_h) clears the end dot.
+    reach = abs(along[0]) * half_w + abs(along[1]) * half_h
+    anchor = end + along * (reach + size / 60)
+    x = float(np.clip(anchor[0], half_w + 2, picture_size[0] - half_w - 2))
+    y = float(np.clip(anchor[1], half_h + 2, picture_size[1] - half_h - 2))
+    draw.text((x, y), text, font=font, anchor="mm", fill=HSD_COLOUR, stroke_width=2, stroke_fill=SHADOW_COLOUR)
+
+
 def _draw_angle_label(draw, picture_size, apex, superior, tangent, arc_radius, text, size) -> None:
     """The angle's value just outside the arc, on its bisector, kept inside the picture."""
     a, b = _unit(superior - apex), _unit(tangent - apex)
@@ -339,10 +397,12 @@ def add_colour_bar(rgb: np.ndarray, low: str = "0: folds agree", high: str = "fo
 
 def render_segmentation(image: np.ndarray, label_map: np.ndarray, aop: AoPMeasurement | None,
                         min_side: int = 512, boxes: dict | None = None,
-                        pending: tuple[float, float] | None = None) -> np.ndarray:
+                        pending: tuple[float, float] | None = None,
+                        hsd: HSDMeasurement | None = None) -> np.ndarray:
     """The demo's main picture: the image, enlarged for display when small, with PS and FH
     coloured, the AoP construction drawn and a legend below. Returns an RGB uint8 array.
 
+    ``hsd``, when given and measured, is drawn too (:func:`draw_hsd`) and gets a legend entry.
     ``boxes`` ({label value: (x0, y0, x1, y1)} in image pixels) are the user's correction boxes,
     drawn as outlines in their structure's colour; ``pending`` is a first corner clicked, (x, y).
     The picture is ``display_scale(H, W)`` times the image (image pixel = display pixel / scale).
@@ -350,11 +410,16 @@ def render_segmentation(image: np.ndarray, label_map: np.ndarray, aop: AoPMeasur
     _check_same_size(np.asarray(image), label_map, "label_map")
     factor = display_scale(*np.asarray(image).shape[:2], min_side=min_side)
     rgb = overlay_labels(upscale(image, factor), upscale(label_map, factor))
+    entries = LEGEND_ENTRIES
+    if hsd is not None and hsd.measured:
+        # Under the AoP construction: the two share the apex, and the AoP's dot marks it.
+        rgb = draw_hsd(rgb, hsd, scale=factor)
+        entries = LEGEND_ENTRIES + (HSD_LEGEND_ENTRY,)
     if aop is not None:
         rgb = draw_aop(rgb, aop, scale=factor)
     if boxes or pending:
         rgb = draw_boxes(rgb, boxes or {}, pending, scale=factor)
-    return add_legend(rgb)
+    return add_legend(rgb, entries)
 
 
 def draw_boxes(rgb: np.ndarray, boxes: dict, pending: tuple[float, float] | None = None,

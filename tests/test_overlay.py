@@ -10,10 +10,12 @@ import pytest
 
 from psfh.aop import AoPMeasurement, measure_aop
 from psfh.errors import PSFHInputError
+from psfh.hsd import MISSES_HEAD, HSDMeasurement, measure_hsd
 from psfh.io import as_uint8, load_image, load_label_map
 from psfh.overlay import (CONSTRUCTION_COLOUR, FH_COLOUR, PS_COLOUR, add_colour_bar, add_legend, arc_points,
                           disagreement_heatmap, display_scale, draw_aop, heat_colours, label_boundaries,
                           overlay_labels, render_disagreement, render_segmentation, scale_point, upscale)
+from psfh.overlay import HSD_COLOUR, draw_hsd
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -169,3 +171,73 @@ def test_render_example_with_its_ground_truth():
     # No disagreement: the heat map's picture part is the enlarged image itself.
     np.testing.assert_array_equal(heat[:512, :, 0], upscale(image, 2))
     assert math.isfinite(aop.angle_deg)
+
+
+# ------------------------------------------------------------------------------------- HSD
+
+
+@pytest.fixture
+def hsd_scene():
+    """A 200 x 220 gray image; PS: a vertical bar (x 100..104, y 50..110); FH: a disk to its lower
+    right, so that the HSD runs along row 110 from (102, 110) to (121.5, 110)."""
+    image = np.full((200, 220), 60, np.uint8)
+    labels = np.zeros((200, 220), np.uint8)
+    rows, cols = np.mgrid[:200, :220]
+    labels[(cols - 160) ** 2 + (rows - 120) ** 2 <= 40 ** 2] = 2
+    labels[50:111, 100:105] = 1
+    return image, labels
+
+
+def test_draw_hsd_draws_the_line_between_apex_and_skull(hsd_scene):
+    image, labels = hsd_scene
+    hsd = measure_hsd(labels)
+    assert hsd.measured
+    rgb = overlay_labels(image, labels)
+    before = rgb.copy()
+    drawn = draw_hsd(rgb, hsd)
+    np.testing.assert_array_equal(rgb, before)  # input untouched
+    for t in (0.25, 0.5, 0.75):  # along the line the pixels change, and the HSD colour is there
+        point = np.add(hsd.apex, t * np.subtract(hsd.skull_point, hsd.apex))
+        x, y = np.rint(point).astype(int)
+        assert (drawn[y, x] != before[y, x]).any()
+        assert near(drawn, point, HSD_COLOUR, radius=1) and not near(before, point, HSD_COLOUR, radius=1)
+    for point in (hsd.apex, hsd.skull_point):
+        assert near(drawn, point, HSD_COLOUR)
+    assert hsd.skull_point == pytest.approx((121.5, 110.0))
+    np.testing.assert_array_equal(drawn[:90], rgb[:90])  # far from the line, nothing changed
+    np.testing.assert_array_equal(drawn[130:], rgb[130:])
+
+
+def test_draw_hsd_writes_the_distance_only_in_mm(hsd_scene):
+    image, labels = hsd_scene
+    rgb = overlay_labels(image, labels)
+    assert measure_hsd(labels).measured
+    in_px = draw_hsd(rgb, measure_hsd(labels))
+    in_mm = draw_hsd(rgb, measure_hsd(labels, spacing_mm=(0.2, 0.2)))
+    unlabelled = draw_hsd(rgb, measure_hsd(labels, spacing_mm=(0.2, 0.2)), label=False)
+    np.testing.assert_array_equal(in_px, unlabelled)  # no mm: only the line
+    assert (in_mm != unlabelled).any(axis=-1).sum() > 20  # the text's pixels
+
+
+def test_draw_hsd_without_a_distance_draws_nothing():
+    rgb = np.full((50, 50, 3), 90, np.uint8)
+    missed = HSDMeasurement(None, reason=MISSES_HEAD, apex=(10.0, 10.0))
+    np.testing.assert_array_equal(draw_hsd(rgb, missed), rgb)
+
+
+def test_render_segmentation_with_hsd_adds_the_line_and_a_legend_entry():
+    path = sorted((EXAMPLES / "image_mha").glob("*.mha"))[0]
+    image = as_uint8(load_image(path))
+    labels = load_label_map(EXAMPLES / "label_mha" / path.name)
+    aop = measure_aop(labels)
+    hsd = measure_hsd(labels, spacing_mm=(0.2, 0.2))
+    plain = render_segmentation(image, labels, aop)
+    np.testing.assert_array_equal(render_segmentation(image, labels, aop, hsd=None), plain)
+    with_hsd = render_segmentation(image, labels, aop, hsd=hsd)
+    halfway = np.add(hsd.apex, hsd.skull_point) / 2
+    assert near(with_hsd, scale_point(halfway, 2), HSD_COLOUR)
+    assert not near(plain, scale_point(halfway, 2), HSD_COLOUR)
+    assert near(with_hsd, scale_point(aop.tangent_point, 2), CONSTRUCTION_COLOUR)  # the AoP stays
+    legend = with_hsd[512:]
+    assert (legend == HSD_COLOUR).all(axis=-1).any()  # its swatch
+    assert not (plain[512:] == HSD_COLOUR).all(axis=-1).any()

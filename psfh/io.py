@@ -5,6 +5,10 @@ grayscale array in the image's own intensity scale, plus what is needed to write
 back aligned with it. Label maps are H x W uint8 with the values of :mod:`psfh.labels`
 (0 background, 1 pubic symphysis, 2 fetal head).
 
+Single-frame DICOM files (.dcm, .dicom, or any name with the DICM marker) are read through
+:mod:`psfh.dicom`, which keeps their pixel spacing and nothing about the patient; multi-frame
+ones are clips, read with :func:`psfh.sequence.read_sequence`.
+
 Every problem a user can cause raises :class:`~psfh.errors.PSFHInputError` naming the file (or
 "array input") and the problem; reader exceptions never escape.
 """
@@ -15,6 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,9 +28,13 @@ from psfh.errors import PSFHInputError
 from psfh.files import atomic_target
 from psfh.labels import check_label_map
 
+if TYPE_CHECKING:  # psfh.dicom imports this module; pydicom is imported only to read a DICOM
+    from psfh.dicom import DicomInfo
+
 PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SITK_EXTENSIONS = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
-SUPPORTED_EXTENSIONS = PILLOW_EXTENSIONS + SITK_EXTENSIONS
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+SUPPORTED_EXTENSIONS = PILLOW_EXTENSIONS + SITK_EXTENSIONS + DICOM_EXTENSIONS
 # Lossless formats only: a JPEG label map would have its class values smeared by compression.
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff") + SITK_EXTENSIONS
 # .mhd is left out: it writes a second (.raw) file, which cannot be replaced atomically.
@@ -47,8 +56,11 @@ class LoadedImage:
     path: the file read, None for arrays and PIL images.
     spatial: for SimpleITK files, {"spacing": (sx, sy), "origin": (ox, oy), "direction":
         (d00, d01, d10, d11)} of the 2-D image, so a label map can be written back aligned;
-        None otherwise.
+        for a DICOM with a pixel spacing, the same with (sx, sy) = (column, row) mm, origin 0
+        and identity direction; None otherwise.
     original_dtype: numpy dtype name of the stored pixels ("uint8", "uint16", "float32", ...).
+    dicom: for a DICOM file, its technical fields (:class:`psfh.dicom.DicomInfo`: modality,
+        transfer syntax, spacing_mm as (row, col) and its source, ...); None otherwise.
     """
 
     pixels: np.ndarray
@@ -56,6 +68,7 @@ class LoadedImage:
     path: Path | None
     spatial: dict | None
     original_dtype: str
+    dicom: DicomInfo | None = None
 
 
 def image_extension(path: str | os.PathLike) -> str:
@@ -188,6 +201,8 @@ def as_uint8(image: LoadedImage) -> np.ndarray:
 
 
 def _load_file(path: Path) -> LoadedImage:
+    if image_extension(path) in DICOM_EXTENSIONS or _unnamed_dicom(path):
+        return _load_dicom(path)
     _check_file(path, SUPPORTED_EXTENSIONS, "an image")
     spatial = None
     if image_extension(path) in SITK_EXTENSIONS:
@@ -196,6 +211,33 @@ def _load_file(path: Path) -> LoadedImage:
         array = _read_pillow(path)
     pixels = _to_grayscale(array, str(path))
     return LoadedImage(pixels, image_name(path), path, spatial, array.dtype.name)
+
+
+def _unnamed_dicom(path: Path) -> bool:
+    """A DICOM file without a known extension ("IM_0001", "1.2.840.1136"): the names scanners
+    export. Sniffed only for names psfh would otherwise refuse, so other files read as before."""
+    if image_extension(path) in SUPPORTED_EXTENSIONS or not path.is_file():
+        return False
+    from psfh.dicom import is_dicom
+
+    return is_dicom(path)
+
+
+def _load_dicom(path: Path) -> LoadedImage:
+    from psfh.dicom import read_dicom, read_dicom_info, sitk_spatial
+
+    if image_extension(path) in DICOM_EXTENSIONS:
+        _check_file(path, DICOM_EXTENSIONS, "a DICOM")
+    info = read_dicom_info(path)
+    if info.number_of_frames > 1:
+        raise PSFHInputError(
+            f"{path}: a multi-frame DICOM ({info.number_of_frames} frames, a cine clip); "
+            "load_image reads one image: read the clip with psfh.sequence.read_sequence"
+        )
+    image = read_dicom(path)
+    # A scanner's "1.2.840.1136" has no extension to cut: keep the whole file name.
+    name = image_name(path) if image_extension(path) in DICOM_EXTENSIONS else path.name
+    return LoadedImage(image.frames[0], name, path, sitk_spatial(info), image.original_dtype, info)
 
 
 def _check_file(path: Path, extensions: tuple[str, ...], what: str) -> None:

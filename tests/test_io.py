@@ -318,3 +318,70 @@ def test_as_uint8():
     deep = as_uint8(load_image(gradient(dtype=np.uint16, high=4000) + 1000))
     assert deep.dtype == np.uint8 and deep.min() == 0 and deep.max() == 255
     assert as_uint8(load_image(np.full((16, 16), 7.5))).max() == 0
+
+
+# --- DICOM -----------------------------------------------------------------------------------
+
+
+def test_single_frame_dicom_keeps_its_spacing(tmp_path):
+    import dicom_fixtures as fx
+
+    path = fx.write_single_frame(tmp_path / "us.dcm")
+    loaded = load_image(path)
+    np.testing.assert_array_equal(loaded.pixels, fx.example_frame(0))
+    assert loaded.name == "us" and loaded.path == path and loaded.original_dtype == "uint8"
+    row, col = fx.PIXEL_SPACING_MM
+    assert loaded.dicom.spacing_mm == (row, col) and loaded.dicom.modality == "US"
+    # spatial in SimpleITK's (x, y) order: a label map written as .mha is in mm.
+    assert loaded.spatial == {"spacing": (col, row), "origin": (0.0, 0.0),
+                              "direction": (1.0, 0.0, 0.0, 1.0)}
+    written = save_label_map(np.zeros((256, 256), np.uint8), tmp_path / "us.mha", loaded.spatial)
+    assert sitk.ReadImage(str(written)).GetSpacing() == pytest.approx((col, row))
+    assert not any(value in repr(loaded) for value in fx.PATIENT_STRINGS)
+
+
+def test_dicom_without_extension_and_without_spacing(tmp_path):
+    import dicom_fixtures as fx
+
+    path = fx.write_rgb(tmp_path / "1.2.840.113619.5")  # scanners name files by UID
+    loaded = load_image(path)
+    assert loaded.name == "1.2.840.113619.5"  # the whole name: ".5" is no extension
+    assert loaded.spatial is None and loaded.dicom.spacing_mm is None
+    np.testing.assert_allclose(loaded.pixels, fx.luminance(fx.colour_frame()), atol=1e-3)
+    (tmp_path / "README").write_text("not an image")  # no marker: refused as before
+    with pytest.raises(PSFHInputError, match="unsupported file type 'no extension'"):
+        load_image(tmp_path / "README")
+
+
+def test_multi_frame_dicom_is_sent_to_the_sequence_reader(tmp_path):
+    import dicom_fixtures as fx
+
+    path = fx.write_cine(tmp_path / "clip.dcm")
+    with pytest.raises(PSFHInputError) as caught:
+        load_image(path)
+    message = str(caught.value)
+    assert str(path) in message and "multi-frame DICOM (10 frames" in message
+    assert "psfh.sequence.read_sequence" in message
+
+
+def test_bad_dicom_files_through_load_image(tmp_path):
+    import dicom_fixtures as fx
+
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "text.dcm").write_text("not a DICOM " * 30)
+    cases = {
+        fx.write_truncated(tmp_path / "cut.dcm"): "truncated",
+        fx.write_no_pixels(tmp_path / "report.dcm"): "no pixel data",
+        tmp_path / "empty.dcm": "empty (0 bytes)",
+        tmp_path / "text.dcm": "not a DICOM file",
+        tmp_path / "missing.dcm": "file not found",
+    }
+    for path, problem in cases.items():
+        with pytest.raises(PSFHInputError) as caught:
+            load_image(path)
+        assert str(path) in str(caught.value) and problem in str(caught.value), path
+
+
+def test_dicom_is_a_supported_extension():
+    assert ".dcm" in io.SUPPORTED_EXTENSIONS and ".dicom" in io.SUPPORTED_EXTENSIONS
+    assert ".dcm" not in io.LABEL_EXTENSIONS  # label maps stay in lossless image formats

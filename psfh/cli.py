@@ -38,6 +38,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if any)")
 
 
+def add_spacing_argument(parser: argparse.ArgumentParser) -> None:
+    """--spacing-mm ROW COL (predict and cine): the pixel spacing for the HSD in mm."""
+    parser.add_argument("--spacing-mm", nargs=2, type=float, default=None, metavar=("ROW", "COL"),
+                        help="pixel spacing in mm (row, column) for the head-symphysis distance in mm "
+                             "(default: the file's own, when it has one)")
+
+
 def load_model(model: str | None, device: str | None = None):
     """PSFHModel.from_pretrained, imported here because torch takes seconds to import."""
     from psfh.model import PSFHModel

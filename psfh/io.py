@@ -71,6 +71,20 @@ class LoadedImage:
     dicom: DicomInfo | None = None
 
 
+def pixel_spacing_mm(image: LoadedImage) -> tuple[float, float] | None:
+    """(row, col) mm per pixel of an image, when its file says: a DICOM's Pixel Spacing or
+    Ultrasound Regions (:mod:`psfh.dicom`), or a SimpleITK file's spacing unless it is exactly
+    1 x 1 — the default that many tools write when the spacing is unknown (PSFHS's .mha files
+    carry it) — else None. Arrays and Pillow formats carry no spacing."""
+    if image.dicom is not None:
+        return image.dicom.spacing_mm
+    if image.spatial is not None:
+        col, row = (float(v) for v in image.spatial["spacing"])
+        if (col, row) != (1.0, 1.0):
+            return row, col
+    return None
+
+
 def image_extension(path: str | os.PathLike) -> str:
     """The lower-case extension of `path`, with the double extension ".nii.gz" kept whole."""
     name = Path(path).name.lower()

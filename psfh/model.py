@@ -28,9 +28,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from psfh import inference, prompts, quality
 from psfh.aop import AoPMeasurement, measure_aop
+from psfh.hsd import HSDMeasurement, check_spacing, measure_hsd
 from psfh.bases import get_base
 from psfh.errors import PSFHInputError
-from psfh.io import as_uint8, load_image
+from psfh.io import as_uint8, load_image, pixel_spacing_mm
 from psfh.labels import CLASSES, structure_areas
 from psfh.lora import adapts_encoder, describe, encoder_scope, make_lora_config
 from psfh.options import check_precision, resolve_folds
@@ -49,6 +50,9 @@ class Prediction:
         fold_aop: the AoP of each fold's own (TTA-averaged) prediction: the spread across folds.
         view_aop: the AoP of each fold's prediction on each TTA view, {fold: [identity, flip]}
             (degrees, None where not measurable): how much the model agrees with itself.
+        hsd: the head-symphysis distance measured on ``label_map`` (:mod:`psfh.hsd`), in mm
+            when ``spacing_mm`` is known.
+        spacing_mm: (row, col) mm per pixel of the input, None when unknown.
         folds, tta: what the ensemble used.
         timings: seconds spent per step.
         name: the input's name (file name without extension), when known.
@@ -70,6 +74,8 @@ class Prediction:
     corrected: dict[str, list[float]] = field(default_factory=dict)
     quality: quality.QualityCheck | None = None
     view_aop: dict[str, list[float | None]] = field(default_factory=dict)
+    hsd: HSDMeasurement | None = None
+    spacing_mm: tuple[float, float] | None = None
 
     @property
     def trusted(self) -> bool:
@@ -81,6 +87,11 @@ class Prediction:
         """The AoP to report: the measured angle, or None when it is not measured or withheld."""
         return self.aop.angle_deg if self.trusted else None
 
+    @property
+    def reported_hsd_mm(self) -> float | None:
+        """The HSD in mm to report: None without a spacing, without an HSD, or when withheld."""
+        return self.hsd.distance_mm if self.hsd is not None and self.trusted else None
+
     def report(self) -> dict:
         """A JSON-able summary: AoP and its construction, per-fold AoPs, areas, timings."""
         areas = structure_areas(self.label_map)
@@ -90,6 +101,9 @@ class Prediction:
             "aop": self.aop.to_dict(),
             "aop_reported_deg": self.reported_aop_deg,
             "quality": None if self.quality is None else self.quality.to_dict(),
+            "hsd": None if self.hsd is None else self.hsd.to_dict(),
+            "hsd_reported_mm": self.reported_hsd_mm,
+            "pixel_spacing_mm": None if self.spacing_mm is None else list(self.spacing_mm),
             "fold_aop_deg": {fold: m.angle_deg for fold, m in self.fold_aop.items()},
             "view_aop_deg": {fold: list(angles) for fold, angles in self.view_aop.items()},
             "area_pixels": areas,
@@ -116,6 +130,7 @@ class ImageEmbeddings:
         timings: seconds spent so far.
         automatic: the ensemble's own prediction, kept by the first :meth:`PSFHModel.decode` so
             that a correction runs only the box-prompted decoder and the AoP.
+        spacing_mm: (row, col) mm per pixel of the image, None when unknown (the HSD in mm).
     """
 
     image: np.ndarray
@@ -127,6 +142,7 @@ class ImageEmbeddings:
     base: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     automatic: Prediction | None = None
+    spacing_mm: tuple[float, float] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -347,7 +363,7 @@ class PSFHModel:
     # ----------------------------------------------------------------------------- embed, decode, predict
     @torch.inference_mode()
     def embed(self, image, folds: list[str] | None = None, tta: bool | None = None, precision: str = "fp32",
-              for_prompts: bool = False) -> ImageEmbeddings:
+              for_prompts: bool = False, spacing_mm: tuple[float, float] | None = None) -> ImageEmbeddings:
         """Run the encoder once on one image and keep what it made (the SamPredictor.set_image step).
 
         Args:
@@ -355,9 +371,14 @@ class PSFHModel:
             for_prompts: also keep the base encoder's embedding (adapters off) that box prompts
                 decode from. Free when no adapter touches the encoder; otherwise one more
                 encoder pass on the identity view, so that a later correction runs none.
+            spacing_mm: as in :meth:`predict`.
         """
         start = time.perf_counter()
         loaded = load_image(image)
+        spacing_mm = pixel_spacing_mm(loaded) if spacing_mm is None else spacing_mm
+        if spacing_mm is not None:
+            check_spacing(spacing_mm)  # a bad spacing is refused before the encoder runs
+            spacing_mm = tuple(float(v) for v in spacing_mm)
         tta = self.default_tta if tta is None else bool(tta)
         folds = resolve_folds(self.folds, folds)
         pixel_values = self.preprocess(loaded.pixels, loaded.name or "image")
@@ -374,7 +395,8 @@ class PSFHModel:
                         base = self.base_model.get_image_embeddings(pixel_values)
         timings["encoder"] = time.perf_counter() - start
         return ImageEmbeddings(image=as_uint8(loaded), name=loaded.name, folds=folds, tta=tta,
-                               precision=precision, per_fold=per_fold, base=base, timings=timings)
+                               precision=precision, per_fold=per_fold, base=base, timings=timings,
+                               spacing_mm=spacing_mm)
 
     @torch.inference_mode()
     def decode(self, embeddings: ImageEmbeddings, boxes: dict | None = None,
@@ -402,7 +424,8 @@ class PSFHModel:
                 members = self._decode_folds(embeddings.per_fold, embeddings.folds, embeddings.tta).cpu()
             timings = {**embeddings.timings, "decoder": time.perf_counter() - start}
             embeddings.automatic = self.finish(members, embeddings.size, embeddings.folds, embeddings.tta,
-                                               name=embeddings.name, timings=timings, image=embeddings.image)
+                                               name=embeddings.name, timings=timings, image=embeddings.image,
+                                               spacing_mm=embeddings.spacing_mm)
         automatic = embeddings.automatic
         if not checked:
             return automatic
@@ -420,11 +443,13 @@ class PSFHModel:
         # A corrected structure follows the user's box, not the model: the views' and folds' AoPs
         # no longer describe it, so only the image and anatomy checks run.
         return replace(automatic, label_map=label_map, aop=aop, quality=quality.check(embeddings.image, label_map),
+                       hsd=measure_hsd(label_map, embeddings.spacing_mm),
                        corrected={CLASSES[value]: list(box) for value, box in checked.items()},
                        timings={"correction": time.perf_counter() - start})
 
     def predict(self, image, folds: list[str] | None = None, tta: bool | None = None,
-                precision: str = "fp32", boxes: dict | None = None) -> Prediction:
+                precision: str = "fp32", boxes: dict | None = None,
+                spacing_mm: tuple[float, float] | None = None) -> Prediction:
         """Segment PS and FH in one image and measure the AoP (:meth:`embed`, then :meth:`decode`).
 
         Args:
@@ -436,10 +461,13 @@ class PSFHModel:
             boxes: optional box prompts per structure, ``{"ps": (x0, y0, x1, y1)}`` in image
                 pixels (see :meth:`decode`). To correct one image several times, keep
                 ``embed(image, for_prompts=True)`` and call :meth:`decode` with each box.
+            spacing_mm: (row, col) mm per pixel, for the HSD in mm; default: the file's own
+                (:func:`psfh.io.pixel_spacing_mm`: a DICOM's, or a SimpleITK file's unless 1 x 1).
         Raises:
             PSFHInputError: unreadable or invalid input, unknown folds, a package without folds, bad boxes.
         """
-        return self.decode(self.embed(image, folds, tta, precision, for_prompts=bool(boxes)), boxes)
+        return self.decode(self.embed(image, folds, tta, precision, for_prompts=bool(boxes), spacing_mm=spacing_mm),
+                           boxes)
 
     def _adapters_off(self):
         """Context: the base alone (peft's disable_adapter), for box prompts. Call under the lock."""
@@ -447,14 +475,15 @@ class PSFHModel:
 
     def finish(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
                name: str | None = None, timings: dict[str, float] | None = None,
-               image: np.ndarray | None = None) -> Prediction:
+               image: np.ndarray | None = None, spacing_mm: tuple[float, float] | None = None) -> Prediction:
         """The ensemble's members -> a :class:`Prediction` at the image's H x W ``size``.
 
         ``members`` is F x V x 3 x S x S (:meth:`fold_probabilities`): they are averaged (soft
         ensemble), resized, turned into a label map with the largest component of each
         structure, and the AoP is measured on it, on each fold's own prediction and on each
-        fold's view. With the H x W uint8 ``image``, the quality checks run on it, the label map
-        and the views' and folds' AoPs.
+        fold's view, and the HSD on the label map (in mm with ``spacing_mm``, (row, col)). With
+        the H x W uint8 ``image``, the quality checks run on it, the label map and the views'
+        and folds' AoPs.
         """
         timings = dict(timings or {})
         start = time.perf_counter()
@@ -472,4 +501,5 @@ class PSFHModel:
         timings["total"] = sum(timings.values())
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,
                           aop=aop, fold_aop=fold_aop, folds=list(folds), tta=tta, timings=timings, name=name,
-                          quality=checked_quality, view_aop=view_aop)
+                          quality=checked_quality, view_aop=view_aop, hsd=measure_hsd(label_map, spacing_mm),
+                          spacing_mm=spacing_mm)

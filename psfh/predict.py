@@ -6,8 +6,12 @@
 Inputs are files or folders; a folder contributes every supported image directly inside it
 (non-recursive, sorted by name); its other files are listed as skipped, hidden files ignored.
 For each input NAME.EXT the label map goes to OUT/NAME.mha when the input was read by SimpleITK
-(.mha .mhd .nii .nii.gz .nrrd: the label map keeps the input's spacing, origin and direction)
-and to OUT/NAME.png otherwise. OUT/aop.csv gets one row per input (see CSV_COLUMNS), written and
+(.mha .mhd .nii .nii.gz .nrrd: the label map keeps the input's spacing, origin and direction) or
+is a DICOM (.dcm .dicom: the .mha keeps its pixel spacing, nothing else of the file), and to
+OUT/NAME.png otherwise. The HSD is given in mm when the input's spacing is known (a DICOM's, a
+SimpleITK file's unless it is the placeholder 1 x 1) or given with --spacing-mm. A cine clip (a
+multi-frame DICOM, a video) is refused with a pointer to ``python -m psfh.cine``, which
+segments every frame and draws the AoP curve. OUT/aop.csv gets one row per input (see CSV_COLUMNS), written and
 flushed as each image finishes, so an interrupted run keeps the rows of what it wrote.
 
 Inputs are never overwritten. An item is refused, with an error in its row, when its output
@@ -34,16 +38,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from psfh.cli import add_model_arguments, load_model, run_cli
+from psfh.cli import add_model_arguments, add_spacing_argument, load_model, run_cli
 from psfh.errors import PSFHInputError
 from psfh.files import format_cell
-from psfh.io import SITK_EXTENSIONS, SUPPORTED_EXTENSIONS, image_extension, image_name, load_image, save_label_map
+from psfh.io import DICOM_EXTENSIONS, SITK_EXTENSIONS, SUPPORTED_EXTENSIONS, image_extension, image_name, load_image, \
+    save_label_map
+from psfh.sequence import is_sequence
 from psfh.labels import structure_areas
 from psfh.options import check_precision, resolve_folds
 
 CSV_NAME = "aop.csv"
-CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "check", "aop_deg_measured", "ps_area_px",
-               "fh_area_px",
+CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "check", "aop_deg_measured", "hsd_mm",
+               "hsd_px", "pixel_spacing_mm", "ps_area_px", "fh_area_px",
                "mean_disagreement", "fold_aop_min", "fold_aop_max", "flip_aop_gap", "seconds", "error")
 MAX_LISTED_SKIPPED = 10  # skipped files named per folder; the rest are counted
 
@@ -99,8 +105,8 @@ def _identity(path: Path) -> tuple:
 
 
 def output_path(path: Path, out_dir: Path) -> Path:
-    """OUT/NAME.mha for SimpleITK inputs (geometry kept), OUT/NAME.png for the others."""
-    suffix = ".mha" if image_extension(path) in SITK_EXTENSIONS else ".png"
+    """OUT/NAME.mha for SimpleITK and DICOM inputs (geometry kept), OUT/NAME.png for the others."""
+    suffix = ".mha" if image_extension(path) in (*SITK_EXTENSIONS, *DICOM_EXTENSIONS) else ".png"
     return out_dir / f"{image_name(path)}{suffix}"
 
 
@@ -140,7 +146,8 @@ def _check_csv_target(out_dir: Path, files: Sequence[Path]) -> Path:
 
 def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   folds: Sequence[str] | None = None, tta: bool | None = None,
-                  precision: str = "fp32", progress: bool = True) -> list[dict]:
+                  precision: str = "fp32", progress: bool = True,
+                  spacing_mm: tuple[float, float] | None = None) -> list[dict]:
     """Predict every input (files or folders), write the label maps and OUT/aop.csv.
 
     Args:
@@ -149,6 +156,7 @@ def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.
         out_dir: the output folder (created if needed).
         folds, tta, precision: passed to ``model.predict`` (default: all folds, the package's TTA).
         progress: show a tqdm bar on stderr.
+        spacing_mm: (row, col) mm per pixel for every input (default: each file's own, if any).
     Returns:
         One dict per input, keyed by CSV_COLUMNS (None for empty cells); ``error`` is None for
         the inputs that gave a label map. Per-input problems go in the rows (and on stderr);
@@ -175,7 +183,7 @@ def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.
         writer.writeheader()
         bar = tqdm(plan_outputs(files, out_dir), desc="predicting", unit="image", disable=not progress)
         for item in bar:
-            row = _predict_item(model, item, folds, tta, precision)
+            row = _predict_item(model, item, folds, tta, precision, spacing_mm)
             if row["error"]:
                 tqdm.write(f"error: {item.path}: {row['error']}", file=sys.stderr)
             writer.writerow({key: format_cell(value) for key, value in row.items()})
@@ -192,7 +200,8 @@ def _note_skipped(skipped: list[Path]) -> None:
     print(f"skipped {len(skipped)} unsupported file(s): {shown}{more}", file=sys.stderr)
 
 
-def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precision: str) -> dict:
+def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precision: str,
+                  spacing_mm: tuple[float, float] | None = None) -> dict:
     """Predict and write one input; every failure becomes the row's error, never an exception."""
     start = time.perf_counter()
     row = dict.fromkeys(CSV_COLUMNS)
@@ -200,7 +209,10 @@ def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precisi
     try:
         if item.refused:
             raise PSFHInputError(item.refused)
-        row.update(_write_prediction(model, item, folds, tta, precision))
+        if is_sequence(item.path, folders=False):
+            raise PSFHInputError(f"a cine clip: run python -m psfh.cine {item.path} --out DIR for one row per "
+                                 "frame and the AoP curve")
+        row.update(_write_prediction(model, item, folds, tta, precision, spacing_mm))
     except PSFHInputError as error:
         row["error"] = _without_path(str(error), item.path)
     except Exception as error:  # noqa: BLE001 - one odd file must not end a batch of thousands
@@ -209,10 +221,11 @@ def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precisi
     return row
 
 
-def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, precision: str) -> dict:
+def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, precision: str,
+                      spacing_mm: tuple[float, float] | None = None) -> dict:
     # Read the file here, once, for its geometry; predict takes what was read.
     loaded = load_image(item.path)
-    prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision)
+    prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision, spacing_mm=spacing_mm)
     save_label_map(prediction.label_map, item.output, spatial=loaded.spatial, overwrite=True)
     fold_angles = [m.angle_deg for m in prediction.fold_aop.values() if m.angle_deg is not None]
     areas = structure_areas(prediction.label_map)
@@ -222,6 +235,9 @@ def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, pre
         "aop_reason": prediction.aop.reason or (None if prediction.trusted else "withheld: check this result"),
         "check": "ok" if prediction.trusted else "check this result: " + "; ".join(prediction.quality.reasons),
         "aop_deg_measured": prediction.aop.angle_deg,
+        "hsd_mm": prediction.reported_hsd_mm,
+        "hsd_px": prediction.hsd.distance_px if prediction.hsd is not None else None,
+        "pixel_spacing_mm": None if prediction.spacing_mm is None else " x ".join(f"{v:g}" for v in prediction.spacing_mm),
         "ps_area_px": areas["pubic_symphysis"],
         "fh_area_px": areas["fetal_head"],
         "mean_disagreement": float(prediction.disagreement.mean()),
@@ -245,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
+    add_spacing_argument(parser)
     add_model_arguments(parser)
     return parser
 
@@ -257,7 +274,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     model = load_model(args.model, args.device)
     rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
-                         tta=False if args.no_tta else None, precision=args.precision)
+                         tta=False if args.no_tta else None, precision=args.precision, spacing_mm=args.spacing_mm)
     failed = sum(1 for row in rows if row["error"])
     print(f"{len(rows) - failed} of {len(rows)} images predicted; results in {args.out / CSV_NAME}"
           + (f"; {failed} failed (see the error column)" if failed else ""))

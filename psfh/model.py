@@ -492,11 +492,12 @@ class PSFHModel:
         disagreement_map = inference.resize_map(disagreement, size).numpy()
         fold_aop = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0])
                     for i, fold in enumerate(folds)}
-        view_aop = {fold: [measure_aop(inference.to_label_map(view, size)[0]).angle_deg for view in members[i]]
-                    for i, fold in enumerate(folds)}
+        view_maps = {fold: [inference.to_label_map(view, size)[0] for view in members[i]]
+                     for i, fold in enumerate(folds)}
+        view_aop = {fold: [measure_aop(m).angle_deg for m in maps] for fold, maps in view_maps.items()}
         aop = measure_aop(label_map)
         checked_quality = None if image is None else quality.check(
-            image, label_map, view_aop, {fold: m.angle_deg for fold, m in fold_aop.items()})
+            image, label_map, view_aop, {fold: m.angle_deg for fold, m in fold_aop.items()}, view_maps)
         timings["postprocess_and_aop"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,

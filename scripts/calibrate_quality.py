@@ -5,8 +5,9 @@ Calibration uses the ground truth of the cross-validation frames (the package's 
 the package's out-of-fold predictions: a per_image.csv with psfh.evaluate's quality columns
 (``scripts/measure_views.py --mode oof``, or ``python -m psfh.evaluate --out-of-fold``). The
 flags are judged again from the rows' measures with the bounds of psfh.quality as they are now,
-so a changed bound needs no new inference. For the model's self-agreement (flip_aop_gap) it
-tabulates candidate bounds: flagged fraction and the AoP error of flagged vs unflagged frames.
+so a changed bound needs no new inference. For the model's self-agreement (ps_view_dice,
+flip_aop_gap) it tabulates candidate bounds: flagged fraction and the AoP error of flagged vs
+unflagged frames.
 The test frames are only scored, after the bounds are fixed.
 
     python scripts/calibrate_quality.py --oof docs/results/views/oof/both --test docs/results/views/test/both \
@@ -31,7 +32,9 @@ from psfh.files import write_text_atomic  # noqa: E402
 from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
 from psfh.package import read_fold_assignment  # noqa: E402
 
-GAP_CANDIDATES = (8, 10, 12, 14, 16, 18, 20, 25, 30)
+# Candidate bounds of the self-agreement checks (None: that check off), tabulated together.
+DICE_CANDIDATES = (None, 0.78, 0.80, 0.82, 0.84, 0.86)
+GAP_CANDIDATES = (None, 12, 16, 20, 25, 30)
 
 
 def image(data: Path, sample_id: str) -> np.ndarray:
@@ -87,14 +90,21 @@ def split_errors(flagged: np.ndarray, errors: np.ndarray) -> dict:
     return out
 
 
-def gap_table(checks, errors: np.ndarray) -> list[dict]:
-    """For each candidate bound on flip_aop_gap alone: how many frames it flags and their AoP error."""
+def self_agreement_table(checks, errors: np.ndarray) -> list[dict]:
+    """For each pair of candidate bounds (ps_view_dice below, flip_aop_gap above), the model's
+    self-agreement checks alone: how many frames they flag and those frames' AoP error."""
+    dice = np.array([c.measures.get("ps_view_dice", np.nan) for c in checks])
     gaps = np.array([c.measures.get("flip_aop_gap", np.nan) for c in checks])
     table = []
-    for bound in GAP_CANDIDATES:
-        flagged = np.nan_to_num(gaps, nan=0.0) > bound
-        table.append({"bound": bound, "flagged": int(flagged.sum()), "flagged_fraction": float(flagged.mean()),
-                      **split_errors(flagged, errors)})
+    for low in DICE_CANDIDATES:
+        for high in GAP_CANDIDATES:
+            flagged = np.zeros(len(checks), bool)
+            if low is not None:
+                flagged |= np.nan_to_num(dice, nan=1.0) < low
+            if high is not None:
+                flagged |= np.nan_to_num(gaps, nan=0.0) > high
+            table.append({"min_ps_view_dice": low, "max_flip_aop_gap": high, "flagged": int(flagged.sum()),
+                          "flagged_fraction": float(flagged.mean()), **split_errors(flagged, errors)})
     return table
 
 
@@ -112,17 +122,17 @@ def main() -> int:
     oof_rows = list(csv.DictReader(open(args.oof / "per_image.csv")))
     oof = from_rows(oof_rows)
     bounds = ("MIN_GREY_LEVELS", "MIN_DARK_FRACTION", "MIN_FH_SOLIDITY", "MIN_PS_SOLIDITY", "PS_TO_FH_AREA",
-              "MAX_BORDER_PIXELS", "MAX_FLIP_AOP_GAP")
+              "MAX_BORDER_PIXELS", "MAX_FLIP_AOP_GAP", "MIN_PS_VIEW_DICE")
     report = {"bounds": {k: getattr(quality, k) for k in bounds},
               "ground_truth": {"ranges": ranges(ground_truth), **flag_summary(ground_truth)},
               "out_of_fold": {"source": str(args.oof), "ranges": ranges(oof),
                               **flag_summary(oof, aop_errors(oof_rows)),
-                              "flip_aop_gap_bounds": gap_table(oof, aop_errors(oof_rows))}}
+                              "self_agreement_bounds": self_agreement_table(oof, aop_errors(oof_rows))}}
     if args.test is not None:
         test_rows = list(csv.DictReader(open(args.test / "per_image.csv")))
         test = from_rows(test_rows)
         report["test"] = {"source": str(args.test), **flag_summary(test, aop_errors(test_rows)),
-                          "flip_aop_gap_bounds": gap_table(test, aop_errors(test_rows)),
+                          "self_agreement_bounds": self_agreement_table(test, aop_errors(test_rows)),
                           "flagged_ids": {r["id"]: c.reasons for r, c in zip(test_rows, test) if not c.trusted}}
     write_text_atomic(args.out / "calibration.json", json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "ranges"} if isinstance(v, dict) else v

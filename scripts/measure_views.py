@@ -4,7 +4,8 @@ From the members kept by ``scripts/cache_members.py`` (no encoder pass here), ea
 finished as :meth:`PSFHModel.finish` does with three view choices: ``both`` (the package's flip
 TTA, the product today), ``identity`` (the frame as given) and ``flip`` (the mirror image only);
 each label map is scored against the ground truth (:func:`psfh.metrics.score_label_map`) and
-carries the quality check's cells of psfh.evaluate (flip_aop_gap is always the two views' gap).
+carries the quality check's cells of psfh.evaluate (the self-agreement measures, flip_aop_gap and
+ps_view_dice, are always the two views').
 
     python scripts/measure_views.py --mode oof --out docs/results/views/oof
     python scripts/measure_views.py --mode all --ids-file docs/splits/test_ids.txt --out docs/results/views/test
@@ -32,6 +33,7 @@ from psfh.metrics import score_label_map, summarize  # noqa: E402
 from psfh.model import PSFHModel  # noqa: E402
 
 VIEW_CHOICES = {"both": [0, 1], "identity": [0], "flip": [1]}
+SELF_AGREEMENT = ("flip_aop_gap", "ps_view_dice")
 
 
 def main() -> int:
@@ -57,8 +59,10 @@ def main() -> int:
         for choice, views in VIEW_CHOICES.items():
             prediction = both if choice == "both" else model.finish(members[:, views], image.shape[:2], folds, False,
                                                                      image=image)
-            checked = quality.check(image, prediction.label_map, both.view_aop,
-                                    {f: m.angle_deg for f, m in prediction.fold_aop.items()})
+            # The model's self-agreement is the two views' (both's), whichever views are fused.
+            measures = {**quality.measure(image, prediction.label_map),
+                        **{k: both.quality.measures[k] for k in SELF_AGREEMENT if k in both.quality.measures}}
+            checked = quality.QualityCheck(reasons=quality.judge(measures), measures=measures)
             rows[choice].append({**score_label_map(sample.id, prediction.label_map, target),
                                  **quality_cells(checked)})
     summary = {}

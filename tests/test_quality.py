@@ -42,6 +42,18 @@ def test_flip_gap_and_fold_spread_measures():
     assert quality.fold_aop_spread({"fold_0": 100.0}) is None
 
 
+def test_ps_view_dice_measure():
+    ps = np.zeros((20, 20), np.uint8)
+    ps[5:10, 5:10] = PS  # 25 pixels
+    moved = np.zeros_like(ps)
+    moved[5:10, 7:12] = PS  # 15 of them shared
+    assert quality.ps_view_dice({"fold_0": [ps, ps]}) == pytest.approx(1.0)
+    assert quality.ps_view_dice({"fold_0": [ps, moved], "fold_1": [ps, ps]}) == pytest.approx((0.6 + 1.0) / 2)
+    assert quality.ps_view_dice({"fold_0": [ps, np.zeros_like(ps)]}) == pytest.approx(0.0)
+    assert quality.ps_view_dice({"fold_0": [np.zeros_like(ps)] * 2}) is None  # no PS in either view
+    assert quality.ps_view_dice({"fold_0": [ps]}) is None
+
+
 def test_the_models_self_disagreement_is_judged_when_known():
     image, labels = example(EXAMPLE_IDS[0])
     agree = {"fold_0": [120.0, 122.0]}
@@ -53,6 +65,12 @@ def test_the_models_self_disagreement_is_judged_when_known():
     assert "flip_aop_gap" not in quality.check(image, labels).measures  # not given: not checked
     # The same verdict from the measures alone (calibration judges stored measures again).
     assert quality.judge(checked.measures) == checked.reasons
+    # The views' PS outlines: the same PS in both views passes, a PS that moves is flagged.
+    assert quality.check(image, labels, view_maps={"fold_0": [labels, labels]}).trusted
+    shifted = np.roll(labels, 12, axis=1)
+    unsure = quality.check(image, labels, view_maps={"fold_0": [labels, shifted]})
+    assert unsure.measures["ps_view_dice"] < quality.MIN_PS_VIEW_DICE
+    assert any("unsure where the pubic symphysis is" in reason for reason in unsure.reasons)
 
 
 @pytest.mark.parametrize("sample_id", EXAMPLE_IDS)

@@ -1,12 +1,14 @@
 """psfh demo: segment the pubic symphysis and fetal head in a transperineal ultrasound frame
-and measure the angle of progression (AoP). Research and education only, not a medical device.
+and measure the angle of progression (AoP) and the head-symphysis distance (HSD), or follow the
+AoP over a cine clip. Research and education only, not a medical device.
 
     python app.py                         # serves on 0.0.0.0:7860 (GRADIO_SERVER_NAME / _PORT)
     PSFH_MODEL=org/repo python app.py     # another model package: hub repo id or folder
 
 A thin layer over the library: psfh.model loads the package once and predicts (fold adapters
-hot-swapped over one shared base, behind a lock), psfh.io reads and writes files, psfh.overlay
-draws. This file only wires them to Gradio components. Importing it launches nothing:
+hot-swapped over one shared base, behind a lock), psfh.io and psfh.sequence read files and
+clips, psfh.cine analyses a clip frame by frame, psfh.overlay draws. This file only wires them
+to Gradio components. Importing it launches nothing:
 
     from app import build_demo, create_app
     demo = create_app("path/to/package")   # or build_demo(PSFHModel.from_pretrained(...))
@@ -14,11 +16,17 @@ draws. This file only wires them to Gradio components. Importing it launches not
 API: the Run button is the endpoint "/segment" (image file, tta, n_folds) -> (label map PNG,
 label map MHA, AoP in degrees or None, report dict); "/correct" takes the same plus a box per
 structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
-returns the same; see README.md for gradio_client calls.
+returns the same; the Cine clip tab's Run is "/clip" (clip file: a multi-frame DICOM or a video,
+fast) -> (frames CSV, summary dict); see README.md for gradio_client calls.
 
 Correction in the page: after a run, pick a structure and click two opposite corners of a box
 around it on the overlay. The structure is re-segmented from the kept embeddings (SAM's box
 prompt; no encoder pass), the AoP and downloads follow; Undo and Reset go back.
+
+The Cine clip tab: every frame segmented (psfh.cine.analyse_clip; one encoder pass per frame,
+view and fold, so "fast" is one fold without the flip), the AoP curve with flagged frames left
+out and marked, its maximum, and a slider to scrub through the frames' overlays (kept from the
+run: scrubbing runs no model).
 """
 
 from __future__ import annotations
@@ -28,8 +36,11 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,18 +49,28 @@ import numpy as np
 from PIL import Image
 
 from psfh import quality
+from psfh.aop import measure_aop
+from psfh.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
+from psfh.dicom import is_dicom, read_dicom_info
 from psfh.errors import PSFHInputError
-from psfh.io import PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, image_extension, load_image, \
-    save_label_map
+from psfh.hsd import measure_hsd
+from psfh.io import DICOM_EXTENSIONS, PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, \
+    image_extension, image_name, load_image, save_label_map
 from psfh.model import ImageEmbeddings, PSFHModel, Prediction
 from psfh.options import first_folds
 from psfh.overlay import display_scale, render_disagreement, render_segmentation
 from psfh.prompts import STRUCTURE_NAMES
+from psfh.sequence import VIDEO_EXTENSIONS, is_sequence, read_sequence
 
 log = logging.getLogger("psfh.app")
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "examples" / "image_mha"
+CLIP_EXAMPLES = ROOT / "examples" / "dicom"
+CLIP_EXTENSIONS = DICOM_EXTENSIONS + VIDEO_EXTENSIONS
+# The demo analyses at most this many frames of a clip (a long clip on a CPU Space would hold a
+# worker for many minutes); python -m psfh.cine has no limit.
+CLIP_MAX_FRAMES = int(os.environ.get("PSFH_CLIP_MAX_FRAMES", "300"))
 MAX_UPLOAD = "50mb"  # Gradio refuses larger uploads before they reach the handler ...
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # ... and the handler checks again (API callers, examples).
 # Where each request writes its downloads (Gradio copies them to its own cache when serving).
@@ -69,6 +90,11 @@ AOP_EXPLAINED = (
     "research, intrapartum AoP values above about 120\N{DEGREE SIGN} have been associated with a "
     "higher chance of spontaneous vaginal delivery; that is research context about groups of "
     "women, not a prediction or advice for anyone."
+)
+HSD_EXPLAINED = (
+    "The **head-symphysis distance (HSD)** is measured from the symphysis' inferior end to the fetal "
+    "skull, perpendicular to the symphysis' long axis (docs/HSD.md). It is given in mm only when the "
+    "file says how large a pixel is (a DICOM's Pixel Spacing or Ultrasound Regions)."
 )
 
 
@@ -108,10 +134,12 @@ def _user_error(error: Exception, path: str | os.PathLike | None) -> gr.Error:
     return gr.Error(message, duration=30, print_exception=False)
 
 
-def check_upload(path: str | os.PathLike | None) -> Path:
-    """The uploaded file's path, or gr.Error: nothing chosen, a missing file, over the size limit."""
+def check_upload(path: str | os.PathLike | None, missing: str = "Upload an image or pick one of the examples first.",
+                 ) -> Path:
+    """The uploaded file's path, or gr.Error: nothing chosen (``missing`` says what to do), a
+    missing file, over the size limit."""
     if path is None or str(path) == "":
-        raise gr.Error("Upload an image or pick one of the examples first.", print_exception=False)
+        raise gr.Error(missing, print_exception=False)
     path = Path(path)
     if not path.is_file():
         raise gr.Error(f"{path.name}: the upload was not found on the server; upload it again.",
@@ -121,6 +149,43 @@ def check_upload(path: str | os.PathLike | None) -> Path:
         raise gr.Error(f"{path.name}: the file is {size / 2**20:.1f} MB; the limit is "
                        f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB.", print_exception=False)
     return path
+
+
+# warnings.catch_warnings swaps process-wide state: two requests inside it at once would leave
+# it swapped for good, so the readers that listen take turns.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@contextmanager
+def file_warnings(path: Path):
+    """Collect, as notes for the page, the warnings psfh gives about the file at ``path`` while
+    reading it (psfh.dicom: a DICOM whose modality is not ultrasound, read anyway); the server's
+    path is cut to the file name. Other warnings raised meanwhile (another request's) are passed
+    on. Only DICOMs are listened to: no other reader warns, and a video should not hold the lock."""
+    notes: list[str] = []
+    if not is_dicom(path):
+        yield notes
+        return
+    with _WARNINGS_LOCK:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield notes
+    for warning in caught:
+        message = str(warning.message)
+        if str(path) in message:
+            notes.append(f"\N{WARNING SIGN} {message.replace(str(path), path.name)}")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def read_image(path: Path) -> tuple[LoadedImage, list[str]]:
+    """load_image, with psfh's warnings about the file as notes; a clip is pointed to its tab."""
+    if is_sequence(path, folders=False):
+        raise PSFHInputError(f"{path}: a cine clip (a multi-frame DICOM or a video): analyse it in the Cine "
+                             "clip tab (the API's /clip), frame by frame")
+    with file_warnings(path) as notes:
+        loaded = load_image(path)
+    return loaded, notes
 
 
 def input_notes(path: Path, loaded: LoadedImage) -> list[str]:
@@ -146,7 +211,7 @@ def describe_upload(image: str | None) -> tuple[np.ndarray | None, str]:
         return None, ""
     try:
         path = check_upload(image)
-        loaded = load_image(path)
+        loaded, warned = read_image(path)
     except gr.Error as error:
         return None, f"\N{WARNING SIGN} {error.message}"
     except PSFHInputError as error:
@@ -154,8 +219,12 @@ def describe_upload(image: str | None) -> tuple[np.ndarray | None, str]:
     height, width = loaded.pixels.shape
     lines = [f"**{path.name}**: {width} \N{MULTIPLICATION SIGN} {height} pixels, {loaded.original_dtype}. "
              "Press **Run**."]
-    lines += [f"- {note}" for note in input_notes(path, loaded)]
+    lines += [f"- {note}" for note in warned + input_notes(path, loaded)]
     return as_uint8(loaded), "\n".join(lines)
+
+
+def no_progress(*args, **kwargs) -> None:
+    """The progress callback of a handler called without a progress bar (tests, scripts)."""
 
 
 def _output_folder() -> Path:
@@ -209,12 +278,13 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
     its lock, and each request writes into its own folder. Bad input raises gr.Error with psfh's message.
     """
     start = time.perf_counter()
-    progress = progress or (lambda *args, **kwargs: None)
+    # Not `progress or ...`: a gr.Progress has a length (its iterables), 0 until a tqdm runs.
+    progress = no_progress if progress is None else progress
     progress(0.05, desc="Reading the image")
     path = check_upload(image)
     folds = chosen_folds(model, n_folds)
     try:
-        loaded = load_image(path)
+        loaded, warned = read_image(path)
         progress(0.2, desc=f"Segmenting with {len(folds or model.folds)} fold(s){' and flip TTA' if tta else ''}")
         embeddings = model.embed(loaded, folds=folds, tta=bool(tta), for_prompts=True)
         prediction = model.decode(embeddings, boxes=boxes)
@@ -222,7 +292,7 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
         label_png, label_mha = write_downloads(prediction, loaded.spatial)
     except PSFHInputError as error:
         raise _user_error(error, path) from None
-    analysis = Analysis(embeddings, prediction, input_notes(path, loaded), time.perf_counter() - start,
+    analysis = Analysis(embeddings, prediction, warned + input_notes(path, loaded), time.perf_counter() - start,
                         spatial=loaded.spatial, boxes={key: tuple(box) for key, box in (boxes or {}).items()})
     name = prediction.name or "image"
     aop = prediction.reported_aop_deg
@@ -287,6 +357,202 @@ def undo_correction(model: PSFHModel, analysis: Analysis | None, reset: bool = F
     return apply_boxes(model, analysis)
 
 
+# ------------------------------------------------------------------------------- the cine clip
+
+
+CLIP_MISSING = "Upload a clip first: a multi-frame DICOM or a video (or pick the example)."
+MAX_FLAGGED_LISTED = 20  # the summary lists this many flagged frames; frames.csv has them all
+
+
+@dataclass
+class ClipView:
+    """A clip's run, kept (in a gr.State) for scrubbing without running the model again: the
+    frames as shown (N arrays, H x W uint8), the analysis (rows, label maps, spacing), notes on
+    the input, the folder of its downloads and whether the fast mode ran."""
+
+    frames: list[np.ndarray]
+    result: ClipResult
+    notes: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    fast: bool = False
+
+
+def check_clip(path: Path):
+    """A clip's DICOM header (None for a video), read before any frame is decoded.
+
+    Raises PSFHInputError naming the file for what is no clip: another file type, a broken
+    DICOM (no pixel data, truncated, not DICOM at all), a single-frame DICOM.
+    """
+    if image_extension(path) in VIDEO_EXTENSIONS:
+        return None
+    if not is_dicom(path):
+        raise PSFHInputError(
+            f"{path}: not a clip: upload a multi-frame DICOM or a video ({' '.join(VIDEO_EXTENSIONS)}); for one "
+            "image use the Single frame tab. A folder of frames cannot be uploaded: analyse it with "
+            "python -m psfh.cine FOLDER --out RESULTS")
+    info = read_dicom_info(path)
+    if info.number_of_frames < 2:
+        raise PSFHInputError(f"{path}: a single-frame DICOM (one image, not a clip): use the Single frame tab")
+    return info
+
+
+def describe_clip(clip: str | None) -> str:
+    """Clip upload -> status text: what the file holds (a DICOM's header only: a video is read at
+    Run) or what is wrong with it. Shown, not raised, like :func:`describe_upload`."""
+    if not clip:
+        return ""
+    try:
+        path = check_upload(clip, CLIP_MISSING)
+        info = check_clip(path)
+    except gr.Error as error:
+        return f"\N{WARNING SIGN} {error.message}"
+    except PSFHInputError as error:
+        return f"\N{WARNING SIGN} {_user_error(error, clip).message}"
+    if info is None:
+        return f"**{path.name}**: a video; its frames are read when you press **Run clip**."
+    spacing = ("no pixel spacing (the HSD is drawn, not given in mm)" if info.spacing_mm is None else
+               f"pixel spacing {info.spacing_mm[0]:g} \N{MULTIPLICATION SIGN} {info.spacing_mm[1]:g} mm")
+    text = (f"**{path.name}**: multi-frame DICOM ({info.modality or 'no modality'}), {info.number_of_frames} frames "
+            f"of {info.columns} \N{MULTIPLICATION SIGN} {info.rows} pixels, {spacing}. Press **Run clip**.")
+    if info.number_of_frames > CLIP_MAX_FRAMES:
+        text += f"\n- The demo analyses the first {CLIP_MAX_FRAMES} frames (python -m psfh.cine reads them all)."
+    return text
+
+
+def run_clip(model: PSFHModel, clip: str | None, fast: bool = True, progress=None):
+    """The "/clip" handler: clip file -> (frames CSV, summary dict, ClipView).
+
+    Every frame is segmented by :func:`psfh.cine.analyse_clip` (``fast``: one fold without the
+    flip view, :func:`psfh.cine.fast_options`; else all folds and the package's TTA), with
+    ``progress`` told after each frame. frames.csv, summary.json, aop_curve.svg and the label
+    maps (also zipped) go into a new request folder; the summary dict is summary.json's.
+    Bad input raises gr.Error naming the file and the problem.
+    """
+    # Not `progress or ...`: a gr.Progress has a length (its iterables), 0 until a tqdm runs.
+    progress = no_progress if progress is None else progress
+    path = check_upload(clip, CLIP_MISSING)
+    progress(0.0, desc="Reading the clip")
+    try:
+        info = check_clip(path)
+        with file_warnings(path) as notes:
+            sequence = read_sequence(path, max_frames=CLIP_MAX_FRAMES)
+        options = fast_options(model) if fast else {}
+        result = analyse_clip(model, sequence, on_frame=lambda done, total: progress(
+            (done, total), desc="Segmenting the frames", unit="frames"), **options)
+        folder = write_clip(result, _output_folder() / (image_name(path) or "clip"))
+    except PSFHInputError as error:
+        raise _user_error(error, path) from None
+    shutil.make_archive(str(folder / "label_maps"), "zip", folder / "label_maps")
+    if info is not None and info.number_of_frames > len(sequence):
+        notes.append(f"The first {len(sequence)} of {info.number_of_frames} frames were analysed (the demo's "
+                     "limit); python -m psfh.cine reads them all.")
+    elif info is None and len(sequence) == CLIP_MAX_FRAMES:
+        notes.append(f"At most {CLIP_MAX_FRAMES} frames of a video are analysed here (the demo's limit); "
+                     "python -m psfh.cine reads them all.")
+    view = ClipView([as_uint8(sequence.image(index)) for index in range(len(sequence))], result, notes, folder,
+                    bool(fast))
+    summary = result.summary()
+    log.info("clip %s: %d frames, folds=%s tta=%s, max aop %s at frame %s, %.2fs per frame", path.name,
+             summary["frames"], result.folds, result.tta, summary["max_aop_deg"], summary["max_aop_frame"],
+             summary["seconds_per_frame"])
+    return str(folder / "frames.csv"), summary, view
+
+
+def when(row: dict) -> str:
+    """A frame's time in words, " (0.12 s)"; "" for a frame without one."""
+    return "" if row["time_s"] is None else f" ({row['time_s']:.2f} s)"
+
+
+def clip_markdown(view: ClipView) -> str:
+    """The clip's summary: the maximum AoP, its frame and time, the frames left out of the curve
+    and why, the time per frame and the ensemble used."""
+    result = view.result
+    top = result.maximum
+    if top is None:
+        lines = ["### Maximum AoP: none",
+                 "No frame has a trusted AoP: each was flagged by the quality check or not measured."]
+    else:
+        lines = [f"### Maximum AoP: {top['aop_deg']:.1f}\N{DEGREE SIGN} at frame {top['frame']}{when(top)}"]
+        if top["hsd_mm"] is not None:
+            lines.append(f"HSD at that frame: {top['hsd_mm']:.1f} mm.")
+        elif result.spacing_mm is None:
+            lines.append("The HSD in mm needs a pixel spacing, which this clip does not give.")
+    lines += ["", f"**{len(result.rows)} frames** ({result.source}); {len(result.curve)} in the AoP curve."]
+    flagged = [row for row in result.rows if not row["in_curve"]]
+    if flagged:
+        lines += ["", f"**{len(flagged)} frame(s) left out of the curve** (grey ticks on its axis):"]
+        lines += [f"- frame {row['frame']}{when(row)}: "
+                  + (row["check"] if row["check"] != "ok" else "the AoP could not be measured")
+                  for row in flagged[:MAX_FLAGGED_LISTED]]
+        if len(flagged) > MAX_FLAGGED_LISTED:
+            lines.append(f"- and {len(flagged) - MAX_FLAGGED_LISTED} more (frames.csv lists them all)")
+    per_frame = result.summary()["seconds_per_frame"]
+    mode = ("fast mode: one fold, no flip view, one encoder pass a frame" if view.fast else
+            "for long clips, the fast mode (one fold, no flip view) runs one encoder pass a frame instead of "
+            "one per fold and view")
+    lines += ["", f"**Time:** {result.seconds:.1f} s, **{per_frame:.2f} s per frame**; {len(result.folds)} fold(s) "
+                  f"({', '.join(result.folds)}), flip TTA {'on' if result.tta else 'off'} ({mode})."]
+    lines += [f"- {note}" for note in view.notes]
+    return "\n".join(lines) + f"\n\n{DISCLAIMER}"
+
+
+def frame_view(view: ClipView | None, index) -> tuple[np.ndarray | None, str]:
+    """Frame ``index`` (the slider's value) of a run clip -> (overlay, its numbers in words).
+
+    From the kept frame and label map: the AoP construction and the HSD line are measured again
+    on the label map (what the run measured; no model pass)."""
+    if view is None:
+        return None, ""
+    count = len(view.frames)
+    index = min(max(int(round(float(index or 0))), 0), count - 1)
+    row, label_map = view.result.rows[index], view.result.label_maps[index]
+    aop, hsd = measure_aop(label_map), measure_hsd(label_map, view.result.spacing_mm)
+    overlay = render_segmentation(view.frames[index], label_map, aop, hsd=hsd)
+    if row["in_curve"]:
+        angle = f"AoP {row['aop_deg']:.1f}\N{DEGREE SIGN}"
+    elif row["aop_deg_measured"] is not None:
+        angle = (f"AoP withheld, left out of the curve: {row['check']} (measured on this segmentation: "
+                 f"{row['aop_deg_measured']:.1f}\N{DEGREE SIGN})")
+    else:
+        angle = f"AoP not measured: {aop.reason}"
+    if row["hsd_mm"] is not None:
+        distance = f"HSD {row['hsd_mm']:.1f} mm"
+    elif not hsd.measured:
+        distance = f"HSD not measured ({hsd.reason})"
+    elif hsd.distance_mm is None:
+        distance = "HSD drawn; in mm it needs a pixel spacing"
+    else:
+        distance = "HSD withheld with the AoP"
+    top = view.result.maximum
+    mark = " \N{EM DASH} the clip's maximum" if top is not None and top["frame"] == index else ""
+    return overlay, f"**Frame {index}** of 0\N{EN DASH}{count - 1}{when(row)}{mark}: {angle}. {distance}."
+
+
+CURVE_PLACEHOLDER = ('<p class="psfh-curve" style="color: var(--body-text-color-subdued); padding: 1em 0">'
+                     "The AoP curve over the clip appears here after <b>Run clip</b>.</p>")
+
+
+def curve_html(result: ClipResult) -> str:
+    """psfh.cine's AoP curve (SVG, also a download), scrolling sideways in a narrow column."""
+    return f'<div class="psfh-curve" style="overflow-x: auto">{curve_svg(result)}</div>'
+
+
+def show_clip(view: ClipView | None):
+    """ClipView -> the curve, the summary, the slider (at the maximum's frame), that frame's overlay
+    and numbers, the other downloads and the status."""
+    if view is None:
+        raise gr.Error("No clip result to show; press Run clip again.", print_exception=False)
+    count = len(view.frames)
+    top = view.result.maximum
+    start = top["frame"] if top is not None else 0
+    slider = gr.Slider(minimum=0, maximum=max(count - 1, 1), value=start, step=1, interactive=count > 1,
+                       label=f"Frame (0\N{EN DASH}{count - 1}): scrub to see each frame's overlay")
+    overlay, text = frame_view(view, start)
+    files = [str(view.folder / name) for name in ("summary.json", "aop_curve.svg", "label_maps.zip")]
+    status = f"Done: **{count} frames**."
+    return curve_html(view.result), clip_markdown(view), slider, overlay, text, files, status
+
+
 # ------------------------------------------------------------------------------- the texts
 
 
@@ -306,7 +572,24 @@ def aop_markdown(prediction: Prediction) -> str:
         headline = f"### Angle of progression: {aop.angle_deg:.1f}\N{DEGREE SIGN}"
     else:
         headline = f"### Angle of progression: not measured\n{aop.reason[:1].upper()}{aop.reason[1:]}."
-    return f"{headline}\n\n{AOP_EXPLAINED}\n\n{DISCLAIMER}"
+    return "\n\n".join(part for part in (headline, hsd_text(prediction), AOP_EXPLAINED, DISCLAIMER) if part)
+
+
+def hsd_text(prediction: Prediction) -> str:
+    """The HSD in mm, withheld with the AoP when the check fails, or why there is none ("" when
+    the prediction has no HSD)."""
+    hsd = prediction.hsd
+    if hsd is None:
+        return ""
+    if not hsd.measured:
+        return f"**Head-symphysis distance (HSD):** not measured ({hsd.reason})."
+    if hsd.distance_mm is None:
+        return ("**Head-symphysis distance (HSD):** drawn on the picture; in mm it needs a pixel spacing, which this "
+                "file does not give (a DICOM with Pixel Spacing or Ultrasound Regions gives one).")
+    if prediction.reported_hsd_mm is None:
+        return (f"**HSD:** withheld with the AoP (measured on this segmentation: {hsd.distance_mm:.1f} mm; "
+                "do not use it unchecked).")
+    return f"**HSD {prediction.reported_hsd_mm:.1f} mm** (head-symphysis distance)."
 
 
 def fold_markdown(prediction: Prediction) -> str:
@@ -347,7 +630,7 @@ def overlay_picture(analysis: Analysis) -> np.ndarray:
     """The overlay with the correction boxes and a pending first corner drawn."""
     boxes = {STRUCTURE_NAMES[key]: box for key, box in analysis.boxes.items()}
     return render_segmentation(analysis.image, analysis.prediction.label_map, analysis.prediction.aop,
-                               boxes=boxes, pending=analysis.pending)
+                               boxes=boxes, pending=analysis.pending, hsd=analysis.prediction.hsd)
 
 
 def show_correction(analysis: Analysis, status: str):
@@ -388,12 +671,14 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
     source = model.source.name if model.source is not None else "in memory"
     default_tta = model.default_tta
     examples = sorted(EXAMPLES.glob("*.mha")) if EXAMPLES.is_dir() else []
+    clip_examples = sorted(CLIP_EXAMPLES.glob("*.dcm")) if CLIP_EXAMPLES.is_dir() else []
 
     def segment(image: str | None, tta: bool, n_folds: float, progress=gr.Progress()):
         """Segment PS and FH in one image and measure the AoP.
 
         Args:
-            image: the ultrasound image (.png .jpg .bmp .tif .mha .nii.gz .nrrd).
+            image: the ultrasound image (.png .jpg .bmp .tif .mha .nii.gz .nrrd, or a single-frame
+                DICOM .dcm, whose pixel spacing gives the HSD in mm).
             tta: horizontal-flip test-time augmentation.
             n_folds: how many of the fold adapters to ensemble (1 to all, the first ones).
         Returns:
@@ -410,56 +695,96 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
         if not n_folds:
             gr.Markdown("\N{WARNING SIGN} This model package holds the base model only (no fold adapters): "
                         "it cannot segment yet. Set `PSFH_MODEL` to a trained package.")
-        analysis = gr.State(None, time_to_live=OUTPUT_MAX_AGE_S)
-        with gr.Row():
-            with gr.Column(scale=2):
-                upload = gr.File(label="Ultrasound image (png, jpg, bmp, tif, mha, nii.gz, nrrd; up to 50 MB)",
-                                 file_types=list(SUPPORTED_EXTENSIONS), type="filepath", elem_id="upload")
-                preview = gr.Image(label="Preview", type="numpy", interactive=False, height=280,
-                                   elem_id="preview")
-                if examples:
-                    gr.Examples([[str(path)] for path in examples], inputs=[upload],
-                                label="Examples (PSFHS test frames)", examples_per_page=8)
-                with gr.Accordion("Options", open=True):
-                    tta = gr.Checkbox(default_tta, label="Flip test-time augmentation (twice the time)",
-                                      elem_id="tta")
-                    if n_folds > 1:
-                        fold_count = gr.Slider(1, n_folds, value=n_folds, step=1, precision=0,
-                                          label="Folds in the ensemble (fewer is faster)", elem_id="folds")
-                    else:  # a slider needs two ends: with one fold (or none yet) there is no choice
-                        fold_count = gr.Number(1, precision=0, minimum=1, maximum=1, interactive=False,
-                                          label="Folds in the ensemble", elem_id="folds")
-                run = gr.Button("Run", variant="primary", elem_id="run")
-                status = gr.Markdown(elem_id="status")
-            with gr.Column(scale=3):
-                overlay = gr.Image(label="Segmentation and AoP construction (click to correct, see below)",
-                                   type="numpy", interactive=False, format="png", elem_id="overlay")
-                with gr.Group():
-                    gr.Markdown("**Correct a structure:** pick it, then click two opposite corners of a box "
-                                "around it on the picture above. It is re-segmented from the box (SAM's box "
-                                "prompt) and the AoP follows.")
-                    with gr.Row():
-                        structure = gr.Radio(list(CORRECTABLE), value=next(iter(CORRECTABLE)), label="Structure",
-                                             elem_id="correct-structure")
-                        undo = gr.Button("Undo", size="sm", elem_id="undo")
-                        reset = gr.Button("Reset", size="sm", elem_id="reset")
-                    correction_status = gr.Markdown(elem_id="correction-status")
-                aop_value = gr.Number(label="Angle of progression (degrees)", precision=1, interactive=False,
-                                      elem_id="aop-value")
-                aop_text = gr.Markdown(elem_id="aop-text")
-                heatmap = gr.Image(label="Fold disagreement: where the ensemble's members disagree",
-                                   type="numpy", interactive=False, format="png", elem_id="heatmap")
-                fold_table = gr.Markdown(elem_id="fold-aop")
-                timing = gr.Markdown(elem_id="timing")
-                label_png = gr.File(label="Label map (PNG; 0 background, 1 PS, 2 FH)", interactive=False,
-                                    elem_id="label-png")
-                label_mha = gr.File(label="Label map (MHA, with the image's geometry)", interactive=False,
-                                    elem_id="label-mha")
-                report_file = gr.File(label="Report (JSON)", interactive=False, elem_id="report-file")
-                with gr.Accordion("Report", open=False):
-                    report = gr.JSON(label="Report", elem_id="report")
-        with gr.Accordion("About the angle of progression", open=False):
-            gr.Markdown(AOP_EXPLAINED + "\n\n" + DISCLAIMER)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Single frame", id="single", elem_id="tab-single"):
+                analysis = gr.State(None, time_to_live=OUTPUT_MAX_AGE_S)
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        upload = gr.File(label="Ultrasound image (png, jpg, bmp, tif, mha, nii.gz, nrrd, dcm; "
+                                               "up to 50 MB)",
+                                         file_types=list(SUPPORTED_EXTENSIONS), type="filepath", elem_id="upload")
+                        preview = gr.Image(label="Preview", type="numpy", interactive=False, height=280,
+                                           elem_id="preview")
+                        if examples:
+                            gr.Examples([[str(path)] for path in examples], inputs=[upload],
+                                        label="Examples (PSFHS test frames)", examples_per_page=8)
+                        with gr.Accordion("Options", open=True):
+                            tta = gr.Checkbox(default_tta, label="Flip test-time augmentation (twice the time)",
+                                              elem_id="tta")
+                            if n_folds > 1:
+                                fold_count = gr.Slider(1, n_folds, value=n_folds, step=1, precision=0,
+                                                       label="Folds in the ensemble (fewer is faster)",
+                                                       elem_id="folds")
+                            else:  # a slider needs two ends: with one fold (or none yet) there is no choice
+                                fold_count = gr.Number(1, precision=0, minimum=1, maximum=1, interactive=False,
+                                                       label="Folds in the ensemble", elem_id="folds")
+                        run = gr.Button("Run", variant="primary", elem_id="run")
+                        status = gr.Markdown(elem_id="status")
+                    with gr.Column(scale=3):
+                        overlay = gr.Image(label="Segmentation and AoP construction (click to correct, see below)",
+                                           type="numpy", interactive=False, format="png", elem_id="overlay")
+                        with gr.Group():
+                            gr.Markdown("**Correct a structure:** pick it, then click two opposite corners of a box "
+                                        "around it on the picture above. It is re-segmented from the box (SAM's box "
+                                        "prompt) and the AoP follows.")
+                            with gr.Row():
+                                structure = gr.Radio(list(CORRECTABLE), value=next(iter(CORRECTABLE)),
+                                                     label="Structure", elem_id="correct-structure")
+                                undo = gr.Button("Undo", size="sm", elem_id="undo")
+                                reset = gr.Button("Reset", size="sm", elem_id="reset")
+                            correction_status = gr.Markdown(elem_id="correction-status")
+                        aop_value = gr.Number(label="Angle of progression (degrees)", precision=1, interactive=False,
+                                              elem_id="aop-value")
+                        aop_text = gr.Markdown(elem_id="aop-text")
+                        heatmap = gr.Image(label="Fold disagreement: where the ensemble's members disagree",
+                                           type="numpy", interactive=False, format="png", elem_id="heatmap")
+                        fold_table = gr.Markdown(elem_id="fold-aop")
+                        timing = gr.Markdown(elem_id="timing")
+                        label_png = gr.File(label="Label map (PNG; 0 background, 1 PS, 2 FH)", interactive=False,
+                                            elem_id="label-png")
+                        label_mha = gr.File(label="Label map (MHA, with the image's geometry)", interactive=False,
+                                            elem_id="label-mha")
+                        report_file = gr.File(label="Report (JSON)", interactive=False, elem_id="report-file")
+                        with gr.Accordion("Report", open=False):
+                            report = gr.JSON(label="Report", elem_id="report")
+            with gr.Tab("Cine clip", id="clip", elem_id="tab-clip"):
+                clip_state = gr.State(None, time_to_live=OUTPUT_MAX_AGE_S)
+                gr.Markdown(
+                    "Every frame of a clip is segmented and measured: the AoP over time, its maximum and the frame "
+                    "where it occurs. Frames the quality check flags are left out of the curve and marked (grey "
+                    "ticks). Then scrub through the frames to see each one's overlay. Each frame costs one encoder "
+                    "pass per fold and flip view: the **fast** mode (one fold, no flip) is the one for long clips.")
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        clip_upload = gr.File(
+                            label="Cine clip (multi-frame DICOM .dcm; video .mp4 .avi .mov .mkv; up to 50 MB)",
+                            file_types=list(CLIP_EXTENSIONS), type="filepath", elem_id="clip-upload")
+                        gr.Markdown("A folder of frames cannot be uploaded: analyse it with "
+                                    "`python -m psfh.cine FOLDER --out RESULTS`. One image: the Single frame tab.")
+                        if clip_examples:
+                            gr.Examples([[str(path)] for path in clip_examples], inputs=[clip_upload],
+                                        label="Example (a cine made of PSFHS frames)")
+                        clip_fast = gr.Checkbox(True, label="Fast: one fold, no flip view (one encoder pass a "
+                                                "frame); off: all folds and the package's flip setting",
+                                                elem_id="clip-fast")
+                        clip_run = gr.Button("Run clip", variant="primary", elem_id="clip-run")
+                        clip_status = gr.Markdown(elem_id="clip-status")
+                        clip_summary = gr.Markdown(elem_id="clip-summary")
+                    with gr.Column(scale=3):
+                        clip_curve = gr.HTML(CURVE_PLACEHOLDER, min_height=60, elem_id="clip-curve")
+                        clip_frame = gr.Slider(0, 1, value=0, step=1, precision=0, interactive=False,
+                                               label="Frame: run a clip, then scrub", elem_id="clip-frame")
+                        clip_overlay = gr.Image(label="The frame's segmentation, AoP and HSD construction",
+                                                type="numpy", interactive=False, format="png", elem_id="clip-overlay")
+                        clip_frame_text = gr.Markdown(elem_id="clip-frame-text")
+                        clip_csv = gr.File(label="Frames (CSV: time, AoP, check, HSD per frame)", interactive=False,
+                                           elem_id="clip-csv")
+                        clip_files = gr.File(label="Summary (JSON), AoP curve (SVG), label maps (ZIP)",
+                                             file_count="multiple", interactive=False, elem_id="clip-files")
+                        with gr.Accordion("Summary (JSON)", open=False):
+                            clip_report = gr.JSON(label="Summary", elem_id="clip-report")
+        with gr.Accordion("About the angle of progression and the head-symphysis distance", open=False):
+            gr.Markdown(AOP_EXPLAINED + "\n\n" + HSD_EXPLAINED + "\n\n" + DISCLAIMER)
 
         results = [overlay, aop_value, aop_text, heatmap, fold_table, timing, label_png, label_mha,
                    report_file, report, correction_status]
@@ -511,6 +836,35 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                              concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
                              ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private",
                                        concurrency_limit=4)
+
+        # The Cine clip tab: "/clip" runs the whole clip; the slider then only draws kept frames.
+        clip_results = [clip_summary, clip_overlay, clip_frame_text, clip_csv, clip_files, clip_report]
+        clip_upload.change(lambda clip: (describe_clip(clip), None, CURVE_PLACEHOLDER, *[None] * len(clip_results)),
+                           inputs=clip_upload, outputs=[clip_status, clip_state, clip_curve, *clip_results],
+                           api_visibility="private", concurrency_limit=4)
+
+        def analyse(clip: str | None, fast: bool, progress=gr.Progress()):
+            """Segment every frame of a cine clip and follow the AoP over time.
+
+            Args:
+                clip: a multi-frame DICOM (.dcm) or a video (.mp4 .avi .mov .mkv).
+                fast: one fold without the flip view (one encoder pass a frame; for long
+                    clips); False: all folds and the package's flip setting.
+            Returns:
+                frames.csv (one row per frame: time, AoP, whether it is in the curve, the
+                quality check, HSD in mm, areas) and the summary: the maximum AoP, its frame
+                and time, the frames flagged, seconds per frame, folds and TTA used.
+            """
+            return run_clip(model, clip, fast, progress)
+
+        clip_run.click(analyse, inputs=[clip_upload, clip_fast], outputs=[clip_csv, clip_report, clip_state],
+                       api_name="clip", concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
+                       show_progress_on=[clip_curve, clip_csv],
+                       ).success(show_clip, inputs=clip_state,
+                                 outputs=[clip_curve, clip_summary, clip_frame, clip_overlay, clip_frame_text,
+                                          clip_files, clip_status], api_visibility="private", concurrency_limit=4)
+        clip_frame.change(frame_view, inputs=[clip_state, clip_frame], outputs=[clip_overlay, clip_frame_text],
+                          api_visibility="private", concurrency_limit=4)
     demo.queue(max_size=64)
     return demo
 

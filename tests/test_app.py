@@ -1,4 +1,4 @@
-"""app.py: the Gradio demo's API ("/segment"), its handlers, concurrency and bad input.
+"""app.py: the Gradio demo's API ("/segment", "/correct", "/clip"), its handlers, concurrency and bad input.
 
 The app is launched once on a free localhost port around a tiny-random package (garbage but
 deterministic predictions) and called with gradio_client, as a user of the API would.
@@ -6,11 +6,16 @@ deterministic predictions) and called with gradio_client, as a user of the API w
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import socket
 import struct
 import threading
+import time
 import types
+import warnings
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +29,13 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+import dicom_fixtures as fx
 from psfh.aop import AoPMeasurement
+from psfh.cine import ClipResult, FRAME_COLUMNS
+from psfh.hsd import HSDMeasurement
 from psfh.io import as_uint8, load_image, load_label_map
 from psfh.model import PSFHModel
+from psfh.overlay import HSD_COLOUR
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "image_mha"
 
@@ -108,10 +117,13 @@ def assert_api_result_matches(result, expected):
 
 def test_api_has_the_segment_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert list(endpoints) == ["/segment", "/correct"]  # the page's other events are private
+    assert list(endpoints) == ["/segment", "/correct", "/clip"]  # the page's other events are private
     segment = endpoints["/segment"]
     assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds"]
     assert [r["component"] for r in segment["returns"]] == ["File", "File", "Number", "Json"]
+    clip = endpoints["/clip"]
+    assert [p["parameter_name"] for p in clip["parameters"]] == ["clip", "fast"]
+    assert [r["component"] for r in clip["returns"]] == ["File", "Json"]
 
 
 def test_segment_returns_label_maps_aop_and_report(client, model, images):
@@ -259,7 +271,7 @@ def test_fold_spread_and_unmeasured_aop_texts():
     prediction = types.SimpleNamespace(
         fold_aop={"fold_0": AoPMeasurement(100.0), "fold_1": AoPMeasurement(110.0),
                   "fold_2": AoPMeasurement(None, "no fetal head found")},
-        aop=AoPMeasurement(None, "no pubic symphysis found"), view_aop={}, quality=None)
+        aop=AoPMeasurement(None, "no pubic symphysis found"), view_aop={}, quality=None, hsd=None)
     table = app.fold_markdown(prediction)
     assert "100.0\N{DEGREE SIGN} to 110.0\N{DEGREE SIGN}" in table and "SD 7.1\N{DEGREE SIGN}" in table
     assert "not measured (no fetal head found)" in table and "mirror image" not in table
@@ -378,3 +390,312 @@ def test_the_embedded_package_starts(monkeypatch, images):
     else:
         with pytest.raises(gr.Error, match="base model only"):
             app.run_segment(embedded, str(images[0]), False, 1)
+
+
+# ------------------------------------------------------------------------------- DICOM and the HSD
+
+
+@pytest.fixture(scope="module")
+def dicoms(tmp_path_factory):
+    """Test DICOMs (and a video) written from the example frames: a 3-frame cine, a single frame
+    with Pixel Spacing, a CT slice and a CT cine (not ultrasound), and broken ones."""
+    import pydicom
+
+    folder = tmp_path_factory.mktemp("app_dicoms")
+    files = {
+        "cine": fx.write_cine(folder / "cine.dcm", count=3),
+        "single": fx.write_single_frame(folder / "single.dcm"),
+        "ct": fx.write_ct(folder / "ct.dcm"),
+        "no_pixels": fx.write_no_pixels(folder / "no_pixels.dcm"),
+        "truncated": fx.write_truncated(folder / "truncated.dcm"),
+        "video": fx.write_video(folder / "clip.mp4", fx.cine_frames(3)),
+    }
+    ct_cine = pydicom.dcmread(files["cine"])
+    ct_cine.Modality = "CT"
+    ct_cine.save_as(folder / "ct_cine.dcm")
+    files["ct_cine"] = folder / "ct_cine.dcm"
+    (folder / "text.dcm").write_text("a text file, renamed")
+    files["text"] = folder / "text.dcm"
+    Image.fromarray(fx.example_frame(0)).save(folder / "frame.png")
+    files["png"] = folder / "frame.png"
+    return files
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """The real embedded package: its AoPs pass the quality check, so HSDs and curves are reported."""
+    return PSFHModel.from_pretrained(device="cpu")
+
+
+def with_hsd(prediction, distance_mm, trusted=True):
+    """The prediction with a measured HSD (a 20-pixel line), trusted or flagged."""
+    quality = None if trusted else types.SimpleNamespace(trusted=False, reasons=["a made-up reason"], measures={})
+    hsd = HSDMeasurement(20.0, distance_mm, apex=(100.0, 120.0), skull_point=(120.0, 120.0))
+    return dataclasses.replace(prediction, hsd=hsd, quality=quality)
+
+
+def test_the_aop_text_gives_the_hsd_in_mm_withheld_or_why_not(model, images):
+    prediction = app.run_segment(model, str(images[0]), False, 1)[-1].prediction
+    assert "HSD 23.4 mm" in app.aop_markdown(with_hsd(prediction, 23.43))
+    flagged = app.aop_markdown(with_hsd(prediction, 23.43, trusted=False))
+    assert "HSD:** withheld with the AoP" in flagged and "23.4 mm" in flagged and "HSD 23.4 mm" not in flagged
+    no_spacing = app.aop_markdown(with_hsd(prediction, None))
+    assert "needs a pixel spacing" in no_spacing and "DICOM with Pixel Spacing" in no_spacing
+    unmeasured = dataclasses.replace(prediction, hsd=HSDMeasurement(None, reason="no fetal head found"))
+    assert "HSD):** not measured (no fetal head found)" in app.aop_markdown(unmeasured)
+
+
+def test_the_overlay_draws_the_hsd_line(model, images):
+    *_, analysis = app.run_segment(model, str(images[0]), False, 1)
+    analysis.prediction = dataclasses.replace(analysis.prediction, hsd=HSDMeasurement(None, reason="no head"))
+    without = app.overlay_picture(analysis)
+    analysis.prediction = with_hsd(analysis.prediction, 4.6)
+    drawn = app.overlay_picture(analysis)
+    assert not np.all(without == HSD_COLOUR, axis=-1).any()
+    line = np.all(drawn[:512] == HSD_COLOUR, axis=-1)  # the picture above the legend: 2x the frame
+    rows, cols = np.nonzero(line)
+    # From (100, 120) to (120, 120) in the frame: near y = 240 and from x = 200 on in the picture
+    # (the end dots and the "HSD 4.6 mm" label past the skull point widen it a little).
+    assert 240 - 12 <= rows.min() and rows.max() <= 240 + 12 and cols.min() >= 200 - 8
+    assert line[238:244, 220].any() and line[238:244, 230].any()  # the line itself, between the dots
+
+
+def test_a_dicom_with_pixel_spacing_gives_the_hsd_in_mm(embedded, dicoms):
+    label_png, label_mha, aop, report, analysis = app.run_segment(embedded, str(dicoms["single"]), False, 1)
+    prediction = analysis.prediction
+    assert prediction.spacing_mm == fx.PIXEL_SPACING_MM and prediction.trusted
+    assert prediction.hsd.distance_mm is not None
+    assert f"HSD {prediction.hsd.distance_mm:.1f} mm" in app.show_result(analysis)[1]
+    assert report["hsd_reported_mm"] == pytest.approx(prediction.hsd.distance_mm)
+
+
+def test_a_dicom_that_is_not_ultrasound_runs_with_a_note(model, dicoms):
+    note = "ct.dcm: modality 'CT', not ultrasound (US)"
+    preview, status = app.describe_upload(str(dicoms["ct"]))
+    assert preview.shape == (256, 256) and note in status
+    *_, analysis = app.run_segment(model, str(dicoms["ct"]), False, 1)
+    assert analysis.prediction.label_map.shape == (256, 256)
+    status = app.show_result(analysis)[6]
+    assert "Done" in status and note in status and "Reading it anyway" in status
+    assert str(dicoms["ct"].parent) not in status  # the server's path is cut to the file name
+    # An ultrasound DICOM gets no such note.
+    assert "not ultrasound" not in app.describe_upload(str(dicoms["single"]))[1]
+
+
+def test_warnings_of_concurrent_readers_reach_their_own_request(dicoms):
+    """catch_warnings swaps process-wide state: readers at once must each get their own note,
+    and leave the warning machinery as they found it."""
+    filters, show = list(warnings.filters), warnings.showwarning
+    paths = [dicoms["ct"], dicoms["single"]] * 4
+    start = threading.Barrier(len(paths))
+
+    def describe(path):
+        start.wait()
+        return app.describe_upload(str(path))[1]
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        statuses = list(pool.map(describe, paths))
+    for path, status in zip(paths, statuses):
+        assert status.count("not ultrasound") == (1 if path == dicoms["ct"] else 0)
+    assert warnings.filters == filters and warnings.showwarning is show
+
+
+@pytest.mark.parametrize("name, message", [
+    ("no_pixels", "no_pixels.dcm: the DICOM file has no pixel data"),
+    ("truncated", "truncated.dcm: the DICOM file is truncated"),
+    ("text", "text.dcm: not a DICOM file"),
+    ("cine", "cine.dcm: a cine clip (a multi-frame DICOM or a video): analyse it in the Cine clip tab"),
+])
+def test_a_broken_dicom_or_a_clip_in_the_single_frame_tab_is_explained(model, dicoms, name, message):
+    preview, status = app.describe_upload(str(dicoms[name]))
+    assert preview is None and status.startswith(f"\N{WARNING SIGN} {message}")
+    with pytest.raises(gr.Error) as refused:
+        app.run_segment(model, str(dicoms[name]), False, 1)
+    assert refused.value.message.startswith(message)
+    assert str(dicoms[name].parent) not in refused.value.message
+
+
+# ------------------------------------------------------------------------------- cine clips
+
+
+class ProgressRecorder:
+    """A progress callback that, like gr.Progress, has a length of 0 until something is tracked
+    (so `progress or default` would throw it away); it keeps its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, progress, desc=None, **kwargs):
+        self.calls.append((progress, desc))
+
+    def __len__(self):
+        return 0
+
+
+def test_the_handlers_tell_the_progress_bar(model, images):
+    progress = ProgressRecorder()
+    app.run_segment(model, str(images[0]), False, 1, progress)
+    assert [desc for _, desc in progress.calls][:2] == ["Reading the image", "Segmenting with 1 fold(s)"]
+
+
+def test_a_clip_is_run_summarised_and_scrubbed(model, dicoms):
+    progress = ProgressRecorder()
+    frames_csv, summary, view = app.run_clip(model, str(dicoms["cine"]), True, progress)
+    # The fast mode: one fold, no flip; the progress bar told after every frame.
+    assert view.result.folds == model.folds[:1] and view.result.tta is False and view.fast
+    assert progress.calls == [(0.0, "Reading the clip")] + [
+        ((done, 3), "Segmenting the frames") for done in (1, 2, 3)]
+    with open(frames_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["frame"] for row in rows] == ["0", "1", "2"] and tuple(rows[0]) == FRAME_COLUMNS
+    assert [float(row["time_s"]) for row in rows] == pytest.approx([0.0, 0.04, 0.08])
+    folder = Path(frames_csv).parent
+    assert json.loads((folder / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["frames"] == 3 and summary["pixel_spacing_mm"] == list(fx.PIXEL_SPACING_MM)
+    with zipfile.ZipFile(folder / "label_maps.zip") as archive:
+        assert sorted(archive.namelist()) == ["cine_f0000.png", "cine_f0001.png", "cine_f0002.png"]
+    # Each frame's label map is the single-image prediction's.
+    for index in range(3):
+        alone = model.predict(fx.cine_frames(3)[index], folds=model.folds[:1], tta=False)
+        np.testing.assert_array_equal(view.result.label_maps[index], alone.label_map)
+
+    curve, text, slider, overlay, frame_text, files, status = app.show_clip(view)
+    assert curve.count("<svg") == 1 and "AoP (deg)" in curve and "time (s)" in curve
+    flagged = summary["frames_flagged"]
+    assert curve.count("<title>frame") == len(flagged)  # the tiny model's frames are flagged, and marked
+    assert f"{len(flagged)} frame(s) left out of the curve" in text
+    assert "s per frame" in text and "fast mode" in text and "(fold_0)" in text
+    assert slider.maximum == 2 and slider.interactive and status == "Done: **3 frames**."
+    assert overlay.shape[1] == 512 and frame_text.startswith(f"**Frame {slider.value}**")
+    assert [Path(file).name for file in files] == ["summary.json", "aop_curve.svg", "label_maps.zip"]
+    assert Path(files[1]).read_text() in curve
+
+    # Scrubbing draws the kept frames: each its own picture and numbers; no model pass.
+    pictures = []
+    for index in range(3):
+        picture, words = app.frame_view(view, index)
+        pictures.append(picture)
+        assert words.startswith(f"**Frame {index}** of 0\N{EN DASH}2 ({0.04 * index:.2f} s)")
+    assert not np.array_equal(pictures[0], pictures[1]) and not np.array_equal(pictures[1], pictures[2])
+    np.testing.assert_array_equal(app.frame_view(view, 7)[0], pictures[2])  # clamped to the last frame
+    assert app.frame_view(None, 1) == (None, "")
+
+
+def test_the_full_mode_uses_every_fold_and_the_flip(model, dicoms):
+    _, summary, view = app.run_clip(model, str(dicoms["cine"]), False)
+    assert summary["folds"] == model.folds and summary["tta"] == model.default_tta
+    assert "fast mode (one fold, no flip view) runs one encoder pass" in app.clip_markdown(view)
+
+
+def test_a_clip_with_trusted_frames_gives_its_maximum_and_hsd(embedded, dicoms):
+    _, summary, view = app.run_clip(embedded, str(dicoms["cine"]), True)
+    rows = view.result.rows
+    curve = [row for row in rows if row["in_curve"]]
+    assert curve, "the embedded package's AoPs on the example frames pass the check"
+    top = max(curve, key=lambda row: row["aop_deg"])
+    assert summary["max_aop_frame"] == top["frame"] and summary["max_aop_deg"] == top["aop_deg"]
+    curve_html, text, slider, overlay, frame_text, *_ = app.show_clip(view)
+    assert (f"Maximum AoP: {top['aop_deg']:.1f}\N{DEGREE SIGN} at frame {top['frame']} "
+            f"({top['time_s']:.2f} s)") in text
+    assert f"HSD at that frame: {top['hsd_mm']:.1f} mm" in text
+    assert "<polyline" in curve_html and f"max {top['aop_deg']:.1f}" in curve_html
+    assert slider.value == top["frame"] and "the clip's maximum" in frame_text
+    assert f"AoP {top['aop_deg']:.1f}\N{DEGREE SIGN}. HSD {top['hsd_mm']:.1f} mm." in frame_text
+    assert np.all(overlay[:512] == HSD_COLOUR, axis=-1).any()  # the HSD line is drawn
+
+
+def test_a_video_clip_runs_without_a_spacing(model, dicoms):
+    _, summary, view = app.run_clip(model, str(dicoms["video"]), True)
+    assert summary["frames"] == 3 and summary["pixel_spacing_mm"] is None
+    assert summary["source"].startswith("video:")
+    assert [row["time_s"] for row in view.result.rows] == pytest.approx([0.0, 0.04, 0.08])
+    assert "a video; its frames are read when you press" in app.describe_clip(str(dicoms["video"]))
+
+
+def test_a_clip_that_is_not_ultrasound_runs_with_a_note(model, dicoms):
+    _, summary, view = app.run_clip(model, str(dicoms["ct_cine"]), True)
+    assert summary["frames"] == 3 and "CT" in summary["source"]
+    text = app.clip_markdown(view)
+    assert "ct_cine.dcm: modality 'CT', not ultrasound (US)" in text and str(dicoms["ct_cine"].parent) not in text
+
+
+def test_the_clip_summary_lists_flagged_frames_and_the_maximum():
+    """A hand-made result: two trusted frames, one flagged, one unmeasured; no spacing."""
+    def row(frame, aop, measured, check="ok"):
+        return {"frame": frame, "name": f"c_f{frame:04d}", "time_s": frame * 0.5, "aop_deg": aop,
+                "aop_deg_measured": measured, "in_curve": aop is not None, "check": check, "hsd_mm": None}
+
+    rows = [row(0, 110.0, 110.0), row(1, None, 150.0, "check this result: a made-up reason"),
+            row(2, 125.5, 125.5), row(3, None, None)]
+    result = ClipResult(rows=rows, label_maps=[np.zeros((16, 16), np.uint8)] * 4, source="test", spacing_mm=None,
+                        folds=["fold_0"], tta=False, seconds=2.0)
+    text = app.clip_markdown(app.ClipView([np.zeros((16, 16), np.uint8)] * 4, result, fast=True))
+    assert "Maximum AoP: 125.5\N{DEGREE SIGN} at frame 2 (1.00 s)" in text
+    assert "needs a pixel spacing" in text and "2 in the AoP curve" in text
+    assert "- frame 1 (0.50 s): check this result: a made-up reason" in text
+    assert "- frame 3 (1.50 s): the AoP could not be measured" in text
+    assert "**0.50 s per frame**" in text
+    rows[0]["in_curve"] = rows[2]["in_curve"] = False
+    assert "Maximum AoP: none" in app.clip_markdown(app.ClipView([np.zeros((16, 16), np.uint8)] * 4, result))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("no_pixels", "no_pixels.dcm: the DICOM file has no pixel data"),
+    ("truncated", "truncated.dcm: the DICOM file is truncated"),
+    ("text", "text.dcm: not a DICOM file"),
+    ("single", "single.dcm: a single-frame DICOM (one image, not a clip): use the Single frame tab"),
+    ("png", "frame.png: not a clip: upload a multi-frame DICOM or a video"),
+])
+def test_what_is_no_clip_is_refused_by_name(model, dicoms, name, message):
+    assert app.describe_clip(str(dicoms[name])).startswith(f"\N{WARNING SIGN} {message}")
+    with pytest.raises(gr.Error) as refused:
+        app.run_clip(model, str(dicoms[name]), True)
+    assert refused.value.message.startswith(message)
+    assert str(dicoms[name].parent) not in refused.value.message
+    if name == "png":
+        assert "A folder of frames cannot be uploaded" in refused.value.message
+
+
+def test_a_missing_clip_is_asked_for(model):
+    with pytest.raises(gr.Error, match="Upload a clip first"):
+        app.run_clip(model, None, True)
+    with pytest.raises(gr.Error, match="No clip result"):
+        app.show_clip(None)
+    assert app.describe_clip(None) == ""
+
+
+def test_the_api_reports_progress_frame_by_frame(client, model, dicoms, monkeypatch):
+    predict = model.predict
+
+    def slow_predict(*args, **kwargs):  # time for the client to see each frame's progress
+        time.sleep(0.4)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(model, "predict", slow_predict)  # the server runs in this process, on this model
+    job = client.submit(handle_file(dicoms["cine"]), True, api_name="/clip")
+    seen = set()
+    while not job.done():
+        for unit in job.status().progress_data or []:
+            seen.add((unit.desc, unit.index, unit.length))
+        time.sleep(0.05)
+    assert job.result(timeout=60)[1]["frames"] == 3
+    assert {("Segmenting the frames", done, 3) for done in (1, 2)} <= seen
+
+
+def test_the_api_analyses_a_clip_and_refuses_a_broken_one(client, model, dicoms):
+    frames_csv, summary = client.predict(clip=handle_file(dicoms["cine"]), fast=True, api_name="/clip")
+    with open(frames_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and summary["frames"] == 3 and summary["folds"] == model.folds[:1]
+    expected = model.predict(fx.cine_frames(3)[1], folds=model.folds[:1], tta=False)
+    assert rows[1]["check"] == ("ok" if expected.trusted else
+                                "check this result: " + "; ".join(expected.quality.reasons))
+    with pytest.raises(AppError, match="no_pixels.dcm: the DICOM file has no pixel data") as refused:
+        client.predict(clip=handle_file(dicoms["no_pixels"]), fast=True, api_name="/clip")
+    assert "/tmp/" not in str(refused.value)
+    with pytest.raises(AppError, match="use the Single frame tab"):
+        client.predict(clip=handle_file(dicoms["single"]), fast=True, api_name="/clip")
+    # The app keeps serving, both endpoints.
+    assert client.predict(clip=handle_file(dicoms["cine"]), fast=True, api_name="/clip")[1]["frames"] == 3
+    result = client.predict(handle_file(dicoms["single"]), False, 1, api_name="/segment")
+    assert result[3]["pixel_spacing_mm"] == list(fx.PIXEL_SPACING_MM)

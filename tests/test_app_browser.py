@@ -3,7 +3,9 @@
 Upload an example, run, read the AoP off the page, see the overlay, keep a screenshot
 (docs/screenshots/demo.png, when PSFH_UPDATE_SCREENSHOT=1); box the PS on the overlay with the
 real embedded package and see the AoP change, then reset; bad files get a clear message and the
-page keeps working.
+page keeps working. In the Cine clip tab: run a 3-frame cine DICOM with the embedded package,
+see the AoP curve and summary, scrub to another frame; a broken DICOM is explained and the tab
+keeps running clips.
 
 Needs Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium`) and the
 playwright package; the test FAILS, not skips, without them, so CI cannot pass without
@@ -23,6 +25,7 @@ import pytest
 from PIL import Image
 
 import app
+import dicom_fixtures as fx
 from psfh.io import as_uint8, load_image, load_label_map
 from psfh.model import PSFHModel
 
@@ -112,12 +115,12 @@ def embedded_page(browser, embedded_url):
     page.close()
 
 
-def upload(page, path: Path) -> None:
+def upload(page, path: Path, box: str = "#upload") -> None:
     """Put a file in the upload box (clearing the one there), as a user choosing it would."""
-    clear = page.locator("#upload button[aria-label='Clear']")
+    clear = page.locator(f"{box} button[aria-label='Clear']")
     if clear.count():
         clear.click()
-    page.locator("#upload input[type=file]").set_input_files(str(path))
+    page.locator(f"{box} input[type=file]").set_input_files(str(path))
 
 
 def image_loaded(page, selector: str) -> bool:
@@ -243,3 +246,63 @@ def test_box_the_ps_the_aop_follows_and_reset_restores_it(embedded_page, embedde
     page.locator("#reset").click()
     page.locator("#correction-status").get_by_text("The model's own result.").wait_for()
     assert aop_shown(page) == automatic
+
+
+def test_cine_tab_curve_scrubbing_and_a_broken_dicom(embedded_page, tmp_path):
+    page = embedded_page
+    cine = fx.write_cine(tmp_path / "cine.dcm", count=3)
+    page.get_by_role("tab", name="Cine clip").click()
+    page.locator("#clip-run").wait_for()
+    upload(page, cine, "#clip-upload")
+    status = page.locator("#clip-status")
+    status.get_by_text("cine.dcm: multi-frame DICOM (US), 3 frames of 256").wait_for()
+    assert page.locator("#clip-fast input").is_checked()  # fast by default: one encoder pass a frame
+
+    page.locator("#clip-run").click()
+    # A progress bar, frame by frame (the embedded package takes a second or more a frame on a CPU).
+    progress = page.wait_for_function(  # read as it shows: the bar goes when the run ends
+        """() => { const bar = document.querySelector(
+                       "#clip-curve [role=progressbar][aria-label='Segmenting the frames']");
+                   return bar && bar.getAttribute("aria-valuetext"); }""").json_value()
+    assert re.fullmatch(r"Segmenting the frames: [123] / 3 frames", progress)
+    summary = page.locator("#clip-summary")
+    summary.get_by_text("Maximum AoP").wait_for()
+    status.get_by_text("Done: 3 frames").wait_for()
+    # The embedded package's AoPs on these frames pass the check: a curve through them, its maximum ringed.
+    page.locator("#clip-curve svg polyline").wait_for()
+    maximum = re.search(r"Maximum AoP: ([0-9.]+)\N{DEGREE SIGN} at frame ([0-9]+) \(([0-9.]+) s\)",
+                        summary.inner_text())
+    assert maximum, summary.inner_text()
+    assert page.locator("#clip-curve svg text").filter(has_text=f"max {maximum.group(1)}").count() == 1
+    assert page.locator("#clip-curve svg circle").count() >= 2
+    assert "s per frame" in summary.inner_text() and "fast mode" in summary.inner_text()
+    assert page.locator("#clip-csv [data-testid=download-link]").get_attribute("download") == "frames.csv"
+
+    # The slider starts at the maximum's frame; scrubbing shows another frame's overlay.
+    top = int(maximum.group(2))
+    frame_text = page.locator("#clip-frame-text")
+    frame_text.get_by_text(f"Frame {top}").wait_for()
+    assert "the clip's maximum" in frame_text.inner_text() and f"AoP {maximum.group(1)}" in frame_text.inner_text()
+    page.locator("#clip-overlay img").wait_for()
+    assert image_loaded(page, "#clip-overlay img")
+    first = page.locator("#clip-overlay img").get_attribute("src")
+    other = 0 if top != 0 else 1
+    page.locator("#clip-frame input[type=range]").fill(str(other))
+    frame_text.get_by_text(f"Frame {other} of 0").wait_for()
+    page.wait_for_function("old => { const i = document.querySelector('#clip-overlay img'); "
+                           "return i && i.src !== old && i.complete && i.naturalWidth > 0; }", arg=first)
+    assert "the clip's maximum" not in frame_text.inner_text()
+
+    # A broken DICOM: the upload says what is wrong, Run says it again, and the tab keeps working.
+    broken = fx.write_no_pixels(tmp_path / "broken.dcm")
+    upload(page, broken, "#clip-upload")
+    status.get_by_text("broken.dcm: the DICOM file has no pixel data").wait_for()
+    assert summary.inner_text().strip() == ""  # the last clip's result went with its file
+    page.locator("#clip-run").click()
+    toast = page.locator("[data-testid=toast-text]").filter(has_text="the DICOM file has no pixel data")
+    toast.first.wait_for()
+    assert "/tmp/" not in toast.first.inner_text()
+    upload(page, cine, "#clip-upload")
+    status.get_by_text("3 frames of 256").wait_for()
+    page.locator("#clip-run").click()
+    summary.get_by_text(f"Maximum AoP: {maximum.group(1)}").wait_for()

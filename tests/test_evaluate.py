@@ -157,3 +157,21 @@ def test_scoring_written_label_maps_needs_no_model(labelled, tmp_path, capsys):
     (maps / f"{samples[1].id}.png").unlink()
     assert main(["--predictions", str(maps), "--data", str(labelled), "--out", str(out)]) == 2
     assert f"no label map for 1 sample(s), e.g. ['{samples[1].id}.png']" in capsys.readouterr().err
+
+
+def test_dicom_images_with_label_maps_are_evaluated(tiny_package, tmp_path):
+    from dicom_fixtures import EXAMPLE_IMAGES, write_single_frame
+
+    root = tmp_path / "dicom_data"
+    (root / "image_mha").mkdir(parents=True)
+    (root / "label_mha").mkdir()
+    write_single_frame(root / "image_mha" / f"{EXAMPLE_IMAGES[0].stem}.dcm")  # example frame 0 as a DICOM
+    shutil.copy(EXAMPLES / "label_mha" / EXAMPLE_IMAGES[0].name, root / "label_mha" / EXAMPLE_IMAGES[0].name)
+    out = tmp_path / "eval"
+    code = main(["--model", str(tiny_package), "--data", str(root), "--out", str(out), "--no-tta",
+                 "--folds", "fold_0", "--device", "cpu"])
+    assert code == 0
+    with open(out / "per_image.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["id"] for row in rows] == [EXAMPLE_IMAGES[0].stem]
+    assert 0.0 <= float(rows[0]["dice_all"]) <= 1.0 and float(rows[0]["grey_levels"]) > 32

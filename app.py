@@ -36,11 +36,8 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +48,7 @@ from PIL import Image
 from psfh import quality
 from psfh.aop import measure_aop
 from psfh.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
-from psfh.dicom import is_dicom, read_dicom_info
+from psfh.dicom import is_dicom, modality_note, read_dicom_info
 from psfh.errors import PSFHInputError
 from psfh.hsd import measure_hsd
 from psfh.io import DICOM_EXTENSIONS, PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, \
@@ -151,41 +148,21 @@ def check_upload(path: str | os.PathLike | None, missing: str = "Upload an image
     return path
 
 
-# warnings.catch_warnings swaps process-wide state: two requests inside it at once would leave
-# it swapped for good, so the readers that listen take turns.
-_WARNINGS_LOCK = threading.Lock()
-
-
-@contextmanager
-def file_warnings(path: Path):
-    """Collect, as notes for the page, the warnings psfh gives about the file at ``path`` while
-    reading it (psfh.dicom: a DICOM whose modality is not ultrasound, read anyway); the server's
-    path is cut to the file name. Other warnings raised meanwhile (another request's) are passed
-    on. Only DICOMs are listened to: no other reader warns, and a video should not hold the lock."""
-    notes: list[str] = []
-    if not is_dicom(path):
-        yield notes
-        return
-    with _WARNINGS_LOCK:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield notes
-    for warning in caught:
-        message = str(warning.message)
-        if str(path) in message:
-            notes.append(f"\N{WARNING SIGN} {message.replace(str(path), path.name)}")
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+def modality_notes(path: Path, info) -> list[str]:
+    """The page's note for a DICOM whose modality is not ultrasound (psfh.dicom reads it anyway),
+    from the file's own header fields: the library's warning goes to the server log, and
+    catching it would swap process-wide warning state under other requests' threads."""
+    note = None if info is None else modality_note(info)
+    return [] if note is None else [f"\N{WARNING SIGN} {path.name}: {note}"]
 
 
 def read_image(path: Path) -> tuple[LoadedImage, list[str]]:
-    """load_image, with psfh's warnings about the file as notes; a clip is pointed to its tab."""
+    """load_image, with a note for a DICOM that is not ultrasound; a clip is pointed to its tab."""
     if is_sequence(path, folders=False):
         raise PSFHInputError(f"{path}: a cine clip (a multi-frame DICOM or a video): analyse it in the Cine "
                              "clip tab (the API's /clip), frame by frame")
-    with file_warnings(path) as notes:
-        loaded = load_image(path)
-    return loaded, notes
+    loaded = load_image(path)
+    return loaded, modality_notes(path, loaded.dicom)
 
 
 def input_notes(path: Path, loaded: LoadedImage) -> list[str]:
@@ -434,8 +411,8 @@ def run_clip(model: PSFHModel, clip: str | None, fast: bool = True, progress=Non
     progress(0.0, desc="Reading the clip")
     try:
         info = check_clip(path)
-        with file_warnings(path) as notes:
-            sequence = read_sequence(path, max_frames=CLIP_MAX_FRAMES)
+        sequence = read_sequence(path, max_frames=CLIP_MAX_FRAMES)
+        notes = modality_notes(path, sequence.dicom)
         options = fast_options(model) if fast else {}
         result = analyse_clip(model, sequence, on_frame=lambda done, total: progress(
             (done, total), desc="Segmenting the frames", unit="frames"), **options)

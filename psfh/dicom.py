@@ -149,6 +149,16 @@ def read_dicom_info(path: str | os.PathLike) -> DicomInfo:
     return _info(path, _read_header(path))
 
 
+def modality_note(info: DicomInfo) -> str | None:
+    """What to tell a user about a DICOM whose modality is not ultrasound (None for "US"): the
+    same words the reader warns with, for a caller (the demo) that shows them instead."""
+    if info.modality == "US":
+        return None
+    shown = f"modality '{info.modality}'" if info.modality else "no modality given"
+    return (f"{shown}, not ultrasound (US); psfh was trained on transperineal ultrasound, so its result may be "
+            "meaningless. Reading it anyway.")
+
+
 def read_dicom(path: str | os.PathLike, max_frames: int | None = None) -> DicomImage:
     """Decode a DICOM file's frames (all, or the first `max_frames`).
 
@@ -162,13 +172,9 @@ def read_dicom(path: str | os.PathLike, max_frames: int | None = None) -> DicomI
     if max_frames is not None and max_frames < 1:
         raise PSFHInputError(f"max_frames must be at least 1, got {max_frames}")
     info = read_dicom_info(path)
-    if info.modality != "US":
-        shown = f"modality '{info.modality}'" if info.modality else "no modality given"
-        warnings.warn(
-            f"{path}: {shown}, not ultrasound (US); psfh was trained on transperineal "
-            "ultrasound, so its result may be meaningless. Reading it anyway.",
-            stacklevel=2,
-        )
+    note = modality_note(info)
+    if note is not None:
+        warnings.warn(f"{path}: {note}", stacklevel=2)
     count = info.number_of_frames if max_frames is None else min(max_frames, info.number_of_frames)
     if count * info.rows * info.columns > MAX_CLIP_PIXELS:
         raise PSFHInputError(

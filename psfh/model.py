@@ -88,6 +88,11 @@ class Prediction:
         return self.aop.angle_deg if self.trusted else None
 
     @property
+    def check_text(self) -> str:
+        """The quality check in a table cell: "ok", or "check this result: " and the reasons."""
+        return "ok" if self.trusted else "check this result: " + "; ".join(self.quality.reasons)
+
+    @property
     def reported_hsd_mm(self) -> float | None:
         """The HSD in mm to report: None without a spacing, without an HSD, or when withheld."""
         return self.hsd.distance_mm if self.hsd is not None and self.trusted else None

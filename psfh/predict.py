@@ -233,7 +233,7 @@ def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, pre
         "label_map": str(item.output),
         "aop_deg": prediction.reported_aop_deg,
         "aop_reason": prediction.aop.reason or (None if prediction.trusted else "withheld: check this result"),
-        "check": "ok" if prediction.trusted else "check this result: " + "; ".join(prediction.quality.reasons),
+        "check": prediction.check_text,
         "aop_deg_measured": prediction.aop.angle_deg,
         "hsd_mm": prediction.reported_hsd_mm,
         "hsd_px": prediction.hsd.distance_px if prediction.hsd is not None else None,

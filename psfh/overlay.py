@@ -258,7 +258,8 @@ def draw_hsd(rgb: np.ndarray, hsd: HSDMeasurement, scale: float = 1.0, label: bo
 
 
 def _draw_line_label(draw, picture_size, start, end, text, size) -> None:
-    """Text just past the end of a line, on its extension, kept inside the picture.
+    """Text just past the end of a line, on its extension (at least a fifth of the picture from
+    its start), kept inside the picture.
 
     Past the skull point the text lies on the head's plain fill; beside the HSD line it would
     cross the AoP's tangent or its angle label, which lie on both sides of it.
@@ -272,7 +273,10 @@ def _draw_line_label(draw, picture_size, start, end, text, size) -> None:
     # Centre the text so far along the line that its box (its extent along the line is
     # |ax| half_w + |ay| half_h) clears the end dot.
     reach = abs(along[0]) * half_w + abs(along[1]) * half_h
-    anchor = end + along * (reach + size / 60)
+    # A short line would put the text on the AoP's arc and angle label around the line's start
+    # (the apex): keep its centre at least a fifth of the picture from there.
+    distance = max(float(np.linalg.norm(end - start)) + reach + size / 60, size / 5 + reach)
+    anchor = start + along * distance
     x = float(np.clip(anchor[0], half_w + 2, picture_size[0] - half_w - 2))
     y = float(np.clip(anchor[1], half_h + 2, picture_size[1] - half_h - 2))
     draw.text((x, y), text, font=font, anchor="mm", fill=HSD_COLOUR, stroke_width=2, stroke_fill=SHADOW_COLOUR)

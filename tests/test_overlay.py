@@ -219,6 +219,17 @@ def test_draw_hsd_writes_the_distance_only_in_mm(hsd_scene):
     assert (in_mm != unlabelled).any(axis=-1).sum() > 20  # the text's pixels
 
 
+def test_a_short_hsds_label_keeps_clear_of_the_apex(hsd_scene):
+    # An HSD of 3 px would put its label on the AoP's arc and angle label around the apex: the
+    # text's centre lies at least a fifth of the picture past the apex.
+    image, _ = hsd_scene
+    rgb = overlay_labels(image, np.zeros_like(image))
+    short = HSDMeasurement(3.0, distance_mm=0.6, apex=(100.0, 110.0), skull_point=(103.0, 110.0))
+    text = (draw_hsd(rgb, short) != draw_hsd(rgb, short, label=False)).any(axis=-1)
+    cols = np.nonzero(text)[1]
+    assert len(cols) > 20 and cols.min() > 100 + min(rgb.shape[:2]) / 5 - 10  # 107 before the fix
+
+
 def test_draw_hsd_without_a_distance_draws_nothing():
     rgb = np.full((50, 50, 3), 90, np.uint8)
     missed = HSDMeasurement(None, reason=MISSES_HEAD, apex=(10.0, 10.0))

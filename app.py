@@ -46,11 +46,9 @@ import numpy as np
 from PIL import Image
 
 from psfh import quality
-from psfh.aop import measure_aop
 from psfh.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
 from psfh.dicom import is_dicom, modality_note, read_dicom_info
 from psfh.errors import PSFHInputError
-from psfh.hsd import measure_hsd
 from psfh.io import DICOM_EXTENSIONS, PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, \
     image_extension, image_name, load_image, save_label_map
 from psfh.model import ImageEmbeddings, PSFHModel, Prediction
@@ -476,14 +474,13 @@ def clip_markdown(view: ClipView) -> str:
 def frame_view(view: ClipView | None, index) -> tuple[np.ndarray | None, str]:
     """Frame ``index`` (the slider's value) of a run clip -> (overlay, its numbers in words).
 
-    From the kept frame and label map: the AoP construction and the HSD line are measured again
-    on the label map (what the run measured; no model pass)."""
+    From the kept frame, label map and measurements (no model pass, nothing measured again)."""
     if view is None:
         return None, ""
     count = len(view.frames)
     index = min(max(int(round(float(index or 0))), 0), count - 1)
     row, label_map = view.result.rows[index], view.result.label_maps[index]
-    aop, hsd = measure_aop(label_map), measure_hsd(label_map, view.result.spacing_mm)
+    aop, hsd = view.result.measurements[index]
     overlay = render_segmentation(view.frames[index], label_map, aop, hsd=hsd)
     if row["in_curve"]:
         angle = f"AoP {row['aop_deg']:.1f}\N{DEGREE SIGN}"

@@ -33,10 +33,11 @@ from psfh.cli import add_model_arguments, add_spacing_argument, load_model, run_
 from psfh.errors import PSFHInputError
 from psfh.files import write_csv_atomic, write_text_atomic
 from psfh.io import image_name, save_label_map
-from psfh.labels import structure_areas
 from psfh.options import first_folds
 from psfh.sequence import FrameSequence, read_sequence
 
+# Prediction.table_cells' cells that a frame's row keeps (aop.csv has them all).
+SHARED_COLUMNS = ("aop_deg", "aop_deg_measured", "check", "hsd_mm", "ps_area_px", "fh_area_px", "flip_aop_gap")
 FRAME_COLUMNS = ("frame", "name", "time_s", "aop_deg", "aop_deg_measured", "in_curve", "check", "hsd_mm",
                  "ps_area_px", "fh_area_px", "flip_aop_gap", "seconds")
 
@@ -49,6 +50,8 @@ class ClipResult:
         rows: one dict per frame, keyed by FRAME_COLUMNS (None for empty cells); ``in_curve``
             is False for frames without a trusted AoP.
         label_maps: N H x W uint8 label maps, one per frame.
+        measurements: N (AoPMeasurement, HSDMeasurement) of the label maps, so that a frame is
+            drawn (the demo's scrubbing) without measuring again.
         source: what was read (:attr:`FrameSequence.source`).
         spacing_mm: (row, col) mm per pixel used for the HSD, None when unknown.
         folds, tta: what the ensemble used.
@@ -63,6 +66,7 @@ class ClipResult:
     tta: bool
     seconds: float
     names: list[str] = field(default_factory=list)
+    measurements: list[tuple] = field(default_factory=list)
 
     @property
     def curve(self) -> list[dict]:
@@ -104,31 +108,27 @@ def analyse_clip(model, sequence: FrameSequence, folds: list[str] | None = None,
     """
     start = time.perf_counter()
     spacing_mm = spacing_mm if spacing_mm is not None else sequence.spacing_mm
-    rows, label_maps, used_tta, used_folds = [], [], tta, folds
+    rows, label_maps, measurements, used_tta, used_folds = [], [], [], tta, folds
     for index in range(len(sequence)):
         frame_start = time.perf_counter()
         prediction = model.predict(sequence.image(index), folds=folds, tta=tta, precision=precision,
                                    spacing_mm=spacing_mm)
         used_tta, used_folds = prediction.tta, prediction.folds
-        areas = structure_areas(prediction.label_map)
+        cells = prediction.table_cells()
         rows.append({
             "frame": index,
             "name": sequence.names[index],
             "time_s": None if sequence.frame_times_s is None else sequence.frame_times_s[index],
-            "aop_deg": prediction.reported_aop_deg,
-            "aop_deg_measured": prediction.aop.angle_deg,
+            **{key: cells[key] for key in SHARED_COLUMNS},
             "in_curve": prediction.reported_aop_deg is not None,
-            "check": prediction.check_text,
-            "hsd_mm": prediction.reported_hsd_mm,
-            "ps_area_px": areas["pubic_symphysis"],
-            "fh_area_px": areas["fetal_head"],
-            "flip_aop_gap": prediction.quality.measures.get("flip_aop_gap") if prediction.quality else None,
             "seconds": time.perf_counter() - frame_start,
         })
         label_maps.append(prediction.label_map)
+        measurements.append((prediction.aop, prediction.hsd))
         if on_frame is not None:
             on_frame(index + 1, len(sequence))
-    return ClipResult(rows=rows, label_maps=label_maps, source=sequence.source, spacing_mm=spacing_mm,
+    return ClipResult(rows=rows, label_maps=label_maps, measurements=measurements, source=sequence.source,
+                      spacing_mm=spacing_mm,
                       folds=list(used_folds or []), tta=bool(used_tta), seconds=time.perf_counter() - start,
                       names=list(sequence.names))
 

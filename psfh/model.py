@@ -49,7 +49,8 @@ class Prediction:
         aop: the angle of progression measured on ``label_map`` (with its construction).
         fold_aop: the AoP of each fold's own (TTA-averaged) prediction: the spread across folds.
         view_aop: the AoP of each fold's prediction on each TTA view, {fold: [identity, flip]}
-            (degrees, None where not measurable): how much the model agrees with itself.
+            (degrees, None where not measurable): how much the model agrees with itself; empty
+            without the flip view.
         hsd: the head-symphysis distance measured on ``label_map`` (:mod:`psfh.hsd`), in mm
             when ``spacing_mm`` is known.
         spacing_mm: (row, col) mm per pixel of the input, None when unknown.
@@ -91,6 +92,27 @@ class Prediction:
     def check_text(self) -> str:
         """The quality check in a table cell: "ok", or "check this result: " and the reasons."""
         return "ok" if self.trusted else "check this result: " + "; ".join(self.quality.reasons)
+
+    def table_cells(self) -> dict:
+        """The cells every per-image table shares (psfh.predict's aop.csv, psfh.cine's frames.csv):
+        reported and measured AoP, the check, the HSD, areas and the ensemble's agreement."""
+        fold_angles = [m.angle_deg for m in self.fold_aop.values() if m.angle_deg is not None]
+        areas = structure_areas(self.label_map)
+        return {
+            "aop_deg": self.reported_aop_deg,
+            "aop_reason": self.aop.reason or (None if self.trusted else "withheld: check this result"),
+            "check": self.check_text,
+            "aop_deg_measured": self.aop.angle_deg,
+            "hsd_mm": self.reported_hsd_mm,
+            "hsd_px": self.hsd.distance_px if self.hsd is not None else None,
+            "pixel_spacing_mm": None if self.spacing_mm is None else " x ".join(f"{v:g}" for v in self.spacing_mm),
+            "ps_area_px": areas["pubic_symphysis"],
+            "fh_area_px": areas["fetal_head"],
+            "mean_disagreement": float(self.disagreement.mean()),
+            "fold_aop_min": min(fold_angles, default=None),
+            "fold_aop_max": max(fold_angles, default=None),
+            "flip_aop_gap": self.quality.measures.get("flip_aop_gap") if self.quality else None,
+        }
 
     @property
     def reported_hsd_mm(self) -> float | None:
@@ -497,8 +519,10 @@ class PSFHModel:
         disagreement_map = inference.resize_map(disagreement, size).numpy()
         fold_aop = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0])
                     for i, fold in enumerate(folds)}
-        view_maps = {fold: [inference.to_label_map(view, size)[0] for view in members[i]]
-                     for i, fold in enumerate(folds)}
+        # Each fold's views alone, for the self-agreement checks; with one view (no flip) that is
+        # the fold's own prediction, measured above already, and there is nothing to compare.
+        view_maps = ({fold: [inference.to_label_map(view, size)[0] for view in members[i]]
+                      for i, fold in enumerate(folds)} if members.shape[1] > 1 else {})
         view_aop = {fold: [measure_aop(m).angle_deg for m in maps] for fold, maps in view_maps.items()}
         aop = measure_aop(label_map)
         checked_quality = None if image is None else quality.check(

@@ -44,7 +44,6 @@ from psfh.files import format_cell
 from psfh.io import DICOM_EXTENSIONS, SITK_EXTENSIONS, SUPPORTED_EXTENSIONS, image_extension, image_name, load_image, \
     save_label_map
 from psfh.sequence import is_sequence
-from psfh.labels import structure_areas
 from psfh.options import check_precision, resolve_folds
 
 CSV_NAME = "aop.csv"
@@ -227,24 +226,7 @@ def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, pre
     loaded = load_image(item.path)
     prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision, spacing_mm=spacing_mm)
     save_label_map(prediction.label_map, item.output, spatial=loaded.spatial, overwrite=True)
-    fold_angles = [m.angle_deg for m in prediction.fold_aop.values() if m.angle_deg is not None]
-    areas = structure_areas(prediction.label_map)
-    return {
-        "label_map": str(item.output),
-        "aop_deg": prediction.reported_aop_deg,
-        "aop_reason": prediction.aop.reason or (None if prediction.trusted else "withheld: check this result"),
-        "check": prediction.check_text,
-        "aop_deg_measured": prediction.aop.angle_deg,
-        "hsd_mm": prediction.reported_hsd_mm,
-        "hsd_px": prediction.hsd.distance_px if prediction.hsd is not None else None,
-        "pixel_spacing_mm": None if prediction.spacing_mm is None else " x ".join(f"{v:g}" for v in prediction.spacing_mm),
-        "ps_area_px": areas["pubic_symphysis"],
-        "fh_area_px": areas["fetal_head"],
-        "mean_disagreement": float(prediction.disagreement.mean()),
-        "fold_aop_min": min(fold_angles, default=None),
-        "fold_aop_max": max(fold_angles, default=None),
-        "flip_aop_gap": prediction.quality.measures.get("flip_aop_gap") if prediction.quality else None,
-    }
+    return {"label_map": str(item.output), **prediction.table_cells()}
 
 
 def _without_path(message: str, path: Path) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 from psfh.cli import add_model_arguments, add_spacing_argument, load_model, run_cli
 from psfh.errors import PSFHInputError
 from psfh.files import write_csv_atomic, write_text_atomic
+from psfh.hsd import check_spacing
 from psfh.io import image_name, save_label_map
 from psfh.options import first_folds
 from psfh.sequence import FrameSequence, read_sequence
@@ -106,6 +107,7 @@ def analyse_clip(model, sequence: FrameSequence, folds: list[str] | None = None,
         spacing_mm: (row, col) mm per pixel (default: the clip's own, when it has one).
         on_frame: called as ``on_frame(done, total)`` after each frame (a progress bar).
     """
+    check_spacing(spacing_mm)  # refused before the first frame, not at each
     start = time.perf_counter()
     spacing_mm = spacing_mm if spacing_mm is not None else sequence.spacing_mm
     rows, label_maps, measurements, used_tta, used_folds = [], [], [], tta, folds
@@ -225,6 +227,7 @@ def _main(argv: list[str] | None) -> int:
     from tqdm import tqdm
 
     args = build_parser().parse_args(argv)
+    check_spacing(args.spacing_mm)  # bad arguments end the command (exit 2), before the model loads
     if args.fast and (args.folds or args.no_tta):
         raise PSFHInputError("--fast chooses the folds and the TTA itself: give neither --folds nor --no-tta")
     model = load_model(args.model, args.device)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from psfh.cli import add_model_arguments, add_spacing_argument, load_model, run_cli
 from psfh.errors import PSFHInputError
 from psfh.files import format_cell
+from psfh.hsd import check_spacing
 from psfh.io import DICOM_EXTENSIONS, SITK_EXTENSIONS, SUPPORTED_EXTENSIONS, image_extension, image_name, load_image, \
     save_label_map
 from psfh.sequence import is_sequence
@@ -164,6 +165,7 @@ def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.
         PSFHInputError: no inputs, a model without the folds asked for, an unusable out_dir.
     """
     check_precision(precision)
+    check_spacing(spacing_mm)  # a bad --spacing-mm stops the run, not every row
     folds = resolve_folds(model.folds, folds)
     files, skipped = collect_inputs(inputs)
     _note_skipped(skipped)

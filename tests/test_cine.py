@@ -121,3 +121,15 @@ def test_predict_cli_writes_hsd_for_a_dicom_and_points_clips_to_cine(embedded, t
     assert still["error"] == "" and still["label_map"].endswith("still.mha")  # .mha keeps the spacing
     assert still["pixel_spacing_mm"] == "0.21 x 0.23" and float(still["hsd_px"]) > 0
     assert (float(still["hsd_mm"]) > 0) == (still["check"] == "ok")
+
+
+def test_a_bad_spacing_stops_the_command_line_at_once(tiny_package, tmp_path, capsys):
+    clip = write_cine(tmp_path / "labour.dcm", count=2)
+    image = write_single_frame(tmp_path / "frame.dcm")
+    assert predict_main([str(image), "--model", str(tiny_package), "--out", str(tmp_path / "p"),
+                         "--spacing-mm", "0", "0.2", "--device", "cpu"]) == 2
+    assert cine.main([str(clip), "--model", str(tiny_package), "--out", str(tmp_path / "c"),
+                      "--spacing-mm", "-1", "0.2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("spacing_mm must be two positive numbers") == 2
+    assert not (tmp_path / "p" / "aop.csv").exists()

@@ -843,11 +843,14 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
     return demo
 
 
-def create_app(model_source: str | os.PathLike | None = None) -> gr.Blocks:
+def create_app(model_source: str | os.PathLike | None = None, backend: str | None = None) -> gr.Blocks:
     """Load the model once (``model_source``, else $PSFH_MODEL, else the embedded package: a
-    folder or a hub repo id, offline from the HF cache when HF_HUB_OFFLINE=1) and build the app."""
+    folder or a hub repo id, offline from the HF cache when HF_HUB_OFFLINE=1) on ``backend``
+    (else $PSFH_BACKEND, else torch; see PSFHModel.from_pretrained) and build the app."""
     source = model_source or os.environ.get("PSFH_MODEL") or None
-    return build_demo(PSFHModel.from_pretrained(source))
+    backend = backend or os.environ.get("PSFH_BACKEND") or "torch"
+    device = "cpu" if backend != "torch" else None
+    return build_demo(PSFHModel.from_pretrained(source, device=device, backend=backend))
 
 
 # System font stacks: the default theme would fetch web fonts, which an offline machine cannot.

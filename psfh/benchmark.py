@@ -13,7 +13,12 @@ Designs, each measured in its own process so that peak memory is its own:
   convolutions;
 - ``psfh-1fold``: the fast setting of the same package: one fold adapter, both flip views
   (``predict(image, folds=[first fold])``); its "ensemble" column is that 2-member ensemble;
-- ``psfh-bf16``: the same under bf16 autocast.
+- ``psfh-bf16``: the same under bf16 autocast;
+- ``psfh-onnxruntime`` / ``psfh-openvino``: the same package with its encoder and fold decoders
+  run from its ONNX export (psfh.export; made once in a process of its own before the timing, so
+  that its cost is not in the peak memory) by onnxruntime / OpenVINO, fp32;
+- ``cli``: ``python -m psfh.predict`` on ``--cli-images`` images (throughput of the batch command
+  line, start-up and file writing included; ``--cli-backend`` chooses its backend).
 Latency is per image (median and p95 over ``--repeats``), throughput is images/s over
 ``--images`` images predicted one after another, peak memory is the process's peak RSS on CPU
 (``torch.cuda.max_memory_allocated`` on CUDA).
@@ -38,7 +43,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DESIGNS = ("one-model", "seed", "psfh", "psfh-1fold", "psfh-bf16")
+DESIGNS = ("one-model", "seed", "psfh", "psfh-1fold", "psfh-bf16", "psfh-onnxruntime", "psfh-openvino", "cli")
+ONNX_DESIGNS = {"psfh-onnxruntime": "onnxruntime", "psfh-openvino": "openvino"}
 
 
 def _load_model(args):
@@ -51,7 +57,9 @@ def _load_model(args):
     fold_batchnorm = args.design != "seed"
     package = args.model or get_base(args.base).default_package
     if package:
-        model = PSFHModel.from_pretrained(package, device=args.device, fold_batchnorm=fold_batchnorm)
+        backend = ONNX_DESIGNS.get(args.design, "torch")
+        model = PSFHModel.from_pretrained(package, device=args.device, fold_batchnorm=fold_batchnorm,
+                                          backend=backend)
         if model.folds:
             return model
     torch.manual_seed(0)
@@ -123,6 +131,8 @@ def run_design(args) -> dict:
     from psfh import inference
 
     torch.set_num_threads(args.threads)
+    if args.design == "cli":
+        return _run_cli(args)
     model = _load_model(args)
     size = model.config.input_size
     images = _images(args.images, size)
@@ -161,6 +171,8 @@ def run_design(args) -> dict:
             result["throughput_ips"] = len(images) / (time.perf_counter() - start)
     else:
         result["weights_mb"] = _weights_mb(model.network)
+        if model.runtime is not None:  # the sessions hold their own copies of the weights
+            result["weights_mb"] += sum(f.stat().st_size for f in model.runtime.folder.glob("*.onnx")) / 2**20
         result["one_pass_s"] = _time(lambda: model.fold_probabilities(pixels, model.folds[:1], False, precision),
                                      args.repeats, args.device)
         folds = model.folds[:1] if args.design == "psfh-1fold" else None
@@ -172,6 +184,31 @@ def run_design(args) -> dict:
         result["throughput_ips"] = len(images) / (time.perf_counter() - start)
     result["peak_memory_mb"] = _peak_memory_mb(args.device)
     return result
+
+
+def _run_cli(args) -> dict:
+    """Throughput of ``python -m psfh.predict`` on ``args.cli_images`` example frames (copied into
+    a temporary folder), start-up, model loading and writing the outputs included."""
+    import shutil
+    import tempfile
+
+    files = sorted((ROOT / "examples" / "image_mha").glob("*.mha"))
+    with tempfile.TemporaryDirectory() as folder:
+        inputs = Path(folder) / "in"
+        inputs.mkdir()
+        for i in range(args.cli_images):
+            shutil.copy(files[i % len(files)], inputs / f"{i:03d}.mha")
+        command = [sys.executable, "-m", "psfh.predict", str(inputs), "--out", str(Path(folder) / "out"),
+                   "--device", args.device, "--backend", args.cli_backend] + (["--model", args.model] if args.model else [])
+        start = time.perf_counter()
+        run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        seconds = time.perf_counter() - start
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"design": f"cli ({args.cli_backend}, {args.cli_images} images)", "folds": None,
+            "throughput_ips": args.cli_images / seconds, "weights_mb": float("nan"), "peak_memory_mb": child}
 
 
 def _summary(times: list[float] | None) -> str:
@@ -204,8 +241,9 @@ def write_report(results: list[dict], args, out: Path) -> str:
         speedup = (statistics.median(seed["ensemble_s"]) / statistics.median(r["ensemble_s"])
                    if seed and r.get("ensemble_s") else None)
         throughput = f"{r['throughput_ips']:.3f}" if "throughput_ips" in r else "-"
+        weights = "-" if r["weights_mb"] != r["weights_mb"] else f"{r['weights_mb']:.1f}"  # NaN: not measured
         lines.append(f"| {r['design']} | {_summary(r.get('one_pass_s'))} | {_summary(r.get('ensemble_s'))} | "
-                     f"{throughput} | {r['weights_mb']:.1f} | {r['peak_memory_mb']:.0f} | {ratio:.2f} | "
+                     f"{throughput} | {weights} | {r['peak_memory_mb']:.0f} | {ratio:.2f} | "
                      f"{f'{speedup:.2f}x' if speedup else '-'} |")
     table = "\n".join(lines)
     header = (f"## {args.base} on {args.device} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
@@ -213,7 +251,8 @@ def write_report(results: list[dict], args, out: Path) -> str:
               f"{args.repeats} repeats; model: {args.model or 'embedded package'}.\n"
               f"Command: `python -m psfh.benchmark --device {args.device} --base {args.base} "
               f"--images {args.images} --repeats {args.repeats}"
-              f"{f' --model {args.model}' if args.model else ''} --designs {' '.join(args.designs)}`\n\n")
+              f"{f' --model {args.model}' if args.model else ''} --designs {' '.join(args.designs)}"
+              f"{f' --cli-images {args.cli_images} --cli-backend {args.cli_backend}' if 'cli' in args.designs else ''}`\n\n")
     section = header + table + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = out.read_text() if out.exists() else "# Performance\n\nWritten by `python -m psfh.benchmark`.\n"
@@ -230,6 +269,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
+    parser.add_argument("--cli-images", type=int, default=32, help="images for the batch command line's throughput")
+    parser.add_argument("--cli-backend", choices=("torch", "onnxruntime", "openvino"), default="torch")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     parser.add_argument("--design", choices=DESIGNS, help=argparse.SUPPRESS)  # internal: one design per process
     args = parser.parse_args(argv)
@@ -238,10 +279,17 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(run_design(args)))
         return 0
     results = []
+    if any(design in ONNX_DESIGNS for design in args.designs) or args.cli_backend != "torch":
+        print("making (or finding) the ONNX export ...", flush=True)
+        prepare = [sys.executable, "-c", "import sys; from psfh.model import PSFHModel; "
+                   "PSFHModel.from_pretrained(sys.argv[1] or None, device='cpu', backend='onnxruntime')",
+                   args.model or ""]
+        subprocess.run(prepare, check=True, cwd=ROOT)
     for design in args.designs:
         command = [sys.executable, "-m", "psfh.benchmark", "--design", design, "--device", args.device,
                    "--base", args.base, "--images", str(args.images), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)] + (["--model", args.model] if args.model else [])
+                   "--threads", str(args.threads), "--cli-images", str(args.cli_images),
+                   "--cli-backend", args.cli_backend] + (["--model", args.model] if args.model else [])
         print(f"measuring {design} ...", flush=True)
         output = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if output.returncode:

@@ -230,7 +230,7 @@ def _main(argv: list[str] | None) -> int:
     check_spacing(args.spacing_mm)  # bad arguments end the command (exit 2), before the model loads
     if args.fast and (args.folds or args.no_tta):
         raise PSFHInputError("--fast chooses the folds and the TTA itself: give neither --folds nor --no-tta")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.backend)
     options = fast_options(model) if args.fast else {"folds": args.folds, "tta": False if args.no_tta else None}
     failed = 0
     for clip in args.clips:

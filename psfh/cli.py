@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from psfh.errors import PSFHInputError
-from psfh.options import PRECISIONS
+from psfh.options import BACKENDS, PRECISIONS
 
 EXIT_BAD_INPUT = 2
 
@@ -27,7 +27,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --folds, --no-tta, --precision, --device (predict and evaluate)."""
+    """--model, --folds, --no-tta, --precision, --device, --backend (predict, evaluate, cine)."""
     parser.add_argument("--model", default=None,
                         help="model package folder or hub repo id (default: the embedded package)")
     parser.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
@@ -36,6 +36,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the package's setting)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if any)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="what runs the encoder and fold decoders: torch, or (CPU, fp32) an ONNX export of "
+                             "the package run by onnxruntime or openvino, made once and cached (default: torch)")
 
 
 def add_spacing_argument(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +48,10 @@ def add_spacing_argument(parser: argparse.ArgumentParser) -> None:
                              "(default: the file's own, when it has one)")
 
 
-def load_model(model: str | None, device: str | None = None):
+def load_model(model: str | None, device: str | None = None, backend: str = "torch"):
     """PSFHModel.from_pretrained, imported here because torch takes seconds to import."""
     from psfh.model import PSFHModel
 
-    return PSFHModel.from_pretrained(model, device=device)
+    if backend != "torch" and device is None:
+        device = "cpu"  # the ONNX backends run on the CPU
+    return PSFHModel.from_pretrained(model, device=device, backend=backend)

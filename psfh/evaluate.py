@@ -99,6 +99,7 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
         "tta": tta,
         "out_of_fold": out_of_fold,
         "precision": precision,
+        "backend": getattr(model, "backend", "torch"),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return rows, summary
@@ -238,7 +239,7 @@ def _main(argv: list[str] | None) -> int:
     if args.predictions is not None:
         rows, summary = score_predictions(samples, args.predictions)
     else:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, args.backend)
         rows, summary = evaluate(model, samples, folds=args.folds, tta=False if args.no_tta else None,
                                  precision=args.precision, out_of_fold=args.out_of_fold,
                                  label_map_dir=args.out / "label_maps" if args.save_label_maps else None)

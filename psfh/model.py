@@ -2,6 +2,7 @@
 
     model = PSFHModel.from_pretrained()              # the embedded package (models/psfh-lite-medsam)
     model = PSFHModel.from_pretrained("some/folder")  # or a hub repo id (offline: the local HF cache)
+    model = PSFHModel.from_pretrained(backend="onnxruntime")  # encoder and decoders on ONNX Runtime
     result = model.predict("scan.mha")                # Prediction: label map, probabilities, AoP, ...
 
 All fold adapters live as named peft adapters on ONE base in memory and are switched with
@@ -34,7 +35,7 @@ from psfh.errors import PSFHInputError
 from psfh.io import as_uint8, load_image, pixel_spacing_mm
 from psfh.labels import CLASSES, structure_areas
 from psfh.lora import adapts_encoder, describe, encoder_scope, make_lora_config
-from psfh.options import check_precision, resolve_folds
+from psfh.options import check_backend, check_precision, resolve_folds
 from psfh.package import (PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights)
 
 
@@ -190,6 +191,9 @@ class PSFHModel:
         self.source = source
         self.device = next(network.parameters()).device
         self._lock = threading.Lock()
+        # The encoder and fold decoders' runner when they run from an ONNX export (psfh.runtime);
+        # None: torch. Everything else (preprocessing, ensemble, AoP, box prompts) stays here.
+        self.runtime = None
         if get_base(config.base).channels_last:
             # Saved weights are made contiguous again (package.base_state_dict).
             self.base_model.vision_encoder.to(memory_format=torch.channels_last)
@@ -223,7 +227,8 @@ class PSFHModel:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, revision: str | None = None,
                         device: str | torch.device | None = None, cache_dir: str | os.PathLike | None = None,
-                        folds: list[str] | None = None, fold_batchnorm: bool = True) -> "PSFHModel":
+                        folds: list[str] | None = None, fold_batchnorm: bool = True,
+                        backend: str = "torch", export_dir: str | os.PathLike | None = None) -> "PSFHModel":
         """Load a package from a folder, a hub repo id (offline from the HF cache when
         ``HF_HUB_OFFLINE=1``), or, with no argument, the embedded package.
 
@@ -232,7 +237,13 @@ class PSFHModel:
                 embeddings).
             fold_batchnorm: fold BatchNorm into the convolutions at inference (bases that have
                 BatchNorm; False only to measure the unoptimised design).
+            backend: what runs the encoder and the fold decoders: "torch", or (CPU, fp32) an ONNX
+                export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.runtime`).
+            export_dir: the ONNX export to run (``python -m psfh.export``). Default: the package's
+                own ``onnx/`` folder when it matches the weights, else one made once (about a
+                minute per fold) and kept under ``~/.cache/psfh/onnx``, keyed by the weights.
         """
+        check_backend(backend)
         folder = resolve_package(path_or_repo_id, revision=revision, cache_dir=cache_dir)
         refuse_pickle_weights(folder)
         config = PackageConfig.load(folder)
@@ -248,7 +259,37 @@ class PSFHModel:
         for fold in folds[1:]:
             network.load_adapter(str(folder / fold), adapter_name=fold)
         network.set_adapter(folds[0])
-        return cls(config, network.to(device or default_device()).eval(), source=folder)
+        model = cls(config, network.to(device or default_device()).eval(), source=folder)
+        if backend != "torch":
+            model.use_backend(backend, export_dir)
+        return model
+
+    def use_backend(self, backend: str, export_dir: str | os.PathLike | None = None) -> "PSFHModel":
+        """Run the encoder and fold decoders on ``backend`` from now on (see :meth:`from_pretrained`)."""
+        from psfh.runtime import OnnxEnsemble, find_or_make_export
+
+        if check_backend(backend) == "torch":
+            self.runtime = None
+            return self
+        if self.device.type != "cpu":
+            raise PSFHInputError(f"the {backend} backend runs on the CPU; load the model with device='cpu'")
+        with self._lock:
+            self.runtime = None  # an export is made from (and checked against) the torch model
+        folder = Path(export_dir) if export_dir else find_or_make_export(self)
+        runtime = OnnxEnsemble(folder, backend)
+        missing = [fold for fold in self.folds if fold not in runtime.folds]
+        if missing or runtime.manifest["input_size"] != self.config.input_size:
+            raise PSFHInputError(f"{folder}: the export holds folds {runtime.folds} at input size "
+                                 f"{runtime.manifest['input_size']}; this model needs {self.folds} at "
+                                 f"{self.config.input_size}")
+        with self._lock:
+            self.runtime = runtime
+        return self
+
+    @property
+    def backend(self) -> str:
+        """What runs the encoder and the fold decoders: "torch", "onnxruntime" or "openvino"."""
+        return "torch" if self.runtime is None else self.runtime.backend
 
     # ----------------------------------------------------------------------------- saving
     def save_pretrained(self, folder: str | os.PathLike, folds: list[str] | None = None) -> Path:
@@ -311,6 +352,9 @@ class PSFHModel:
     def _autocast(self, precision: str):
         if check_precision(precision) == "fp32":
             return nullcontext()
+        if self.runtime is not None:
+            raise PSFHInputError(f"the {self.backend} backend runs fp32 only; precision={precision!r} "
+                                 "needs backend='torch'")
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @torch.inference_mode()
@@ -364,6 +408,8 @@ class PSFHModel:
         and every fold shares its output; otherwise the stages no adapter touches run once for
         all folds and views (exact: the tests compare with full passes), and each fold runs the rest.
         """
+        if self.runtime is not None:
+            return self.runtime.encode(views, folds)
         encoder = self.base_model.vision_encoder
         if self.encoder_scope == "none":
             shared = self.base_model.get_image_embeddings(views)
@@ -382,9 +428,13 @@ class PSFHModel:
         probabilities in image orientation (adapters hot-swapped on the shared base). Call under the lock."""
         per_fold = []
         for fold in folds:
-            self.network.set_adapter(fold)
-            logits = inference.mask_logits(self.network, self.config.input_size, image_embeddings=embeddings[fold])
-            per_fold.append(inference.undo_tta(logits.float().softmax(dim=1), tta)[:, 0])
+            if self.runtime is not None:
+                probabilities = self.runtime.decode(fold, embeddings[fold])
+            else:
+                self.network.set_adapter(fold)
+                logits = inference.mask_logits(self.network, self.config.input_size, image_embeddings=embeddings[fold])
+                probabilities = logits.float().softmax(dim=1)
+            per_fold.append(inference.undo_tta(probabilities, tta)[:, 0])
         return torch.stack(per_fold)
 
     # ----------------------------------------------------------------------------- embed, decode, predict

@@ -1,4 +1,4 @@
-"""The inference options every entry point shares, and their one check each: precision, folds.
+"""The inference options every entry point shares, and their one check each: precision, backend, folds.
 
 Torch-free, so the command lines can build their parsers (and ``--help``) without loading torch.
 ``folds`` is always a list of adapter NAMES ("fold_0", ...); a number of folds is ``n_folds``.
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from psfh.errors import PSFHInputError
 
 PRECISIONS = ("fp32", "bf16")
+# What runs the encoder and the fold decoders (psfh.runtime): torch, or an ONNX export of the package.
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def check_precision(precision: str) -> str:
@@ -18,6 +20,13 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise PSFHInputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     return precision
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else PSFHInputError."""
+    if backend not in BACKENDS:
+        raise PSFHInputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return backend
 
 
 def resolve_folds(available: Sequence[str], folds: Sequence[str] | None = None) -> list[str]:

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.backend)
     rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
                          tta=False if args.no_tta else None, precision=args.precision, spacing_mm=args.spacing_mm)
     failed = sum(1 for row in rows if row["error"])

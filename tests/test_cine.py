@@ -59,7 +59,7 @@ def test_a_clip_without_a_trusted_frame_has_no_maximum():
 
 def test_cine_dicom_through_the_command_line(embedded, tmp_path, monkeypatch, capsys):
     clip = write_cine(tmp_path / "labour.dcm", count=3)
-    monkeypatch.setattr(cine, "load_model", lambda model, device: embedded)
+    monkeypatch.setattr(cine, "load_model", lambda model, device, backend="torch": embedded)
     code = cine.main([str(clip), "--out", str(tmp_path / "out"), "--fast"])
     assert code == 0, capsys.readouterr().err
     folder = tmp_path / "out" / "labour"
@@ -82,7 +82,7 @@ def test_cine_dicom_through_the_command_line(embedded, tmp_path, monkeypatch, ca
 def test_a_broken_clip_fails_alone(embedded, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    monkeypatch.setattr(cine, "load_model", lambda model, device: embedded)
+    monkeypatch.setattr(cine, "load_model", lambda model, device, backend="torch": embedded)
     assert cine.main([str(broken), "--out", str(tmp_path / "out"), "--fast"]) == 1
     assert "broken.mp4" in capsys.readouterr().err
 
@@ -111,7 +111,7 @@ def test_predict_cli_writes_hsd_for_a_dicom_and_points_clips_to_cine(embedded, t
     write_single_frame(folder / "still.dcm")
     write_cine(folder / "clip.dcm", count=2)
     import psfh.predict
-    monkeypatch.setattr(psfh.predict, "load_model", lambda model, device: embedded)
+    monkeypatch.setattr(psfh.predict, "load_model", lambda model, device, backend="torch": embedded)
     code = predict_main([str(folder), "--out", str(tmp_path / "out"), "--folds", "fold_0", "--no-tta"])
     assert code == 1  # the clip is an error row
     with open(tmp_path / "out" / "aop.csv", newline="") as handle:

@@ -86,7 +86,7 @@ def test_a_perfect_model_scores_one(labelled):
 
 
 def test_ids_file_and_limit_select_a_subset(labelled, tmp_path, monkeypatch):
-    monkeypatch.setattr(psfh.evaluate, "load_model", lambda model, device: GroundTruthModel())
+    monkeypatch.setattr(psfh.evaluate, "load_model", lambda model, device, backend="torch": GroundTruthModel())
     ids = [s.id for s in find_samples(labelled)]
     ids_file = tmp_path / "held_out.txt"
     ids_file.write_text(f"# held-out ids\n{ids[2]}\n\n{ids[0]}\n")

@@ -138,7 +138,7 @@ def test_model_without_folds_fails_up_front(tmp_path, capsys, monkeypatch):
     class BaseOnly(ConstantModel):
         folds = []
 
-    monkeypatch.setattr(psfh.predict, "load_model", lambda model, device: BaseOnly())
+    monkeypatch.setattr(psfh.predict, "load_model", lambda model, device, backend="torch": BaseOnly())
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
     assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]) == 2
     assert "no fold adapters" in capsys.readouterr().err

@@ -1,0 +1,153 @@
+"""Run an exported package (:mod:`psfh.export`) on the CPU with onnxruntime or OpenVINO.
+
+    runtime = OnnxEnsemble("onnx/psfh-lite-medsam", backend="onnxruntime")
+    embeddings = runtime.encode(views, folds)          # {fold: (V*B) x 256 x g x g}
+    probabilities = runtime.decode("fold_0", embeddings["fold_0"])   # (V*B) x 3 x S x S
+
+:class:`psfh.model.PSFHModel` uses it for ``from_pretrained(..., backend=...)``: the encoder and
+the fold decoders run here, everything else (preprocessing, ensemble, label map, AoP, box
+prompts) stays the torch model's, so every backend gives the same kind of answer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from psfh.errors import PSFHInputError
+from psfh.options import check_backend
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of an export folder, checked to be one psfh can run."""
+    path = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PSFHInputError(f"{folder}: not a psfh ONNX export (no manifest.json); make one with "
+                             "`python -m psfh.export --out FOLDER`") from None
+    except (OSError, ValueError) as error:
+        raise PSFHInputError(f"{path}: unreadable manifest ({error})") from None
+    if manifest.get("format") != "psfh-onnx":
+        raise PSFHInputError(f"{path}: not a psfh ONNX manifest")
+    from psfh.export import EXPORT_FORMAT
+
+    if manifest.get("format_version") != EXPORT_FORMAT:
+        raise PSFHInputError(f"{path}: export format {manifest.get('format_version')}, this psfh reads "
+                             f"{EXPORT_FORMAT}: export the package again")
+    return manifest
+
+
+class _Session:
+    """One ONNX file compiled for the CPU by ``backend``: numpy in, numpy out."""
+
+    def __init__(self, path: Path, backend: str, threads: int):
+        if backend == "onnxruntime":
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3  # errors only: its notes on graph rewrites are not for users
+            # No arena: it kept every activation size it ever saw (9 GB peak for the 5-fold ensemble).
+            options.enable_cpu_mem_arena = False
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            self._run = lambda array: session.run(None, {name: array})[0]
+        else:
+            import openvino
+
+            # f32 asked for explicitly: on CPUs with bf16 hardware OpenVINO would otherwise lower
+            # the precision by itself, and the exact backend must stay exact.
+            compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                                        "INFERENCE_PRECISION_HINT": "f32"})
+            request = compiled.create_infer_request()
+            self._run = lambda array: request.infer({0: array})[0].copy()
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        return self._run(np.ascontiguousarray(array, dtype=np.float32))
+
+
+class OnnxEnsemble:
+    """The shared encoder, each fold's encoder rest and decoder, as compiled CPU sessions.
+
+    Args:
+        folder: an export folder (:func:`psfh.export.export_onnx`).
+        backend: "onnxruntime" or "openvino".
+        threads: CPU threads per call (default: torch's, so that every backend uses the same cores).
+    """
+
+    def __init__(self, folder: str | Path, backend: str = "onnxruntime", threads: int | None = None):
+        if check_backend(backend) == "torch":
+            raise PSFHInputError("OnnxEnsemble runs the onnxruntime or openvino backend, not torch")
+        self.folder = Path(folder)
+        self.backend = backend
+        self.manifest = read_manifest(folder)
+        threads = threads or torch.get_num_threads()
+        try:
+            self.sessions = {key: _Session(self.folder / entry["file"], backend, threads)
+                             for key, entry in self.manifest["files"].items()}
+        except ImportError as error:
+            raise PSFHInputError(f"the {backend} backend needs the {backend} package: pip install {backend}") from error
+
+    @property
+    def folds(self) -> list[str]:
+        return list(self.manifest["folds"])
+
+    def _fold_session(self, kind: str, fold: str) -> _Session:
+        session = self.sessions.get(f"{kind}_{fold}")
+        if session is None:
+            raise PSFHInputError(f"{self.folder}: the export holds folds {self.folds}, not {fold!r}")
+        return session
+
+    def encode(self, views: torch.Tensor, folds: list[str]) -> dict[str, torch.Tensor]:
+        """(V*B) x 3 x S x S model inputs -> {fold: (V*B) x 256 x g x g embeddings}; the shared
+        part runs once for all folds."""
+        array = views.detach().float().cpu().numpy()
+        shared = self.sessions["encoder_shared"](array) if "encoder_shared" in self.sessions else array
+        if self.manifest["encoder_scope"] == "none":
+            embeddings = torch.from_numpy(shared)
+            return {fold: embeddings for fold in folds}
+        return {fold: torch.from_numpy(self._fold_session("encoder", fold)(shared)) for fold in folds}
+
+    def decode(self, fold: str, embeddings: torch.Tensor) -> torch.Tensor:
+        """(V*B) x 256 x g x g embeddings -> (V*B) x 3 x S x S class probabilities of ``fold``."""
+        return torch.from_numpy(self._fold_session("decoder", fold)(embeddings.detach().float().cpu().numpy()))
+
+
+def find_or_make_export(model) -> Path:
+    """The ONNX export of ``model`` (a PSFHModel on the torch backend): its package's ``onnx/``
+    folder when that was made from the same weights, else the one cached under
+    ``<cache>/onnx/<weights key>`` (made there, once, when missing)."""
+    import shutil
+    import sys
+    import tempfile
+
+    from psfh.export import export_onnx, source_key
+    from psfh.training.embedding_cache import cache_root
+
+    key = source_key(model, model.folds)
+    candidates = ([Path(model.source) / "onnx"] if model.source else []) + [cache_root() / "onnx" / key]
+    for folder in candidates:
+        try:
+            manifest = read_manifest(folder)
+        except PSFHInputError:
+            continue
+        if manifest.get("source_key") == key and manifest.get("check", {}).get("passed"):
+            return folder
+    target = candidates[-1]
+    print(f"psfh: exporting the package to ONNX once, into {target} (about a minute per fold)",
+          file=sys.stderr, flush=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        export_onnx(model, staging, model.folds, progress=False)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)  # whole or absent: a stopped export leaves no half folder behind
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

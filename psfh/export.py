@@ -26,6 +26,7 @@ import argparse
 import copy
 import hashlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def trace(module: nn.Module, example: torch.Tensor, input_name: str, output_name
     """One module -> an unoptimised ONNX model (onnx.ModelProto) with a dynamic batch axis, whose
     weights are initializers named as in ``module.state_dict()`` (torch.export-based exporter;
     the older TorchScript exporter changed BatchNorm statistics of the module it traced)."""
+    # torch's exporter logs a warning per torchvision operator it cannot register: psfh has none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.onnx.export(module, (example,), dynamo=True, optimize=False, input_names=[input_name],
                                 output_names=[output_name], dynamic_shapes=({0: batch},), verbose=False)

@@ -240,8 +240,8 @@ class PSFHModel:
             backend: what runs the encoder and the fold decoders: "torch", or (CPU, fp32) an ONNX
                 export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.runtime`).
             export_dir: the ONNX export to run (``python -m psfh.export``). Default: the package's
-                own ``onnx/`` folder when it matches the weights, else one made once (about a
-                minute per fold) and kept under ``~/.cache/psfh/onnx``, keyed by the weights.
+                own ``onnx/`` folder when it matches the weights, else one made once (2-3 minutes on
+                2 cores for the embedded package) and kept under ``~/.cache/psfh/onnx``, keyed by the weights.
         """
         check_backend(backend)
         folder = resolve_package(path_or_repo_id, revision=revision, cache_dir=cache_dir)

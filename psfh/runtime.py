@@ -140,7 +140,7 @@ def find_or_make_export(model) -> Path:
         if manifest.get("source_key") == key and manifest.get("check", {}).get("passed"):
             return folder
     target = candidates[-1]
-    print(f"psfh: exporting the package to ONNX once, into {target} (about a minute per fold)",
+    print(f"psfh: exporting the package to ONNX once, into {target} (2-3 minutes on 2 cores)",
           file=sys.stderr, flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))

@@ -136,6 +136,20 @@ def test_the_shipped_package_exports_exactly(tmp_path, example_images):
     assert (expected.label_map == got.label_map).mean() >= 0.999
     assert abs(expected.aop.angle_deg - got.aop.angle_deg) <= 0.1
 
+    # The files alone, as the README shows them: onnxruntime and the manifest, no psfh runtime.
+    import onnxruntime as ort
+    from psfh import inference
+    from psfh.io import load_image
+
+    files = manifest["files"]
+    run = lambda name, x: ort.InferenceSession(str(tmp_path / files[name]["file"])).run(  # noqa: E731
+        None, {files[name]["input"]: x})[0]
+    pixels = model.preprocess(load_image(example_images[2]).pixels)
+    views = inference.tta_views(pixels, True).numpy()
+    members = run("decoder_fold_0", run("encoder_fold_0", run("encoder_shared", views)))
+    reference = model.fold_probabilities(pixels, ["fold_0"], True)[0]       # V x 3 x S x S, image orientation
+    assert np.abs(inference.undo_tta(torch.from_numpy(members), True)[:, 0] - reference).max() <= PROBABILITY_TOLERANCE
+
 
 def test_the_batch_command_line_runs_on_an_onnx_backend(tiny_package, tmp_path, example_images):
     """`python -m psfh.predict --backend onnxruntime`: the export is made once into the cache, and

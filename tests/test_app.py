@@ -291,17 +291,23 @@ def test_fold_spread_and_unmeasured_aop_texts():
 def test_model_source_is_argument_then_env_then_embedded(model, monkeypatch):
     asked = []
 
-    def from_pretrained(source=None):
-        asked.append(source)
+    def from_pretrained(source=None, device=None, backend="torch"):
+        asked.append((source, device, backend))
         return model
 
     monkeypatch.setattr(app.PSFHModel, "from_pretrained", staticmethod(from_pretrained))
     monkeypatch.delenv("PSFH_MODEL", raising=False)
+    monkeypatch.delenv("PSFH_BACKEND", raising=False)
     assert isinstance(app.create_app(), gr.Blocks)
     monkeypatch.setenv("PSFH_MODEL", "org/psfh-model")
     app.create_app()
     app.create_app("some/folder")
-    assert asked == [None, "org/psfh-model", "some/folder"]
+    # the backend: argument, then $PSFH_BACKEND, then torch; the ONNX backends run on the CPU
+    monkeypatch.setenv("PSFH_BACKEND", "openvino")
+    app.create_app("some/folder")
+    app.create_app("some/folder", backend="onnxruntime")
+    assert asked == [(None, None, "torch"), ("org/psfh-model", None, "torch"), ("some/folder", None, "torch"),
+                     ("some/folder", "cpu", "openvino"), ("some/folder", "cpu", "onnxruntime")]
 
 
 def test_main_serves_on_the_spaces_address_and_honours_gradio_env(monkeypatch):

@@ -62,6 +62,7 @@ class Prediction:
             (x0, y0, x1, y1) in image pixels}; empty for the model's own result.
         quality: the checks of :mod:`psfh.quality` on the input and this label map; when they
             fail, ``reported_aop_deg`` is None (the AoP is withheld) and the reasons say why.
+        backend: what ran the encoder and the fold decoders ("torch", "onnxruntime", "openvino").
     """
 
     label_map: np.ndarray
@@ -78,6 +79,7 @@ class Prediction:
     view_aop: dict[str, list[float | None]] = field(default_factory=dict)
     hsd: HSDMeasurement | None = None
     spacing_mm: tuple[float, float] | None = None
+    backend: str = "torch"
 
     @property
     def trusted(self) -> bool:
@@ -138,6 +140,7 @@ class Prediction:
             "mean_disagreement": float(self.disagreement.mean()),
             "folds": list(self.folds),
             "tta": self.tta,
+            "backend": self.backend,
             "corrected_by_user": {name: [round(v, 1) for v in box] for name, box in self.corrected.items()},
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
@@ -582,4 +585,4 @@ class PSFHModel:
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,
                           aop=aop, fold_aop=fold_aop, folds=list(folds), tta=tta, timings=timings, name=name,
                           quality=checked_quality, view_aop=view_aop, hsd=measure_hsd(label_map, spacing_mm),
-                          spacing_mm=spacing_mm)
+                          spacing_mm=spacing_mm, backend=self.backend)

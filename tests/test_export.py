@@ -56,6 +56,7 @@ def test_an_onnx_backend_predicts_what_torch_predicts(tiny_package, tiny_export,
     model = PSFHModel.from_pretrained(tiny_package, device="cpu", folds=TWO_FOLDS, backend=backend,
                                       export_dir=folder)
     assert model.backend == backend and reference.backend == "torch"
+    assert model.predict(example_images[0]).report()["backend"] == backend
     for image in example_images[:2]:
         expected, got = reference.predict(image), model.predict(image)
         # the bound for an exact backend (the random tiny model has float ties)

@@ -849,8 +849,7 @@ def create_app(model_source: str | os.PathLike | None = None, backend: str | Non
     (else $PSFH_BACKEND, else torch; see PSFHModel.from_pretrained) and build the app."""
     source = model_source or os.environ.get("PSFH_MODEL") or None
     backend = backend or os.environ.get("PSFH_BACKEND") or "torch"
-    device = "cpu" if backend != "torch" else None
-    return build_demo(PSFHModel.from_pretrained(source, device=device, backend=backend))
+    return build_demo(PSFHModel.from_pretrained(source, backend=backend))
 
 
 # System font stacks: the default theme would fetch web fonts, which an offline machine cannot.

@@ -52,6 +52,4 @@ def load_model(model: str | None, device: str | None = None, backend: str = "tor
     """PSFHModel.from_pretrained, imported here because torch takes seconds to import."""
     from psfh.model import PSFHModel
 
-    if backend != "torch" and device is None:
-        device = "cpu"  # the ONNX backends run on the CPU
     return PSFHModel.from_pretrained(model, device=device, backend=backend)

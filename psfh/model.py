@@ -241,7 +241,8 @@ class PSFHModel:
             fold_batchnorm: fold BatchNorm into the convolutions at inference (bases that have
                 BatchNorm; False only to measure the unoptimised design).
             backend: what runs the encoder and the fold decoders: "torch", or (CPU, fp32) an ONNX
-                export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.runtime`).
+                export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.runtime`);
+                these load the model on the CPU unless ``device`` says otherwise.
             export_dir: the ONNX export to run (``python -m psfh.export``). Default: the package's
                 own ``onnx/`` folder when it matches the weights, else one made once (2-3 minutes on
                 2 cores for the embedded package) and kept under ``~/.cache/psfh/onnx``, keyed by the weights.
@@ -262,7 +263,9 @@ class PSFHModel:
         for fold in folds[1:]:
             network.load_adapter(str(folder / fold), adapter_name=fold)
         network.set_adapter(folds[0])
-        model = cls(config, network.to(device or default_device()).eval(), source=folder)
+        if device is None:
+            device = default_device() if backend == "torch" else "cpu"
+        model = cls(config, network.to(device).eval(), source=folder)
         if backend != "torch":
             model.use_backend(backend, export_dir)
         return model

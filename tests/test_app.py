@@ -291,8 +291,8 @@ def test_fold_spread_and_unmeasured_aop_texts():
 def test_model_source_is_argument_then_env_then_embedded(model, monkeypatch):
     asked = []
 
-    def from_pretrained(source=None, device=None, backend="torch"):
-        asked.append((source, device, backend))
+    def from_pretrained(source=None, backend="torch"):
+        asked.append((source, backend))
         return model
 
     monkeypatch.setattr(app.PSFHModel, "from_pretrained", staticmethod(from_pretrained))
@@ -302,12 +302,12 @@ def test_model_source_is_argument_then_env_then_embedded(model, monkeypatch):
     monkeypatch.setenv("PSFH_MODEL", "org/psfh-model")
     app.create_app()
     app.create_app("some/folder")
-    # the backend: argument, then $PSFH_BACKEND, then torch; the ONNX backends run on the CPU
+    # the backend: argument, then $PSFH_BACKEND, then torch
     monkeypatch.setenv("PSFH_BACKEND", "openvino")
     app.create_app("some/folder")
     app.create_app("some/folder", backend="onnxruntime")
-    assert asked == [(None, None, "torch"), ("org/psfh-model", None, "torch"), ("some/folder", None, "torch"),
-                     ("some/folder", "cpu", "openvino"), ("some/folder", "cpu", "onnxruntime")]
+    assert asked == [(None, "torch"), ("org/psfh-model", "torch"), ("some/folder", "torch"),
+                     ("some/folder", "openvino"), ("some/folder", "onnxruntime")]
 
 
 def test_main_serves_on_the_spaces_address_and_honours_gradio_env(monkeypatch):

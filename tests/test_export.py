@@ -74,7 +74,8 @@ def test_an_onnx_backend_predicts_what_torch_predicts(tiny_package, tiny_export,
 
 def test_from_pretrained_makes_the_export_once_and_reuses_it(tiny_package, tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.setenv("PSFH_CACHE", str(tmp_path / "cache"))
-    model = PSFHModel.from_pretrained(tiny_package, device="cpu", folds=["fold_2"], backend="onnxruntime")
+    model = PSFHModel.from_pretrained(tiny_package, folds=["fold_2"], backend="onnxruntime")
+    assert model.device.type == "cpu"  # the ONNX backends load on the CPU by default, GPU or not
     exports = list((tmp_path / "cache" / "onnx").iterdir())
     assert len(exports) == 1 and read_manifest(exports[0])["folds"] == ["fold_2"]
     assert model.runtime.folder == exports[0]

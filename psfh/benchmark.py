@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psfh.options import BACKENDS
+
 ROOT = Path(__file__).resolve().parents[1]
 DESIGNS = ("one-model", "seed", "psfh", "psfh-1fold", "psfh-bf16", "psfh-onnxruntime", "psfh-openvino", "cli")
 ONNX_DESIGNS = {"psfh-onnxruntime": "onnxruntime", "psfh-openvino": "openvino"}
@@ -55,9 +57,9 @@ def _load_model(args):
     from psfh.model import PSFHModel
 
     fold_batchnorm = args.design != "seed"
+    backend = ONNX_DESIGNS.get(args.design, "torch")
     package = args.model or get_base(args.base).default_package
     if package:
-        backend = ONNX_DESIGNS.get(args.design, "torch")
         model = PSFHModel.from_pretrained(package, device=args.device, fold_batchnorm=fold_batchnorm,
                                           backend=backend)
         if model.folds:
@@ -70,7 +72,7 @@ def _load_model(args):
         for name, parameter in model.network.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.01)
-    return model
+    return model.use_backend(backend)  # the ONNX designs time the export of these random adapters
 
 
 def _images(count: int, size: int) -> list[np.ndarray]:
@@ -208,7 +210,7 @@ def _run_cli(args) -> dict:
         raise RuntimeError(run.stderr[-2000:])
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"design": f"cli ({args.cli_backend}, {args.cli_images} images)", "folds": None,
-            "throughput_ips": args.cli_images / seconds, "weights_mb": float("nan"), "peak_memory_mb": child}
+            "throughput_ips": args.cli_images / seconds, "weights_mb": None, "peak_memory_mb": child}
 
 
 def _summary(times: list[float] | None) -> str:
@@ -241,7 +243,7 @@ def write_report(results: list[dict], args, out: Path) -> str:
         speedup = (statistics.median(seed["ensemble_s"]) / statistics.median(r["ensemble_s"])
                    if seed and r.get("ensemble_s") else None)
         throughput = f"{r['throughput_ips']:.3f}" if "throughput_ips" in r else "-"
-        weights = "-" if r["weights_mb"] != r["weights_mb"] else f"{r['weights_mb']:.1f}"  # NaN: not measured
+        weights = "-" if r["weights_mb"] is None else f"{r['weights_mb']:.1f}"
         lines.append(f"| {r['design']} | {_summary(r.get('one_pass_s'))} | {_summary(r.get('ensemble_s'))} | "
                      f"{throughput} | {weights} | {r['peak_memory_mb']:.0f} | {ratio:.2f} | "
                      f"{f'{speedup:.2f}x' if speedup else '-'} |")
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
     parser.add_argument("--cli-images", type=int, default=32, help="images for the batch command line's throughput")
-    parser.add_argument("--cli-backend", choices=("torch", "onnxruntime", "openvino"), default="torch")
+    parser.add_argument("--cli-backend", choices=BACKENDS, default="torch")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     parser.add_argument("--design", choices=DESIGNS, help=argparse.SUPPRESS)  # internal: one design per process
     args = parser.parse_args(argv)

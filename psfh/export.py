@@ -41,16 +41,21 @@ from psfh.files import write_text_atomic
 
 EXPORT_FORMAT = 1
 MANIFEST = "manifest.json"
-# The check's bound on max |probability difference| (issue 13); the label maps must be identical.
+# The check's bound on max |probability difference| (issue 13); the label maps must also agree
+# (but for numerical ties, see check_export).
 PROBABILITY_TOLERANCE = 1e-3
 
 
-class SharedEncoder(nn.Module):
-    """pixels B x 3 x S x S -> the encoder work all folds share (see the module docstring)."""
+class EncoderPart(nn.Module):
+    """A part of a SamModel's image encoder, split after ``stage`` stages (None: not split)."""
 
     def __init__(self, sam: nn.Module, stage: int | None):
         super().__init__()
         self.sam, self.stage = sam, stage
+
+
+class SharedEncoder(EncoderPart):
+    """pixels B x 3 x S x S -> the encoder work all folds share (see the module docstring)."""
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.stage is None:
@@ -58,13 +63,9 @@ class SharedEncoder(nn.Module):
         return self.sam.vision_encoder.forward_prefix(pixel_values, self.stage)
 
 
-class FoldEncoder(nn.Module):
+class FoldEncoder(EncoderPart):
     """One fold's rest of the encoder: :class:`SharedEncoder`'s output (or the pixels, when
     nothing is shared) -> embeddings B x 256 x g x g."""
-
-    def __init__(self, sam: nn.Module, stage: int | None):
-        super().__init__()
-        self.sam, self.stage = sam, stage
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.stage is None:
@@ -160,7 +161,13 @@ def export_onnx(model, out: str | Path, folds: list[str] | None = None, check_im
     if getattr(model, "runtime", None) is not None:
         raise PSFHInputError("export from a model on the torch backend (from_pretrained(..., backend='torch'))")
     folds = resolve_folds(model.folds, folds)
+    from psfh.io import load_image
+
+    # Read the check's images first: a bad one is refused now, not after minutes of export.
+    check_images = [load_image(image) for image in (check_images or default_check_images())]
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PSFHInputError(f"{out}: exists and is not a folder; --out names the folder for the ONNX files")
     out.mkdir(parents=True, exist_ok=True)
     size = model.config.input_size
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
@@ -249,9 +256,10 @@ def check_export(model, folder: Path, folds: list[str], images: list | None = No
     from psfh.runtime import OnnxEnsemble
 
     runtime = OnnxEnsemble(folder, backend)
+    images = images or default_check_images()
     worst, agree, pixels_total, untied = 0.0, 0, 0, 0
-    for image in images or default_check_images():
-        loaded = load_image(image)
+    for image in images:
+        loaded = load_image(image)  # a LoadedImage passes through
         pixel_values = model.preprocess(loaded.pixels, loaded.name or "image")
         tta = model.default_tta
         reference = model.fold_probabilities(pixel_values, folds, tta).cpu()
@@ -268,7 +276,7 @@ def check_export(model, folder: Path, folds: list[str], images: list | None = No
         untied += int((top_two[1] - top_two[0] > PROBABILITY_TOLERANCE).sum())
         agree += int((~differ).sum())
         pixels_total += got.size
-    return {"backend": backend, "images": len(images or default_check_images()),
+    return {"backend": backend, "images": len(images),
             "max_probability_difference": worst, "label_map_agreement": agree / pixels_total,
             "label_map_differences_not_ties": untied, "passed": worst <= PROBABILITY_TOLERANCE and untied == 0}
 

@@ -88,11 +88,18 @@ class OnnxEnsemble:
         self.backend = backend
         self.manifest = read_manifest(folder)
         threads = threads or torch.get_num_threads()
+        self.sessions = {key: self._load(self.folder / entry["file"], backend, threads)
+                         for key, entry in self.manifest["files"].items()}
+
+    @staticmethod
+    def _load(path: Path, backend: str, threads: int) -> _Session:
         try:
-            self.sessions = {key: _Session(self.folder / entry["file"], backend, threads)
-                             for key, entry in self.manifest["files"].items()}
+            return _Session(path, backend, threads)
         except ImportError as error:
             raise PSFHInputError(f"the {backend} backend needs the {backend} package: pip install {backend}") from error
+        except Exception as error:  # the runtimes' own errors for a missing, cut or foreign file
+            raise PSFHInputError(f"{path}: {backend} cannot load it ({type(error).__name__}: "
+                                 f"{str(error).strip()[:200]}); export the package again") from error
 
     @property
     def folds(self) -> list[str]:
@@ -140,7 +147,7 @@ def find_or_make_export(model) -> Path:
         if manifest.get("source_key") == key and manifest.get("check", {}).get("passed"):
             return folder
     target = candidates[-1]
-    print(f"psfh: exporting the package to ONNX once, into {target} (2-3 minutes on 2 cores)",
+    print(f"psfh: exporting the package to ONNX once, into {target} (about 3 minutes on 2 cores)",
           file=sys.stderr, flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))

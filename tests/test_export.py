@@ -8,6 +8,7 @@ the rest: both layouts are exported here and checked against the torch model.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -103,6 +104,12 @@ def test_bad_backend_requests_get_clear_errors(tiny_package, tiny_export, tmp_pa
                                       export_dir=folder)
     with pytest.raises(PSFHInputError, match="fp32 only"):
         model.predict(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64), precision="bf16")
+    cut = tmp_path / "cut"
+    shutil.copytree(folder, cut)
+    (cut / "decoder_fold_1.onnx").write_bytes((folder / "decoder_fold_1.onnx").read_bytes()[:1000])
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(PSFHInputError, match="decoder_fold_1.onnx: .* cannot load it"):
+            OnnxEnsemble(cut, backend)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
@@ -122,6 +129,16 @@ def test_the_export_command_line_writes_and_checks_an_export(tiny_package, tmp_p
     bad = subprocess.run([sys.executable, "-m", "psfh.export", "--model", str(tiny_package), "--out", str(out),
                           "--folds", "fold_9"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "unknown folds" in bad.stderr
+    # bad arguments are refused before minutes of export, and nothing the user gave is replaced
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("mine")
+    for extra, message in ((["--out", str(not_a_folder)], "is not a folder"),
+                           (["--out", str(tmp_path / "new"), "--check-images", str(tmp_path / "missing.png")],
+                            "missing.png")):
+        refused = subprocess.run([sys.executable, "-m", "psfh.export", "--model", str(tiny_package), *extra],
+                                 capture_output=True, text=True, cwd=ROOT)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-1000:]
+    assert not_a_folder.read_text() == "mine" and not (tmp_path / "new" / "manifest.json").exists()
 
 
 def test_the_shipped_package_exports_exactly(tmp_path, example_images):
@@ -158,7 +175,6 @@ def test_the_batch_command_line_runs_on_an_onnx_backend(tiny_package, tmp_path, 
     the label maps and AoPs match the torch backend's."""
     import csv
     import os
-    import shutil
 
     inputs = tmp_path / "in"
     inputs.mkdir()

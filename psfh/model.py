@@ -244,7 +244,7 @@ class PSFHModel:
                 export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.runtime`);
                 these load the model on the CPU unless ``device`` says otherwise.
             export_dir: the ONNX export to run (``python -m psfh.export``). Default: the package's
-                own ``onnx/`` folder when it matches the weights, else one made once (2-3 minutes on
+                own ``onnx/`` folder when it matches the weights, else one made once (about 3 minutes on
                 2 cores for the embedded package) and kept under ``~/.cache/psfh/onnx``, keyed by the weights.
         """
         check_backend(backend)

@@ -6,7 +6,7 @@ product (five) mean the same): the views' PS / FH disagreement (1 - Dice), PS co
 entropy, the share of unsure structure pixels, PS and FH areas, the flip AoP gap, the outlines'
 solidity, the AoP itself and the PS/FH area ratio; from the members kept by
 scripts/cache_members.py and the rows of scripts/measure_views.py. Fitted on the 245 out-of-fold
-frames (exam-grouped 5-fold CV for the estimate), then applied once to the 100 test frames with
+frames (cross-validated over the package's own exam-grouped folds, folds.json, for the estimate), then applied once to the 100 test frames with
 the out-of-fold 95th-percentile threshold.
 
     python scripts/learned_uncertainty.py > docs/results/quality/learned_check.txt
@@ -50,13 +50,14 @@ def fit(X, y, lam=1.0):
     w = np.linalg.solve(Z.T @ Z + lam * np.eye(Z.shape[1]), Z.T @ np.log1p(y))  # ridge on log error
     return w
 def score(w, X): return np.c_[np.ones(len(X)), (X - mu) / sd] @ w
-# grouped CV on OOF: exam = id block of 20 (approximation: ids sorted, blocks of 20 consecutive ids)
-exam = np.array([int(i) // 20 for i in io])
+# CV on OOF over the package's own folds (exam blocks kept whole, psfh.data.id_blocks)
+from psfh.package import read_fold_assignment
+fold_of = read_fold_assignment(ROOT / "models" / "psfh-lite-medsam")
+exam = np.array([fold_of[i] for i in io])
 for lam in [1, 10, 30, 100]:
     pred = np.zeros(len(yo))
-    groups = np.unique(exam); rng = np.random.default_rng(0); rng.shuffle(groups)
-    for g in np.array_split(groups, 5):
-        te = np.isin(exam, g); w = fit(Xo[~te], yo[~te], lam); pred[te] = score(w, Xo[te])
+    for g in np.unique(exam):
+        te = exam == g; w = fit(Xo[~te], yo[~te], lam); pred[te] = score(w, Xo[te])
     rho = spearmanr(pred, yo).correlation
     thr = np.percentile(pred, 95); fl = pred > thr
     print(f"lam {lam}: OOF-CV rho {rho:+.2f}; top5% err {yo[fl].mean():.1f} vs {yo[~fl].mean():.1f}, caught {(fl & (yo > 15)).sum()}/{(yo > 15).sum()}")

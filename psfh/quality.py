@@ -11,7 +11,10 @@ Input: an ultrasound frame has many grey levels and a dark background around the
 sector (PSFHS frames: at least 205 levels and 8.8 % black pixels); a label map, a drawing or
 text has few levels, a photograph or noise no dark background.
 Result: the fetal head is a smooth, convex (elliptical) skull outline, the pubic symphysis a
-compact structure a tenth of the head's size, and neither is cut off by the image border.
+compact structure a tenth of the head's size, apart from the head (in the 978 expert label maps
+they never touch: 2 px apart at least), and neither is cut off by the image border. A PS that
+touches the head is the model's typical gross error: a bright band on top of the skull taken for
+the symphysis.
 Model: each fold segments the frame and its mirror image; where the two disagree on the pubic
 symphysis (``ps_view_dice``, the mean over folds of the Dice between the two views' PS) or on
 the angle (``flip_aop_gap``, the mean over folds of |AoP(identity view) - AoP(flipped view)|),
@@ -26,9 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from psfh.labels import FH, PS, check_label_map
+from psfh.labels import FH, PS, check_label_map, largest_component
 
 # Bounds, from scripts/calibrate_quality.py (docs/results/quality/calibration.json): each is
 # beyond every ground-truth frame and flags about 1 % of out-of-fold predictions or fewer.
@@ -38,12 +42,14 @@ MIN_FH_SOLIDITY = 0.90
 MIN_PS_SOLIDITY = 0.78
 PS_TO_FH_AREA = (0.03, 0.35)
 MAX_BORDER_PIXELS = 0
+# Pixel centres closer than this are neighbours (side by side: 1, diagonal: 1.41): the structures touch.
+MIN_PS_FH_GAP = 1.5
 MAX_FLIP_AOP_GAP = 25.0
 MIN_PS_VIEW_DICE = 0.82
 
 # Every measure a check can hold (the model's two only when views / folds were given).
 MEASURES = ("grey_levels", "dark_fraction", "fh_solidity", "ps_solidity", "ps_to_fh_area", "border_pixels",
-            "flip_aop_gap", "ps_view_dice", "fold_aop_spread")
+            "ps_fh_gap", "flip_aop_gap", "ps_view_dice", "fold_aop_spread")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,15 @@ def solidity(mask: np.ndarray) -> float:
 def border_pixels(mask: np.ndarray) -> int:
     """Pixels of the mask on the image's outermost rows and columns."""
     return int(mask[0].sum() + mask[-1].sum() + mask[1:-1, 0].sum() + mask[1:-1, -1].sum())
+
+
+def ps_fh_gap(ps: np.ndarray, fh: np.ndarray) -> float:
+    """Shortest distance in pixels between a pixel centre of the PS and one of the FH (their largest
+    components, the ones the AoP is measured on; H x W bool masks, both non-empty): 1 when they
+    touch side by side, 1.41 diagonally, 0 when they overlap."""
+    # Distance of every pixel to the nearest head pixel; the smallest over the PS is the gap.
+    to_head = ndimage.distance_transform_edt(~largest_component(fh))
+    return float(to_head[largest_component(ps)].min())
 
 
 def flip_aop_gap(view_aop: dict[str, list[float | None]]) -> float | None:
@@ -138,6 +153,7 @@ def measure(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[f
         "ps_solidity": solidity(ps) if ps.any() else 0.0,
         "ps_to_fh_area": float(ps.sum() / fh.sum()) if fh.any() else 0.0,
         "border_pixels": float(border_pixels(ps) + border_pixels(fh)),
+        **({"ps_fh_gap": ps_fh_gap(ps, fh)} if ps.any() and fh.any() else {}),
     }
 
 
@@ -172,6 +188,9 @@ def judge(m: dict[str, float]) -> list[str]:
     if m["fh_solidity"] > 0 and m["ps_solidity"] > 0 and not low <= m["ps_to_fh_area"] <= high:
         reasons.append(f"the pubic symphysis is {m['ps_to_fh_area']:.3f} times the head's area, outside the usual "
                        f"{low:g}-{high:g}")
+    if m.get("ps_fh_gap", MIN_PS_FH_GAP) < MIN_PS_FH_GAP:
+        reasons.append("the pubic symphysis touches the fetal head, which it never does in expert outlines: "
+                       "the model may have taken a bright band on the skull for the symphysis")
     if m["border_pixels"] > MAX_BORDER_PIXELS:
         reasons.append("a structure touches the image border: the anatomy may be cut off (a cropped frame?)")
     if m.get("ps_view_dice", 1.0) < MIN_PS_VIEW_DICE:

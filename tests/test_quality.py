@@ -32,6 +32,36 @@ def test_solidity_and_border_measures():
     assert quality.border_pixels(disk((20, 20), (0, 10), 3)) == 7 and quality.border_pixels(disk((20, 20), (10, 10), 3)) == 0
 
 
+def test_ps_fh_gap_measure():
+    head = disk((60, 60), (40, 30), 12)
+    ps = np.zeros_like(head)
+    ps[20:25, 25:35] = True  # the head's top row is 28: rows 25-27 lie between them
+    assert quality.ps_fh_gap(ps, head) == pytest.approx(4.0)
+    ps[25:28, 29:31] = True  # now side by side with the head's top pixel
+    assert quality.ps_fh_gap(ps, head) == pytest.approx(1.0)
+    # Measured on the largest components, as the AoP is: a stray PS island on the head does not count.
+    island = ps.copy()
+    island[25:28, 29:31] = False
+    island[40, 30] = True
+    assert quality.ps_fh_gap(island, head) == pytest.approx(4.0)
+
+
+def test_a_symphysis_touching_the_head_is_flagged():
+    image, labels = example(EXAMPLE_IDS[0])
+    apart = quality.check(image, labels)
+    assert apart.trusted and apart.measures["ps_fh_gap"] >= 2.0
+    # Grow the PS down until it meets the head: the model's typical gross error.
+    touching = labels.copy()
+    ps_rows, ps_cols = np.nonzero(labels == PS)
+    col = int(np.median(ps_cols))
+    head_top = int(np.nonzero(labels[:, col] == FH)[0].min())
+    touching[ps_rows.max():head_top, col - 2:col + 3] = PS
+    checked = quality.check(image, touching)
+    assert checked.measures["ps_fh_gap"] < quality.MIN_PS_FH_GAP
+    assert any("touches the fetal head" in reason for reason in checked.reasons)
+    assert quality.judge(checked.measures) == checked.reasons
+
+
 def test_flip_gap_and_fold_spread_measures():
     assert quality.flip_aop_gap({"fold_0": [100.0, 110.0], "fold_1": [100.0, 104.0]}) == pytest.approx(7.0)
     # A fold that finds an AoP in one view only does not know where the anatomy is: 90 degrees.

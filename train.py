@@ -27,7 +27,7 @@ from psfh.cli import run_cli
 from psfh.data import (find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, read_ids_file,
                        resize_pair, select_samples, validate_samples)
 from psfh.errors import PSFHInputError
-from psfh.lora import make_lora_config
+from psfh.lora import DECODER_CHOICES, make_lora_config
 from psfh.model import PSFHModel
 from psfh.package import resolve_package
 from psfh.training.loop import train_fold
@@ -52,7 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoder-scope", choices=("all", "last_stage"), default=None,
                    help="encoder LoRA on every qkv (all, the paper) or on the last stage only (its earlier "
                         "stages stay shared by all folds)")
-    p.add_argument("--decoder-rank", type=int, default=None, help="LoRA rank on the mask decoder (0: frozen)")
+    p.add_argument("--decoder", choices=DECODER_CHOICES, default=None,
+                   help="train the mask decoder as LoRA (paper default) or whole, every weight (cpu default; "
+                        "about 16 MB per fold)")
+    p.add_argument("--decoder-rank", type=int, default=None, help="LoRA rank on the mask decoder (0: frozen; with --decoder lora)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -79,7 +82,7 @@ def _main(argv=None) -> int:
                     block_size=args.block_size, holdout=args.holdout, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, encoder_rank=args.encoder_rank, encoder_scope=args.encoder_scope,
                     time_budget_minutes=args.time_budget_minutes,
-                    decoder_rank=args.decoder_rank, augment=args.augment, mixed_precision=args.mixed_precision,
+                    decoder_rank=args.decoder_rank, decoder=args.decoder, augment=args.augment, mixed_precision=args.mixed_precision,
                     seed=args.seed, cache_dir=args.cache_dir)
     if config.time_budget_minutes is not None and config.time_budget_minutes <= 0:
         raise PSFHInputError(f"--time-budget must be a positive number of minutes, not {config.time_budget_minutes}")
@@ -117,7 +120,8 @@ def _main(argv=None) -> int:
 
     # ---- model: one shared base, one adapter per fold -------------------------------------
     lora = make_lora_config(config.encoder_rank, config.decoder_rank, config.train_decoder_tokens,
-                            encoder_targets=get_base(config.base).encoder_targets(config.encoder_scope))
+                            encoder_targets=get_base(config.base).encoder_targets(config.encoder_scope),
+                            decoder=config.decoder)
     base_folder = resolve_package(config.base_package) if config.base_package else None  # None: the registry's
     model = PSFHModel.from_base(config.base, fold_names, lora, device=accelerator.device, base_folder=base_folder)
     size = model.config.input_size

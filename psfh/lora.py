@@ -6,6 +6,11 @@ outputs, so the decoder side trains too: LoRA on the two-way transformer's and t
 hypernetworks' linear layers, plus the (tiny) output tokens and the dense no-prompt embedding as
 full copies (peft ``modules_to_save``). Keeping the decoder in LoRA form keeps a fold's file
 around 2 MB instead of the 16 MB of a full decoder copy.
+
+Or the whole mask decoder trains, every weight (``decoder="whole"``, the SAMed-style setup the
+paper builds on): each fold keeps its own full copy (peft ``modules_to_save``), about 16 MB in
+float32. On 2 CPU cores it beats decoder LoRA on every out-of-fold measure but the challenge's AoP
+(docs/ABLATION.md, variant b), so the CPU recipe uses it.
 """
 
 from __future__ import annotations
@@ -19,20 +24,38 @@ DECODER_LINEARS = (r"mask_decoder\.(transformer\..*\.(q_proj|k_proj|v_proj|out_p
                    r"|output_hypernetworks_mlps\.\d+\.(proj_in|proj_out|layers\.\d+))")
 DECODER_TOKENS = ["mask_tokens", "iou_token", "no_mask_embed"]
 DECODER_PATTERN_KEY = r"mask_decoder\..*"
+DECODER_CHOICES = ("lora", "whole")
+# The whole decoder as full copies; its output tokens live inside it, the no-prompt embedding does not.
+WHOLE_DECODER = ["mask_decoder", "no_mask_embed"]
+# peft needs at least one LoRA target. With the encoder frozen and the whole decoder copied, that
+# is the prompt encoder's mask-input convolution: its LoRA starts at zero and no pass psfh runs
+# (prompt-free or box-prompted) uses mask inputs, so it never changes an output.
+PLACEHOLDER_TARGET = r"prompt_encoder\.mask_embed\.conv1"
 
 
 def make_lora_config(encoder_rank: int = 4, decoder_rank: int = 16, train_decoder_tokens: bool = True,
-                     alpha_ratio: float = 1.0, dropout: float = 0.0, encoder_targets: str = ENCODER_QKV) -> LoraConfig:
+                     alpha_ratio: float = 1.0, dropout: float = 0.0, encoder_targets: str = ENCODER_QKV,
+                     decoder: str = "lora") -> LoraConfig:
     """The peft LoraConfig of a fold adapter.
 
     Args:
         encoder_rank: LoRA rank on the encoder's qkv (0: the encoder stays frozen, as in the CPU recipe).
-        decoder_rank: LoRA rank on the mask decoder's linear layers (0: decoder LoRA off).
+        decoder_rank: LoRA rank on the mask decoder's linear layers (0: decoder LoRA off; not
+            used with ``decoder="whole"``).
         train_decoder_tokens: fully train the decoder's output tokens and no-prompt embedding.
         alpha_ratio: lora_alpha = alpha_ratio * rank (peft scales updates by alpha / rank).
         encoder_targets: peft regex of the encoder layers to adapt (the base registry's
             ``encoder_targets(scope)``; default every attention qkv, as the paper).
+        decoder: "lora" (LoRA on its linear layers) or "whole" (every decoder weight trained, a
+            full copy per fold).
     """
+    if decoder not in DECODER_CHOICES:
+        raise PSFHInputError(f"decoder={decoder!r}: choose one of {', '.join(DECODER_CHOICES)}")
+    if decoder == "whole":
+        rank = encoder_rank or 1
+        return LoraConfig(r=rank, lora_alpha=alpha_ratio * rank, lora_dropout=dropout,
+                          target_modules=encoder_targets if encoder_rank > 0 else PLACEHOLDER_TARGET,
+                          modules_to_save=list(WHOLE_DECODER), bias="none")
     targets = []
     if encoder_rank > 0:
         targets.append(encoder_targets)
@@ -89,7 +112,9 @@ def describe(lora_config: LoraConfig) -> dict:
                            else f"LoRA rank {lora_config.r} on attention qkv" if ENCODER_QKV in targets
                            else f"LoRA rank {lora_config.r} on the last stage's linear layers; earlier stages "
                                 "frozen and shared by all folds")),
-        "mask_decoder": (f"LoRA rank {decoder_rank} on its linear layers" if "mask_decoder" in targets
+        "mask_decoder": ("every weight trained (a full copy per fold)"
+                         if "mask_decoder" in (lora_config.modules_to_save or [])
+                         else f"LoRA rank {decoder_rank} on its linear layers" if "mask_decoder" in targets
                          else "frozen"),
         "fully_trained": list(lora_config.modules_to_save or []),
         "prompt_encoder": "frozen (no prompts are used)",

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 import train
 from conftest import EMBEDDED, EXAMPLES, ROOT
+from psfh import prompts
+from psfh.export import export_onnx
 from psfh.model import PSFHModel
 
 
@@ -54,6 +56,52 @@ def test_two_fold_tiny_run_writes_a_package_that_loads_and_predicts(small_datase
         assert (out / fold / "metrics.csv").read_text().startswith("epoch,")
         assert (out / fold / "adapter_model.safetensors").stat().st_size < 10e6
     assert not (out / "checkpoints").exists(), "checkpoints are removed once every fold is done"
+
+
+def test_the_cpu_recipe_trains_the_whole_decoder_per_fold_over_one_shared_base(small_dataset, tmp_path):
+    """The CPU recipe (ablation variant b): every decoder weight trains, a full copy per fold, and
+    the package still loads onto one base, hot-swaps its folds and keeps the base for box prompts."""
+    out = tmp_path / "cpu"
+    from psfh.training.recipe import preset
+
+    assert preset("cpu").decoder == "whole" and preset("cpu").learning_rate == pytest.approx(1e-4)
+    assert train.main(tiny_args(small_dataset, out, "--recipe", "cpu", "--cache-dir", str(tmp_path / "cache"))) == 0
+    config = json.loads((out / "psfh_config.json").read_text())
+    assert config["training"]["recipe"]["decoder"] == "whole"
+    assert config["trained"]["mask_decoder"].startswith("every weight") and config["trained"]["image_encoder"] == "frozen"
+    base = PSFHModel.from_pretrained(out, device="cpu", folds=[]).network.state_dict()
+    adapters = {fold: _adapter(out, fold) for fold in ("fold_0", "fold_1")}
+    for fold, weights in adapters.items():
+        decoder = {k: v for k, v in weights.items() if "mask_decoder" in k}
+        # Every decoder weight is stored (no LoRA factors there), and training moved them.
+        assert decoder and not any("lora_" in k for k in decoder)
+        stored = {k.split("mask_decoder.", 1)[1]: v for k, v in decoder.items()}
+        original = {k.split("mask_decoder.", 1)[1]: v for k, v in base.items() if k.startswith("mask_decoder.")}
+        assert stored.keys() == original.keys()
+        assert any(not torch.equal(stored[k], original[k]) for k in stored), fold
+    model = PSFHModel.from_pretrained(out, device="cpu")
+    # Two epochs on 8 frames barely move the tiny model's outputs: push fold_1's own decoder copy
+    # (peft's ModulesToSaveWrapper) further, so that a fold running another fold's copy would show.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.base_model.mask_decoder.modules_to_save["fold_1"].parameters():
+            weight.add_(torch.randn_like(weight))
+    image = EXAMPLES / "image_mha" / "03811.mha"
+    folds = {fold: model.predict(image, folds=[fold], tta=False).probabilities for fold in model.folds}
+    assert np.abs(folds["fold_0"] - folds["fold_1"]).max() > 0.02, "each fold runs its own decoder copy"
+    # The ONNX export merges each fold's copy into its decoder file: the same probabilities.
+    export_onnx(model, tmp_path / "onnx", model.folds, progress=False)
+    exported = PSFHModel.from_pretrained(out, device="cpu", backend="onnxruntime", export_dir=tmp_path / "onnx")
+    for fold, reference in folds.items():
+        assert np.abs(exported.predict(image, folds=[fold], tta=False).probabilities - reference).max() <= 1e-3, fold
+    # Box prompts run the base's decoder, not a fold's copy: the same logits as the base alone.
+    embeddings = model.embed(image, for_prompts=True)
+    box = prompts.box_to_input((60, 60, 200, 220), embeddings.size, model.config.input_size)
+    with model._adapters_off():
+        from_package = prompts.box_mask_logits(model.base_model, embeddings.base, box)
+    base_alone = PSFHModel.from_pretrained(out, device="cpu", folds=[])
+    assert torch.allclose(from_package, prompts.box_mask_logits(base_alone.base_model, embeddings.base, box))
+    assert model.decode(embeddings, boxes={"fh": (60, 60, 200, 220)}).label_map.shape == (256, 256)
 
 
 def test_training_one_fold_only(small_dataset, tmp_path):

@@ -107,3 +107,14 @@ def test_class_weights_make_the_loss_count_a_missed_ps_more():
     plain = segmentation_loss()(logits, labels)
     weighted = segmentation_loss(class_weights=(1.0, 3.0, 1.0))(logits, labels)
     assert weighted > plain
+
+
+def test_the_decoder_is_trained_as_lora_or_whole_and_nothing_else():
+    from psfh.errors import PSFHInputError
+    from psfh.lora import describe
+
+    whole = make_lora_config(0, 16, decoder="whole")
+    assert "mask_decoder" in whole.modules_to_save and describe(whole)["mask_decoder"].startswith("every weight")
+    assert describe(make_lora_config(0, 16))["mask_decoder"] == "LoRA rank 16 on its linear layers"
+    with pytest.raises(PSFHInputError, match="decoder='full'"):
+        make_lora_config(0, 16, decoder="full")

@@ -86,6 +86,9 @@ def _main(argv=None) -> int:
                     seed=args.seed, cache_dir=args.cache_dir)
     if config.time_budget_minutes is not None and config.time_budget_minutes <= 0:
         raise PSFHInputError(f"--time-budget must be a positive number of minutes, not {config.time_budget_minutes}")
+    if config.decoder == "whole" and args.decoder_rank is not None:
+        raise PSFHInputError(f"--decoder-rank {args.decoder_rank}: the whole decoder trains every weight, no LoRA "
+                             "rank to set (add --decoder lora for decoder LoRA)")
     if config.recipe == "cpu" and config.encoder_rank:
         raise PSFHInputError("the cpu recipe trains on cached embeddings: the encoder must stay frozen (--rank 0)")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=args.device == "cpu")

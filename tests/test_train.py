@@ -65,6 +65,9 @@ def test_the_cpu_recipe_trains_the_whole_decoder_per_fold_over_one_shared_base(s
     from psfh.training.recipe import preset
 
     assert preset("cpu").decoder == "whole" and preset("cpu").learning_rate == pytest.approx(1e-4)
+    # A LoRA rank for a decoder without LoRA is refused before any work (exit status 2).
+    assert train.main(tiny_args(small_dataset, tmp_path / "never", "--recipe", "cpu", "--decoder-rank", "8")) == 2
+    assert not (tmp_path / "never").exists()
     assert train.main(tiny_args(small_dataset, out, "--recipe", "cpu", "--cache-dir", str(tmp_path / "cache"))) == 0
     config = json.loads((out / "psfh_config.json").read_text())
     assert config["training"]["recipe"]["decoder"] == "whole"
@@ -174,7 +177,7 @@ def test_label_values_outside_0_1_2_stop_the_run_naming_the_file(small_dataset, 
 
 
 def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
-    """The CPU recipe (frozen LiteMedSAM encoder, decoder LoRA on cached embeddings) can fit 4 real images."""
+    """Training on cached embeddings (frozen LiteMedSAM encoder; decoder in its LoRA form) can fit 4 real images."""
     from accelerate import Accelerator
 
     from psfh.data import find_samples, load_arrays

@@ -225,13 +225,9 @@ def export_onnx(model, out: str | Path, folds: list[str] | None = None, check_im
 def source_key(model, folds: list[str]) -> str:
     """A content hash of what an export is made from: the base weights, the loaded folds' adapter
     weights, the preprocessing and the export format (so a cached export never goes stale)."""
-    from psfh.package import base_state_dict
+    from psfh.training.embedding_cache import base_key  # the base weights and preprocessing, hashed
 
-    digest = hashlib.sha256(json.dumps([EXPORT_FORMAT, model.config.base, model.config.input_size,
-                                        list(model.config.pixel_mean), list(model.config.pixel_std), folds]).encode())
-    for name, tensor in sorted(base_state_dict(model.network).items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    digest = hashlib.sha256(json.dumps([EXPORT_FORMAT, base_key(model), folds]).encode())
     for name, parameter in sorted(model.network.named_parameters()):
         if any(f".{fold}." in name or name.endswith(f".{fold}") for fold in folds):
             digest.update(name.encode())

@@ -5,8 +5,9 @@ From the members kept by ``scripts/cache_members.py`` (no encoder pass), for eac
 of the fused label map (the product today: soft ensemble of every fold and view, then one
 measurement), and the mean and median of the AoPs measured on each member's own label map (fold x
 view; a member without an AoP is left out). Errors against the ground truth's AoP (psfh.aop), and
-the paired difference (member mean - fused) with a 95 % bootstrap interval over exam blocks (20
-consecutive ids), since frames of one exam are correlated.
+the paired difference (member mean - fused) with a 95 % bootstrap interval over the blocks of
+consecutive ids that the package's folds keep whole (psfh.data.id_blocks over its folds.json, and
+over the rest of the ids for the test frames), since frames of one exam are correlated.
 
     python scripts/aop_fusion.py --mode oof --ids-file docs/splits/oof_every4th_ids.txt
     python scripts/aop_fusion.py --mode all --ids-file docs/splits/test_ids.txt
@@ -26,8 +27,9 @@ import numpy as np  # noqa: E402
 from cache_members import load_members, members_folder  # noqa: E402
 from psfh import inference  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.data import find_samples, id_blocks, read_ids_file, select_samples  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
+from psfh.package import read_fold_assignment  # noqa: E402
 
 
 def block_bootstrap(differences: np.ndarray, blocks: np.ndarray, draws: int = 2000, seed: int = 0) -> np.ndarray:
@@ -49,8 +51,14 @@ def main() -> int:
     args = parser.parse_args()
 
     folder = members_folder(args.package, args.mode)
+    samples = find_samples(args.data)
+    # Exam-like blocks: the cross-validation frames as the folds cut them, the others (test) alike.
+    cross_validation = set(read_fold_assignment(args.package))
+    block_of = {i: n for n, block in enumerate(
+        id_blocks(sorted(cross_validation)) + id_blocks(sorted(s.id for s in samples if s.id not in cross_validation)))
+        for i in block}
     rows = []
-    for sample in select_samples(find_samples(args.data), read_ids_file(args.ids_file)):
+    for sample in select_samples(samples, read_ids_file(args.ids_file)):
         members, _ = load_members(folder, sample.id)  # F x V x 3 x S x S
         truth = load_label_map(sample.label_path)
         true_aop = measure_aop(truth).angle_deg
@@ -60,13 +68,13 @@ def main() -> int:
         each = [a for a in each if a is not None]
         if true_aop is None or fused is None or not each:
             continue
-        rows.append((int(sample.id), abs(fused - true_aop), abs(np.mean(each) - true_aop),
+        rows.append((block_of[sample.id], abs(fused - true_aop), abs(np.mean(each) - true_aop),
                      abs(np.median(each) - true_aop)))
     table = np.array(rows)
     print(f"{args.mode}: {len(table)} frames")
     for column, name in ((1, "fused outline (today)"), (2, "mean of member AoPs"), (3, "median of member AoPs")):
         print(f"  {name}: AoP error mean {table[:, column].mean():.3f}, median {np.median(table[:, column]):.3f} deg")
-    blocks = table[:, 0] // 20
+    blocks = table[:, 0]
     difference = table[:, 2] - table[:, 1]
     low, high = block_bootstrap(difference, blocks)
     print(f"  member mean - fused: {difference.mean():+.3f} deg, 95 % interval over {len(np.unique(blocks))} "

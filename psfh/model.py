@@ -35,6 +35,7 @@ from psfh.errors import PSFHInputError
 from psfh.io import as_uint8, load_image, pixel_spacing_mm
 from psfh.labels import CLASSES, structure_areas
 from psfh.lora import adapts_encoder, describe, encoder_scope, make_lora_config
+from psfh.merged_folds import MergedFoldWeights
 from psfh.options import check_backend, check_precision, resolve_folds
 from psfh.package import (PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights)
 
@@ -424,10 +425,23 @@ class PSFHModel:
         hidden = encoder.forward_prefix(views, stage) if stage is not None else None
         embeddings = {}
         for fold in folds:
-            self.network.set_adapter(fold)
-            embeddings[fold] = (self.base_model.get_image_embeddings(views) if hidden is None
-                                else encoder.forward_from(hidden, stage).last_hidden_state)
+            with self._fold_encoder(fold):
+                embeddings[fold] = (self.base_model.get_image_embeddings(views) if hidden is None
+                                    else encoder.forward_from(hidden, stage).last_hidden_state)
         return embeddings
+
+    @cached_property
+    def _merged_encoder(self) -> MergedFoldWeights:
+        return MergedFoldWeights(self.network, scope="vision_encoder")
+
+    def _fold_encoder(self, fold: str):
+        """Context: the encoder as ``fold`` adapts it, its LoRA merged into plain weights when it
+        can be (psfh.merged_folds: ~18 % of a fold's encoder time saved), else peft's unmerged
+        layers: with gradients on (the merged weights carry none to the adapters) or for an
+        adapter kind that does not merge exactly. Call under the lock."""
+        self.network.set_adapter(fold)
+        merge = self._merged_encoder.supports(fold) and not torch.is_grad_enabled()
+        return self._merged_encoder.active(fold) if merge else nullcontext()
 
     def _decode_folds(self, embeddings: dict[str, torch.Tensor], folds: list[str], tta: bool) -> torch.Tensor:
         """Each fold adapter's decoder on its embeddings of the views -> F x V x 3 x S x S class

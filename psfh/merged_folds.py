@@ -2,8 +2,8 @@
 
 peft runs an unmerged LoRA linear layer as ``base(x) + scale * B(A(x))``: two more matrix
 products, a multiply and an add per layer. With LoRA on every attention ``qkv`` of the TinyViT's
-stages 1-3 (the shipped package) that was about 18 % of a fold's encoder time on 2 CPU cores
-(torch profiler, docs/PERFORMANCE.md). peft's ``merge_adapter`` / ``unmerge_adapter`` would add the
+stages 1-3 (the shipped package) that was about 16 % of a fold's encoder time on 2 CPU cores
+(`python scripts/profile_encoder.py`, docs/PERFORMANCE.md). peft's ``merge_adapter`` / ``unmerge_adapter`` would add the
 product to the shared base weights and later subtract it, leaving rounding drift in the base after
 every pass; here each fold's merged weight ``W + scale * B @ A`` is made once, kept beside the base
 (a few MB per fold) and put in the base layer's place for the pass, with the adapters off; the

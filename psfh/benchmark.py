@@ -9,8 +9,9 @@ Designs, each measured in its own process so that peak memory is its own:
   into a deep copy of the base), the 10 passes (5 folds x {identity, flip}) one after another,
   fp32, BatchNorm not folded;
 - ``psfh``: PSFHModel: ONE base with 5 adapters hot-swapped, the encoder run once per view when
-  no adapter touches it (the CPU recipe), the two views in one batch, BatchNorm folded into the
-  convolutions;
+  no adapter touches it (the CPU recipe), else its unadapted stages once and each fold's adapted
+  stages with that fold's LoRA merged into plain weights (psfh.merged_folds), the two views in
+  one batch, BatchNorm folded into the convolutions;
 - ``psfh-1fold``: the fast setting of the same package: one fold adapter, both flip views
   (``predict(image, folds=[first fold])``); its "ensemble" column is that 2-member ensemble;
 - ``psfh-bf16``: the same under bf16 autocast;

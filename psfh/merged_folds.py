@@ -3,11 +3,12 @@
 peft runs an unmerged LoRA linear layer as ``base(x) + scale * B(A(x))``: two more matrix
 products, a multiply and an add per layer. With LoRA on every attention ``qkv`` of the TinyViT's
 stages 1-3 (the shipped package) that was about 16 % of a fold's encoder time on 2 CPU cores
-(`python scripts/profile_encoder.py`, docs/PERFORMANCE.md). peft's ``merge_adapter`` / ``unmerge_adapter`` would add the
-product to the shared base weights and later subtract it, leaving rounding drift in the base after
-every pass; here each fold's merged weight ``W + scale * B @ A`` is made once, kept beside the base
-(a few MB per fold) and put in the base layer's place for the pass, with the adapters off; the
-base's own parameter object is put back after it, untouched.
+(`python scripts/profile_encoder.py`, docs/PERFORMANCE.md). peft's ``merge_adapter`` /
+``unmerge_adapter`` would add the product to the shared base weights and later subtract it,
+leaving rounding drift in the base after every pass; here each fold's merged weight
+``W + scale * B @ A`` is made once, kept beside the base (5 MB per fold for LiteMedSAM) and put in
+the base layer's place for the pass, with the adapters off; the base's own parameter object is put
+back after it, untouched. Large bases keep peft's unmerged layers (:data:`MAX_MERGED_BYTES`).
 
     merged = MergedFoldWeights(peft_model, scope="vision_encoder")
     with merged.active("fold_0"):
@@ -21,6 +22,11 @@ from contextlib import contextmanager
 import torch
 from peft import PeftModel
 from peft.tuners.lora import Linear as LoraLinear
+
+# Merged copies are kept per fold only up to this size each. SAM ViT-H's qkv weights are 630 MB a
+# fold (3 GB for five, on a GPU): there the rank-4 side path is a negligible share of the work,
+# and memory matters more, so such bases keep peft's unmerged layers.
+MAX_MERGED_BYTES = 32 * 2**20
 
 
 class MergedFoldWeights:
@@ -39,11 +45,17 @@ class MergedFoldWeights:
         self._base = {name: layer.get_base_layer().weight for name, layer in self.layers.items()}
         self._merged: dict[str, tuple[tuple, dict[str, torch.nn.Parameter]]] = {}
 
+    @property
+    def merged_bytes(self) -> int:
+        """Memory one fold's merged weights take."""
+        return sum(weight.numel() * weight.element_size() for weight in self._base.values())
+
     def supports(self, fold: str) -> bool:
-        """Whether ``fold``'s layers here are plain LoRA (no DoRA, no LoRA bias), which merge exactly."""
-        return bool(self.layers) and isinstance(self.network, PeftModel) and all(
-            not layer.use_dora.get(fold, False) and not getattr(layer, "lora_bias", {}).get(fold, False)
-            for layer in self.layers.values())
+        """Whether ``fold``'s layers here are plain LoRA (no DoRA, no LoRA bias), which merge
+        exactly, and small enough to keep merged (:data:`MAX_MERGED_BYTES`)."""
+        return (bool(self.layers) and isinstance(self.network, PeftModel) and self.merged_bytes <= MAX_MERGED_BYTES
+                and all(not layer.use_dora.get(fold, False) and not getattr(layer, "lora_bias", {}).get(fold, False)
+                        for layer in self.layers.values()))
 
     def _version(self, fold: str) -> tuple:
         """Changes whenever a weight the merge reads is changed in place (training, loading)."""

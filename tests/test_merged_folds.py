@@ -84,3 +84,18 @@ def test_the_weights_are_put_back_when_the_pass_fails(model):
             raise RuntimeError("stopped")
     assert layer.get_base_layer().weight is base
     assert not layer.disable_adapters, "the adapters are on again"
+
+
+def test_a_base_too_large_to_keep_merged_copies_runs_pefts_layers(model, monkeypatch):
+    import psfh.merged_folds
+
+    merged_weights = model._merged_encoder
+    assert 0 < merged_weights.merged_bytes <= psfh.merged_folds.MAX_MERGED_BYTES, "LiteMedSAM's qkv merge"
+    merged = model.predict(IMAGE, folds=["fold_1"], tta=False).probabilities
+    monkeypatch.setattr(psfh.merged_folds, "MAX_MERGED_BYTES", merged_weights.merged_bytes - 1)
+    assert not merged_weights.supports("fold_1")
+    calls = []
+    monkeypatch.setattr(MergedFoldWeights, "active", lambda self, fold: calls.append(fold))
+    plain = model.predict(IMAGE, folds=["fold_1"], tta=False).probabilities
+    assert calls == [], "no merged weights were swapped in"
+    assert np.abs(merged - plain).max() <= 1e-5

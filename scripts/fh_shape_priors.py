@@ -1,0 +1,102 @@
+"""Would a head-shape prior fix the AoP? (issues 10 and 12; measured, not adopted.)
+
+Experts outline the fetal head as a near-ellipse even where the skull is not visible; the model
+follows the visible edge. Here each fused label map's FH is replaced, before the AoP is measured, by:
+``ellipse`` (the least-squares ellipse of its outer contour), ``union`` (the FH and that ellipse),
+``thr0.3`` / ``thr0.2`` (the FH grown into background pixels whose FH probability exceeds 0.3 / 0.2,
+largest component kept). Mean AoP error and FH Dice out of fold and on the test frames, from the
+members kept by scripts/cache_members.py.
+
+    python scripts/fh_shape_priors.py > docs/results/quality/fh_shape_priors.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from skimage.measure import EllipseModel, find_contours  # noqa: E402
+
+from cache_members import load_members, members_folder  # noqa: E402
+from psfh import inference  # noqa: E402
+from psfh.aop import measure_aop  # noqa: E402
+from psfh.data import read_ids_file  # noqa: E402
+from psfh.io import load_label_map  # noqa: E402
+from psfh.labels import FH, PS, largest_component  # noqa: E402
+
+SETS = {"out of fold": ("oof", "docs/splits/oof_every4th_ids.txt"), "test": ("all", "docs/splits/test_ids.txt")}
+
+
+def ellipse_mask(mask: np.ndarray) -> np.ndarray | None:
+    """The filled least-squares ellipse of the mask's longest contour (H x W bool), or None."""
+    contours = find_contours(mask.astype(float), 0.5)
+    if not contours:
+        return None
+    points = max(contours, key=len)[:, ::-1]  # (x, y)
+    model = EllipseModel.from_estimate(points)
+    if not model:
+        return None
+    (xc, yc), (a, b), theta = model.center, model.axis_lengths, model.theta
+    rows, cols = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    u = (cols - xc) * np.cos(theta) + (rows - yc) * np.sin(theta)
+    v = -(cols - xc) * np.sin(theta) + (rows - yc) * np.cos(theta)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+def with_head(label_map: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """The label map with its FH replaced by ``head`` (the PS keeps its pixels)."""
+    out = label_map.copy()
+    out[out == FH] = 0
+    out[head & (label_map != PS)] = FH
+    return out
+
+
+def variants(label_map: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    head = label_map == FH
+    out = {"as predicted": label_map}
+    ellipse = ellipse_mask(head)
+    if ellipse is not None:
+        out["ellipse"] = with_head(label_map, ellipse)
+        out["union"] = with_head(label_map, ellipse | head)
+    for threshold in (0.3, 0.2):
+        grown = head | ((probabilities[FH] > threshold) & (label_map == 0))
+        out[f"thr{threshold}"] = with_head(label_map, largest_component(grown))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
+    parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
+    args = parser.parse_args()
+    for title, (mode, ids_file) in SETS.items():
+        folder = members_folder(args.package, mode)
+        errors, dice = {}, {}
+        for sample_id in read_ids_file(ROOT / ids_file):
+            if not (folder / f"{sample_id}.safetensors").exists():
+                continue
+            members, _ = load_members(folder, sample_id)
+            expert = load_label_map(args.data / "label_mha" / f"{sample_id}.mha")
+            label_map, probabilities = inference.to_label_map(inference.ensemble(members.flatten(0, 1))[0],
+                                                              expert.shape)
+            truth = measure_aop(expert).angle_deg
+            for name, candidate in variants(label_map, probabilities).items():
+                angle = measure_aop(candidate).angle_deg
+                if truth is not None and angle is not None:
+                    errors.setdefault(name, []).append(abs(angle - truth))
+                head, expert_head = candidate == FH, expert == FH
+                dice.setdefault(name, []).append(2 * (head & expert_head).sum() / (head.sum() + expert_head.sum()))
+        print(f"{title}:")
+        for name in errors:
+            print(f"  {name:13s} AoP error mean {np.mean(errors[name]):.2f} / median {np.median(errors[name]):.2f} deg "
+                  f"({len(errors[name])} frames), FH Dice {np.mean(dice[name]):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

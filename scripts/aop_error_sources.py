@@ -25,15 +25,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from cache_members import load_members, members_folder  # noqa: E402
-from psfh import inference  # noqa: E402
+from cache_members import KEPT_SETS, fused_label_map, kept_samples, load_members, members_folder  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.data import read_ids_file  # noqa: E402
 from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
 from psfh.labels import FH, PS  # noqa: E402
 
 BAD_DEG = 15.0
-SETS = {"out of fold": ("oof", "docs/splits/oof_every4th_ids.txt"), "test": ("all", "docs/splits/test_ids.txt")}
 
 
 def with_expert(predicted: np.ndarray, expert: np.ndarray, keep: int) -> np.ndarray:
@@ -46,8 +44,7 @@ def with_expert(predicted: np.ndarray, expert: np.ndarray, keep: int) -> np.ndar
 
 
 def measure_frame(members, image: np.ndarray, expert: np.ndarray) -> dict | None:
-    mean, _ = inference.ensemble(members.flatten(0, 1))
-    label_map, probabilities = inference.to_label_map(mean, expert.shape)
+    label_map, probabilities = fused_label_map(members, expert.shape)
     angles = {"predicted": measure_aop(label_map), "predicted PS, expert FH": measure_aop(with_expert(label_map, expert, PS)),
               "expert PS, predicted FH": measure_aop(with_expert(label_map, expert, FH))}
     truth = measure_aop(expert).angle_deg
@@ -68,18 +65,18 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
     parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
     args = parser.parse_args()
-    for title, (mode, ids_file) in SETS.items():
+    for title, (mode, ids_file) in KEPT_SETS.items():
         folder = members_folder(args.package, mode)
-        wanted = [i for i in read_ids_file(ROOT / ids_file) if (folder / f"{i}.safetensors").exists()]
+        samples = kept_samples(args.data, folder, read_ids_file(ROOT / ids_file))
         rows = []
-        for sample in select_samples(find_samples(args.data), wanted):
+        for sample in samples:
             members, _ = load_members(folder, sample.id)
             row = measure_frame(members, as_uint8(load_image(sample.image_path)), load_label_map(sample.label_path))
             if row is not None:
                 rows.append({"id": sample.id, **row})
         error = np.abs([r["predicted"] for r in rows])
         bad = error > BAD_DEG
-        print(f"{title}: {len(rows)} frames ({len(wanted) - len(rows)} without an AoP in one of the three "
+        print(f"{title}: {len(rows)} frames ({len(samples) - len(rows)} without an AoP in one of the three "
               f"measurements left out), {bad.sum()} with an AoP error over {BAD_DEG:.0f} deg")
         print("  mean |AoP error|, all frames / the bad ones:")
         for name in ("predicted", "predicted PS, expert FH", "expert PS, predicted FH"):

@@ -26,12 +26,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from psfh import inference  # noqa: E402
 from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
 from psfh.files import atomic_target  # noqa: E402
 from psfh.io import load_image  # noqa: E402
 from psfh.model import PSFHModel  # noqa: E402
 from psfh.package import read_fold_assignment  # noqa: E402
 from psfh.training.embedding_cache import cache_root  # noqa: E402
+
+
+# The frames members are kept for (the commands above): {title: (mode, ids file under the repository)}.
+KEPT_SETS = {"out of fold": ("oof", "docs/splits/oof_every4th_ids.txt"), "test": ("all", "docs/splits/test_ids.txt")}
 
 
 def package_key(folder: Path) -> str:
@@ -53,6 +58,17 @@ def load_members(folder: Path, sample_id: str) -> tuple[torch.Tensor, list[str]]
     stored = load_file(str(folder / f"{sample_id}.safetensors"))
     folds = sorted(k for k in stored)
     return torch.stack([stored[f] for f in folds]).float(), folds
+
+
+def kept_samples(data: Path, folder: Path, ids: list[str]) -> list:
+    """The samples of ``data`` among ``ids`` whose members are kept in ``folder``, in data set order."""
+    return select_samples(find_samples(data), [i for i in ids if (folder / f"{i}.safetensors").exists()])
+
+
+def fused_label_map(members: torch.Tensor, size: tuple[int, int]):
+    """Members (F x V x 3 x S x S) -> the product's H x W label map and 3 x H x W probabilities,
+    fused as :meth:`PSFHModel.finish` fuses them (soft ensemble, largest components)."""
+    return inference.to_label_map(inference.ensemble(members.flatten(0, 1))[0], size)
 
 
 def main() -> int:

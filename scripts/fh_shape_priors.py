@@ -22,14 +22,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from skimage.measure import EllipseModel, find_contours  # noqa: E402
 
-from cache_members import load_members, members_folder  # noqa: E402
-from psfh import inference  # noqa: E402
+from cache_members import KEPT_SETS, fused_label_map, kept_samples, load_members, members_folder  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
 from psfh.data import read_ids_file  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
 from psfh.labels import FH, PS, largest_component  # noqa: E402
-
-SETS = {"out of fold": ("oof", "docs/splits/oof_every4th_ids.txt"), "test": ("all", "docs/splits/test_ids.txt")}
 
 
 def ellipse_mask(mask: np.ndarray) -> np.ndarray | None:
@@ -74,16 +71,13 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
     parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
     args = parser.parse_args()
-    for title, (mode, ids_file) in SETS.items():
+    for title, (mode, ids_file) in KEPT_SETS.items():
         folder = members_folder(args.package, mode)
         errors, dice = {}, {}
-        for sample_id in read_ids_file(ROOT / ids_file):
-            if not (folder / f"{sample_id}.safetensors").exists():
-                continue
-            members, _ = load_members(folder, sample_id)
-            expert = load_label_map(args.data / "label_mha" / f"{sample_id}.mha")
-            label_map, probabilities = inference.to_label_map(inference.ensemble(members.flatten(0, 1))[0],
-                                                              expert.shape)
+        for sample in kept_samples(args.data, folder, read_ids_file(ROOT / ids_file)):
+            members, _ = load_members(folder, sample.id)
+            expert = load_label_map(sample.label_path)
+            label_map, probabilities = fused_label_map(members, expert.shape)
             truth = measure_aop(expert).angle_deg
             for name, candidate in variants(label_map, probabilities).items():
                 angle = measure_aop(candidate).angle_deg

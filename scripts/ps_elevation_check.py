@@ -23,8 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from cache_members import load_members, members_folder  # noqa: E402
-from psfh import inference  # noqa: E402
+from cache_members import fused_label_map, load_members, members_folder  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
 from psfh.data import find_samples, read_ids_file  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
@@ -63,7 +62,7 @@ def main() -> int:
             if row["aop_error"] == "":
                 continue
             members, _ = load_members(folder, row["id"])
-            label_map, _ = inference.to_label_map(inference.ensemble(members.flatten(0, 1))[0], (256, 256))
+            label_map, _ = fused_label_map(members, (256, 256))
             elevation = ps_elevation(label_map)
             found.append((float(row["aop_error"]), row["trusted"] != "True", np.nan if elevation is None else elevation))
         frames[title] = np.array(found, dtype=float)

@@ -6,7 +6,7 @@ stages 1-3 (the shipped package) that was about 16 % of a fold's encoder time on
 (`python scripts/profile_encoder.py`, docs/PERFORMANCE.md). peft's ``merge_adapter`` /
 ``unmerge_adapter`` would add the product to the shared base weights and later subtract it,
 leaving rounding drift in the base after every pass; here each fold's merged weight
-``W + scale * B @ A`` is made once, kept beside the base (5 MB per fold for LiteMedSAM) and put in
+``W + scale * B @ A`` is made once, kept beside the base (4.5 MiB per fold for LiteMedSAM) and put in
 the base layer's place for the pass, with the adapters off; the base's own parameter object is put
 back after it, untouched. Large bases keep peft's unmerged layers (:data:`MAX_MERGED_BYTES`).
 

@@ -436,7 +436,7 @@ class PSFHModel:
 
     def _fold_encoder(self, fold: str):
         """Context: the encoder as ``fold`` adapts it, its LoRA merged into plain weights when it
-        can be (psfh.merged_folds: ~15 % of a fold's encoder time saved), else peft's unmerged
+        can be (psfh.merged_folds: 15-20 % of a fold's encoder time saved), else peft's unmerged
         layers: with gradients on (the merged weights carry none to the adapters) or for an
         adapter kind that does not merge exactly. Call under the lock."""
         self.network.set_adapter(fold)

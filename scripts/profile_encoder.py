@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from psfh.merged_folds import MergedFoldWeights  # noqa: E402
 from psfh.model import PSFHModel  # noqa: E402
+from psfh.modeling.tiny_vit import TinyViTBlock  # noqa: E402
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -41,6 +43,17 @@ def median_seconds(run, repeats: int) -> float:
     return statistics.median(times)
 
 
+@contextmanager
+def peft_unmerged():
+    """Context: PSFHModel runs peft's own unmerged LoRA layers (the path before psfh.merged_folds)."""
+    supports = MergedFoldWeights.supports
+    MergedFoldWeights.supports = lambda self, fold: False
+    try:
+        yield
+    finally:
+        MergedFoldWeights.supports = supports
+
+
 def profile_fold_part(model: PSFHModel, fold: str, repeats: int) -> None:
     encoder = model.base_model.vision_encoder
     stage = model._shared_encoder_stages
@@ -48,19 +61,19 @@ def profile_fold_part(model: PSFHModel, fold: str, repeats: int) -> None:
     hidden = encoder.forward_prefix(views, stage)
     print(f"shared prefix (patch embedding + {stage} stage(s)), 2 views: "
           f"{median_seconds(lambda: encoder.forward_prefix(views, stage), repeats):.3f} s")
-    for label, merge in (("merged (default)", True), ("peft unmerged", False)):
-        supports = MergedFoldWeights.supports
-        if not merge:
-            MergedFoldWeights.supports = lambda self, name: False
-        try:
-            def run():
-                with model._fold_encoder(fold):
-                    return encoder.forward_from(hidden, stage).last_hidden_state
+    merged_weights = model._merged_encoder
+    print(f"merged weights per fold: {merged_weights.merged_bytes / 2**20:.1f} MiB over "
+          f"{len(merged_weights.layers)} LoRA layers")
+
+    def run():
+        with model._fold_encoder(fold):
+            return encoder.forward_from(hidden, stage).last_hidden_state
+
+    for label, path in (("merged (default)", nullcontext()), ("peft unmerged", peft_unmerged())):
+        with path:
             seconds = median_seconds(run, repeats)
             with profile(activities=[ProfilerActivity.CPU]) as profiler:
                 run()
-        finally:
-            MergedFoldWeights.supports = supports
         print(f"\n{fold}'s adapted part, 2 views, {label}: {seconds:.3f} s")
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
@@ -68,11 +81,10 @@ def profile_fold_part(model: PSFHModel, fold: str, repeats: int) -> None:
 def time_attention_masks(model: PSFHModel, repeats: int) -> None:
     print("window attention, bias as 3-D vs 4-D mask (ms per call, 2 views):")
     for index, layer in enumerate(model.base_model.vision_encoder.layers):
-        blocks = [m for m in layer.modules() if type(m).__name__ == "WindowAttention"]
-        if not blocks:
+        block = next((m for m in layer.modules() if isinstance(m, TinyViTBlock)), None)
+        if block is None:  # a convolutional stage: no attention
             continue
-        attention = blocks[0]
-        block = next(m for m in layer.modules() if type(m).__name__ == "TinyViTBlock")
+        attention = block.attn
         per_side = -(-block.resolution // block.window)
         batch, heads, tokens = 2 * per_side * per_side, attention.num_heads, block.window ** 2
         generator = torch.Generator().manual_seed(index)
@@ -88,15 +100,10 @@ def time_attention_masks(model: PSFHModel, repeats: int) -> None:
 
 def time_ensemble(model: PSFHModel, image: Path, repeats: int) -> None:
     results = {}
-    supports = MergedFoldWeights.supports
-    for label, merge in (("merged", True), ("peft unmerged", False)):
-        if not merge:
-            MergedFoldWeights.supports = lambda self, name: False
-        try:
+    for label, path in (("merged", nullcontext()), ("peft unmerged", peft_unmerged())):
+        with path:
             seconds = median_seconds(lambda: model.predict(image), repeats)
             results[label] = model.predict(image)
-        finally:
-            MergedFoldWeights.supports = supports
         print(f"ensemble ({len(model.folds)} folds x 2 views) on {image.name}, {label}: {seconds:.2f} s")
     merged, plain = results["merged"], results["peft unmerged"]
     print(f"  max probability difference {np.abs(merged.probabilities - plain.probabilities).max():.1e}, "
@@ -112,7 +119,7 @@ def main() -> int:
     parser.add_argument("--image", type=Path, default=ROOT / "examples" / "image_mha" / "03811.mha")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = PSFHModel.from_pretrained(args.model, device="cpu") if args.model else PSFHModel.from_pretrained(device="cpu")
+    model = PSFHModel.from_pretrained(args.model, device="cpu")  # None: the embedded package
     if model.encoder_scope == "none":
         print("this package's adapters leave the encoder alone: nothing per fold to profile")
         return 0

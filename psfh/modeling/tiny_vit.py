@@ -164,7 +164,7 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=3)
         # 1 x heads x N x N: with a 4-D mask torch's CPU flash kernel runs; with the 3-D heads x N x N
-        # mask it fell back to the math path (the same numbers within 2e-6, up to 2.3x slower per
+        # mask it fell back to the math path (the same numbers within 2e-6, up to 2x slower per
         # call: `python scripts/profile_encoder.py`, docs/PERFORMANCE.md).
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype).unsqueeze(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)

@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decoder", choices=DECODER_CHOICES, default=None,
                    help="train the mask decoder as LoRA (paper default) or whole, every weight (cpu default; "
                         "about 16 MB per fold)")
-    p.add_argument("--decoder-rank", type=int, default=None, help="LoRA rank on the mask decoder (0: frozen; with --decoder lora)")
+    p.add_argument("--decoder-rank", type=int, default=None,
+                   help="LoRA rank on the mask decoder (0: frozen; with --decoder lora)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -82,7 +83,8 @@ def _main(argv=None) -> int:
                     block_size=args.block_size, holdout=args.holdout, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, encoder_rank=args.encoder_rank, encoder_scope=args.encoder_scope,
                     time_budget_minutes=args.time_budget_minutes,
-                    decoder_rank=args.decoder_rank, decoder=args.decoder, augment=args.augment, mixed_precision=args.mixed_precision,
+                    decoder_rank=args.decoder_rank, decoder=args.decoder, augment=args.augment,
+                    mixed_precision=args.mixed_precision,
                     seed=args.seed, cache_dir=args.cache_dir)
     if config.time_budget_minutes is not None and config.time_budget_minutes <= 0:
         raise PSFHInputError(f"--time-budget must be a positive number of minutes, not {config.time_budget_minutes}")

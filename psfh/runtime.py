@@ -55,8 +55,8 @@ class _Session:
             # No arena: it kept every activation size it ever saw (9 GB peak for the 5-fold ensemble).
             options.enable_cpu_mem_arena = False
             # No memory pattern either: each session would keep its planned activation buffers
-            # between calls (the ensemble alone peaked at 1.46 GB with them, 1.23 GB without, at
-            # the same speed; 2026-11-28, 11 files of the shipped package, 2 threads).
+            # between calls (without them the shipped package's ensemble peaked at 1786 MB, with
+            # them 2038 MB, at the same speed; docs/PERFORMANCE.md, the 19:59 and 15:02 runs).
             options.enable_mem_pattern = False
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -73,11 +73,11 @@ class _Session:
 
             def run(array: np.ndarray) -> np.ndarray:
                 output = request.infer({0: array})[0].copy()
-                # Each compiled file keeps its own activation buffers (~200 MB for an encoder
-                # stage at 2 views); the ensemble runs its files one after another, so handing
-                # them back after each call keeps only one file's at a time: the 11 files of the
-                # shipped package peaked at 2.9 GB without this and 1.4-1.6 GB with it, at the
-                # same speed (2026-11-28, 2 threads). OpenVINO allocates them again on the next call.
+                # Each compiled file keeps its own activation buffers; the ensemble runs its files
+                # one after another, so handing them back after each call keeps only one file's at
+                # a time: the shipped package's ensemble peaked at 3494 MB without this and 2358 MB
+                # with it, at the same speed (docs/PERFORMANCE.md, the 15:02 and 19:59 runs of
+                # 2026-11-28). OpenVINO allocates them again on the next call.
                 compiled.release_memory()
                 return output
 

@@ -60,18 +60,21 @@ def test_merged_encoder_folds_predict_what_pefts_unmerged_layers_predict(model, 
 
 def test_merged_weights_follow_an_adapter_changed_in_place(model, monkeypatch):
     """Training (or loading) changes LoRA weights in place; the next pass must not use stale merges."""
+    def flip_fold_0():
+        with torch.no_grad():
+            for layer in model._merged_encoder.layers.values():
+                layer.lora_B["fold_0"].weight.mul_(-1.0)
+
     before = model.predict(IMAGE, folds=["fold_0"], tta=False).probabilities
-    with torch.no_grad():
-        for layer in model._merged_encoder.layers.values():
-            layer.lora_B["fold_0"].weight.mul_(-1.0)
-    after = model.predict(IMAGE, folds=["fold_0"], tta=False).probabilities
-    assert np.abs(after - before).max() > 1e-3, "the changed adapter changed the answer"
-    peft_unmerged(monkeypatch)
-    plain = model.predict(IMAGE, folds=["fold_0"], tta=False).probabilities
-    assert np.abs(after - plain).max() <= 1e-5
-    with torch.no_grad():  # as it was, for the other tests of this module
-        for layer in model._merged_encoder.layers.values():
-            layer.lora_B["fold_0"].weight.mul_(-1.0)
+    flip_fold_0()
+    try:
+        after = model.predict(IMAGE, folds=["fold_0"], tta=False).probabilities
+        assert np.abs(after - before).max() > 1e-3, "the changed adapter changed the answer"
+        peft_unmerged(monkeypatch)
+        plain = model.predict(IMAGE, folds=["fold_0"], tta=False).probabilities
+        assert np.abs(after - plain).max() <= 1e-5
+    finally:
+        flip_fold_0()  # as it was, for the other tests of this module
 
 
 def test_the_weights_are_put_back_when_the_pass_fails(model):

@@ -14,7 +14,8 @@ Result: the fetal head is a smooth, convex (elliptical) skull outline, the pubic
 compact structure a tenth of the head's size, apart from the head (in the 978 expert label maps
 they never touch: 2 px apart at least), and neither is cut off by the image border. A PS that
 touches the head is the model's typical gross error: a bright band on top of the skull taken for
-the symphysis.
+the symphysis; such a band, or a PS tilted along the skull's curve, also shows as a PS long axis
+steeper than experts draw it (``ps_elevation``: median 13.8 deg from the image rows).
 Model: each fold segments the frame and its mirror image; where the two disagree on the pubic
 symphysis (``ps_view_dice``, the mean over folds of the Dice between the two views' PS) or on
 the angle (``flip_aop_gap``, the mean over folds of |AoP(identity view) - AoP(flipped view)|),
@@ -32,10 +33,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from psfh.aop import measure_aop
 from psfh.labels import FH, PS, check_label_map, largest_component
 
-# Bounds, from scripts/calibrate_quality.py (docs/results/quality/calibration.json): each is
-# beyond every ground-truth frame and flags about 1 % of out-of-fold predictions or fewer.
+# Bounds, from scripts/calibrate_quality.py (docs/results/quality/calibration.json): each but the PS
+# elevation is beyond every ground-truth frame and flags about 1 % of out-of-fold predictions or fewer.
 MIN_GREY_LEVELS = 32
 MIN_DARK_FRACTION = 0.02
 MIN_FH_SOLIDITY = 0.90
@@ -46,10 +48,14 @@ MAX_BORDER_PIXELS = 0
 MIN_PS_FH_GAP = 1.5
 MAX_FLIP_AOP_GAP = 25.0
 MIN_PS_VIEW_DICE = 0.82
+# The one bound inside the experts' range (3.9 % of the 978 expert outlines are steeper; their 99th
+# percentile is 39.4 deg): the smallest that catches the most out-of-fold AoPs off by over 15 deg
+# (scripts/ps_elevation_check.py, docs/results/quality/ps_elevation.txt; 13 of 37 with it, 8 without).
+MAX_PS_ELEVATION = 34.0
 
 # Every measure a check can hold (the model's two only when views / folds were given).
 MEASURES = ("grey_levels", "dark_fraction", "fh_solidity", "ps_solidity", "ps_to_fh_area", "border_pixels",
-            "ps_fh_gap", "flip_aop_gap", "ps_view_dice", "fold_aop_spread")
+            "ps_fh_gap", "ps_elevation", "flip_aop_gap", "ps_view_dice", "fold_aop_spread")
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,17 @@ def ps_fh_gap(ps: np.ndarray, fh: np.ndarray) -> float:
     # Distance of every pixel to the nearest head pixel; the smallest over the PS is the gap.
     to_head = ndimage.distance_transform_edt(~largest_component(fh))
     return float(to_head[largest_component(ps)].min())
+
+
+def ps_elevation(label_map: np.ndarray) -> float | None:
+    """Angle in degrees (0-90) between the PS long axis, as the AoP measures it (superior end to
+    apex), and the image rows, folded so that mirrored frames and the axis's direction do not
+    matter; None when the label map (H x W) has no PS axis (no PS or no FH)."""
+    measurement = measure_aop(label_map)
+    if measurement.ps_superior is None or measurement.ps_inferior is None:
+        return None
+    dx, dy = np.subtract(measurement.ps_inferior, measurement.ps_superior)
+    return float(np.degrees(np.arctan2(abs(dy), abs(dx))))
 
 
 def flip_aop_gap(view_aop: dict[str, list[float | None]]) -> float | None:
@@ -154,6 +171,7 @@ def measure(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[f
         "ps_to_fh_area": float(ps.sum() / fh.sum()) if fh.any() else 0.0,
         "border_pixels": float(border_pixels(ps) + border_pixels(fh)),
         **({"ps_fh_gap": ps_fh_gap(ps, fh)} if ps.any() and fh.any() else {}),
+        **({"ps_elevation": elevation} if (elevation := ps_elevation(labels)) is not None else {}),
     }
 
 
@@ -191,6 +209,10 @@ def judge(m: dict[str, float]) -> list[str]:
     if m.get("ps_fh_gap", MIN_PS_FH_GAP) < MIN_PS_FH_GAP:
         reasons.append("the pubic symphysis touches the fetal head, which it never does in expert outlines: "
                        "the model may have taken a bright band on the skull for the symphysis")
+    if m.get("ps_elevation", 0.0) > MAX_PS_ELEVATION:
+        reasons.append(f"the pubic symphysis' long axis is steeper than in 96 % of expert outlines ("
+                       f"{m['ps_elevation']:.0f} degrees from horizontal, at most {MAX_PS_ELEVATION:g} expected): "
+                       "check that the model outlined the symphysis and not a band on the skull")
     if m["border_pixels"] > MAX_BORDER_PIXELS:
         reasons.append("a structure touches the image border: the anatomy may be cut off (a cropped frame?)")
     if m.get("ps_view_dice", 1.0) < MIN_PS_VIEW_DICE:

@@ -62,6 +62,41 @@ def test_a_symphysis_touching_the_head_is_flagged():
     assert quality.judge(checked.measures) == checked.reasons
 
 
+def bar(shape, centre, length, width, angle_deg) -> np.ndarray:
+    """A straight bar of pixels (H x W bool) through ``centre`` (row, col), ``angle_deg`` from the rows."""
+    rows, cols = np.indices(shape)
+    angle = np.radians(angle_deg)
+    along = (cols - centre[1]) * np.cos(angle) - (rows - centre[0]) * np.sin(angle)
+    across = (cols - centre[1]) * np.sin(angle) + (rows - centre[0]) * np.cos(angle)
+    return (np.abs(along) <= length / 2) & (np.abs(across) <= width / 2)
+
+
+@pytest.mark.parametrize("angle_deg", [0, 15, 40, 70, 90])
+def test_ps_elevation_measure(angle_deg):
+    labels = np.zeros((200, 200), np.uint8)
+    labels[disk(labels.shape, (140, 100), 45)] = FH
+    labels[bar(labels.shape, (45, 100), 50, 6, angle_deg)] = PS
+    assert quality.ps_elevation(labels) == pytest.approx(angle_deg, abs=2.0)
+    # Folded into 0-90: the mirror image (a frame scanned from the other side) measures the same.
+    assert quality.ps_elevation(labels[:, ::-1]) == pytest.approx(quality.ps_elevation(labels), abs=1e-6)
+    assert quality.ps_elevation(np.where(labels == FH, 0, labels)) is None  # no head: no axis ends
+
+
+def test_a_steep_symphysis_is_flagged():
+    image, labels = example(EXAMPLE_IDS[0])
+    flat = quality.check(image, labels)
+    assert flat.trusted and flat.measures["ps_elevation"] < quality.MAX_PS_ELEVATION
+    # The expert's PS swapped for a bar of the same length at 60 degrees, where the PS was.
+    rows, cols = np.nonzero(labels == PS)
+    steep = np.where(labels == PS, 0, labels).astype(np.uint8)
+    length = np.hypot(np.ptp(rows), np.ptp(cols))
+    steep[bar(labels.shape, (rows.mean() - 10, cols.mean()), length, 7, 60) & (labels != FH)] = PS
+    checked = quality.check(image, steep)
+    assert checked.measures["ps_elevation"] > quality.MAX_PS_ELEVATION
+    assert any("long axis is steeper than in 96 % of expert outlines" in reason for reason in checked.reasons)
+    assert quality.judge(checked.measures) == checked.reasons
+
+
 def test_flip_gap_and_fold_spread_measures():
     assert quality.flip_aop_gap({"fold_0": [100.0, 110.0], "fold_1": [100.0, 104.0]}) == pytest.approx(7.0)
     # A fold that finds an AoP in one view only does not know where the anatomy is: 90 degrees.

@@ -13,9 +13,9 @@ to Gradio components. Importing it launches nothing:
     from app import build_demo, create_app
     demo = create_app("path/to/package")   # or build_demo(PSFHModel.from_pretrained(...))
 
-API: the Run button is the endpoint "/segment" (image file, tta, n_folds) -> (label map PNG,
-label map MHA, AoP in degrees or None, report dict); "/correct" takes the same plus a box per
-structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
+API: the Run button is the endpoint "/segment" (image file, tta, n_folds, stability_check: on
+unless False) -> (label map PNG, label map MHA, AoP in degrees or None, report dict); "/correct"
+takes image, tta and n_folds plus a box per structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
 returns the same; the Cine clip tab's Run is "/clip" (clip file: a multi-frame DICOM or a video,
 fast) -> (frames CSV, summary dict); see README.md for gradio_client calls.
 
@@ -45,7 +45,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from psfh import quality
+from psfh import quality, stability
 from psfh.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
 from psfh.dicom import is_dicom, modality_note, read_dicom_info
 from psfh.errors import PSFHInputError
@@ -74,6 +74,9 @@ OUTPUT_MAX_AGE_S = 3600
 # Requests that may run at once. Fold adapters are switched under PSFHModel's lock, so only the
 # forward passes queue up; reading, post-processing and drawing of other requests overlap them.
 CONCURRENCY = int(os.environ.get("PSFH_CONCURRENCY", "2"))
+# psfh.stability's check, on in the page and the API unless unticked: three more passes of one fold
+# per image, for a flag that catches more of the wrong AoPs (model card, "Trust").
+STABILITY_CHECK_DEFAULT = True
 
 TITLE = "psfh: pubic symphysis & fetal head segmentation, angle of progression"
 DISCLAIMER = ("**Research and education only. Not a medical device:** do not use it to make or "
@@ -244,13 +247,15 @@ def write_downloads(prediction: Prediction, spatial: dict | None) -> tuple[Path,
 
 
 def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: int | None = None,
-                progress=None, boxes: dict | None = None):
+                progress=None, boxes: dict | None = None, stability_check: bool = False):
     """The "/segment" (and "/correct") handler: file -> (label map PNG, label map MHA, AoP deg
     or None, report, Analysis).
 
     The encoder's work is kept in the Analysis (with the base embedding box prompts need), so
-    corrections in the page run no encoder pass. Thread-safe: PSFHModel switches adapters under
-    its lock, and each request writes into its own folder. Bad input raises gr.Error with psfh's message.
+    corrections in the page run no encoder pass. ``stability_check`` (without boxes) adds
+    :mod:`psfh.stability`'s measure to the automatic result, which Undo and Reset come back to.
+    Thread-safe: PSFHModel switches adapters under its lock, and each request writes into its own
+    folder. Bad input raises gr.Error with psfh's message.
     """
     start = time.perf_counter()
     # Not `progress or ...`: a gr.Progress has a length (its iterables), 0 until a tqdm runs.
@@ -263,6 +268,9 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
         progress(0.2, desc=f"Segmenting with {len(folds or model.folds)} fold(s){' and flip TTA' if tta else ''}")
         embeddings = model.embed(loaded, folds=folds, tta=bool(tta), for_prompts=True)
         prediction = model.decode(embeddings, boxes=boxes)
+        if stability_check and not boxes:
+            progress(0.7, desc="Stability check: one fold on the frame made brighter, darker and zoomed out")
+            prediction = embeddings.automatic = stability.checked(model, prediction, embeddings.image)
         progress(0.9, desc="Writing the label maps")
         label_png, label_mha = write_downloads(prediction, loaded.spatial)
     except PSFHInputError as error:
@@ -647,7 +655,8 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
     examples = sorted(EXAMPLES.glob("*.mha")) if EXAMPLES.is_dir() else []
     clip_examples = sorted(CLIP_EXAMPLES.glob("*.dcm")) if CLIP_EXAMPLES.is_dir() else []
 
-    def segment(image: str | None, tta: bool, n_folds: float, progress=gr.Progress()):
+    def segment(image: str | None, tta: bool, n_folds: float, stability_check: bool = STABILITY_CHECK_DEFAULT,
+                progress=gr.Progress()):
         """Segment PS and FH in one image and measure the AoP.
 
         Args:
@@ -655,11 +664,13 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                 DICOM .dcm, whose pixel spacing gives the HSD in mm).
             tta: horizontal-flip test-time augmentation.
             n_folds: how many of the fold adapters to ensemble (1 to all, the first ones).
+            stability_check: also segment the frame made brighter, darker and zoomed out with the
+                first fold, and flag the result when its AoP moves too much (three more passes).
         Returns:
             The label map as PNG and as MHA (0 background, 1 PS, 2 FH), the AoP in degrees
             (None when it cannot be measured; the report says why) and the JSON report.
         """
-        return run_segment(model, image, tta, n_folds, progress)
+        return run_segment(model, image, tta, n_folds, progress, stability_check=bool(stability_check))
 
     with gr.Blocks(title="psfh: angle of progression", analytics_enabled=False,
                    delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
@@ -692,6 +703,10 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                             else:  # a slider needs two ends: with one fold (or none yet) there is no choice
                                 fold_count = gr.Number(1, precision=0, minimum=1, maximum=1, interactive=False,
                                                        label="Folds in the ensemble", elem_id="folds")
+                            stability_box = gr.Checkbox(
+                                STABILITY_CHECK_DEFAULT, elem_id="stability",
+                                label="Stability check: flag an AoP that moves when the frame is made brighter, "
+                                      "darker or zoomed out (three more passes of one fold)")
                         run = gr.Button("Run", variant="primary", elem_id="run")
                         status = gr.Markdown(elem_id="status")
                     with gr.Column(scale=3):
@@ -766,7 +781,7 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
         upload.change(lambda image: (*describe_upload(image), *[None] * len(results)), inputs=upload,
                       outputs=[preview, status, *results], api_visibility="private", concurrency_limit=4)
         shown = [overlay, aop_text, heatmap, fold_table, timing, report_file, status, correction_status]
-        run.click(segment, inputs=[upload, tta, fold_count], outputs=[label_png, label_mha, aop_value, report, analysis],
+        run.click(segment, inputs=[upload, tta, fold_count, stability_box], outputs=[label_png, label_mha, aop_value, report, analysis],
                   api_name="segment", concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
                   ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private", concurrency_limit=4)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from psfh import inference, prompts, quality
+from psfh import inference, prompts, quality, stability
 from psfh.aop import AoPMeasurement, measure_aop
 from psfh.hsd import HSDMeasurement, check_spacing, measure_hsd
 from psfh.bases import get_base
@@ -116,6 +116,7 @@ class Prediction:
             "fold_aop_min": min(fold_angles, default=None),
             "fold_aop_max": max(fold_angles, default=None),
             "flip_aop_gap": self.quality.measures.get("flip_aop_gap") if self.quality else None,
+            "stability_gap": self.quality.measures.get("stability_gap") if self.quality else None,
         }
 
     @property
@@ -546,7 +547,7 @@ class PSFHModel:
 
     def predict(self, image, folds: list[str] | None = None, tta: bool | None = None,
                 precision: str = "fp32", boxes: dict | None = None,
-                spacing_mm: tuple[float, float] | None = None) -> Prediction:
+                spacing_mm: tuple[float, float] | None = None, stability_check: bool = False) -> Prediction:
         """Segment PS and FH in one image and measure the AoP (:meth:`embed`, then :meth:`decode`).
 
         Args:
@@ -560,11 +561,17 @@ class PSFHModel:
                 ``embed(image, for_prompts=True)`` and call :meth:`decode` with each box.
             spacing_mm: (row, col) mm per pixel, for the HSD in mm; default: the file's own
                 (:func:`psfh.io.pixel_spacing_mm`: a DICOM's, or a SimpleITK file's unless 1 x 1).
+            stability_check: also segment the frame made brighter, darker and zoomed out with the
+                first fold, and flag an AoP that moves too much (:mod:`psfh.stability`; three more
+                passes of one fold). Not with ``boxes``: a corrected result is the user's outline.
         Raises:
             PSFHInputError: unreadable or invalid input, unknown folds, a package without folds, bad boxes.
         """
-        return self.decode(self.embed(image, folds, tta, precision, for_prompts=bool(boxes), spacing_mm=spacing_mm),
-                           boxes)
+        if stability_check and boxes:
+            raise PSFHInputError("stability_check judges the model's own result; it does not apply with box prompts")
+        embeddings = self.embed(image, folds, tta, precision, for_prompts=bool(boxes), spacing_mm=spacing_mm)
+        prediction = self.decode(embeddings, boxes)
+        return stability.checked(self, prediction, embeddings.image) if stability_check else prediction
 
     def _adapters_off(self):
         """Context: the base alone (peft's disable_adapter), for box prompts. Call under the lock."""

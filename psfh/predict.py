@@ -50,7 +50,8 @@ from psfh.options import check_precision, resolve_folds
 CSV_NAME = "aop.csv"
 CSV_COLUMNS = ("name", "input", "label_map", "aop_deg", "aop_reason", "check", "aop_deg_measured", "hsd_mm",
                "hsd_px", "pixel_spacing_mm", "ps_area_px", "fh_area_px",
-               "mean_disagreement", "fold_aop_min", "fold_aop_max", "flip_aop_gap", "seconds", "error")
+               "mean_disagreement", "fold_aop_min", "fold_aop_max", "flip_aop_gap", "stability_gap", "seconds",
+               "error")
 MAX_LISTED_SKIPPED = 10  # skipped files named per folder; the rest are counted
 
 
@@ -147,7 +148,7 @@ def _check_csv_target(out_dir: Path, files: Sequence[Path]) -> Path:
 def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                   folds: Sequence[str] | None = None, tta: bool | None = None,
                   precision: str = "fp32", progress: bool = True,
-                  spacing_mm: tuple[float, float] | None = None) -> list[dict]:
+                  spacing_mm: tuple[float, float] | None = None, stability_check: bool = False) -> list[dict]:
     """Predict every input (files or folders), write the label maps and OUT/aop.csv.
 
     Args:
@@ -157,6 +158,8 @@ def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.
         folds, tta, precision: passed to ``model.predict`` (default: all folds, the package's TTA).
         progress: show a tqdm bar on stderr.
         spacing_mm: (row, col) mm per pixel for every input (default: each file's own, if any).
+        stability_check: also run :mod:`psfh.stability`'s check on each image (three more passes
+            of one fold each).
     Returns:
         One dict per input, keyed by CSV_COLUMNS (None for empty cells); ``error`` is None for
         the inputs that gave a label map. Per-input problems go in the rows (and on stderr);
@@ -184,7 +187,7 @@ def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.
         writer.writeheader()
         bar = tqdm(plan_outputs(files, out_dir), desc="predicting", unit="image", disable=not progress)
         for item in bar:
-            row = _predict_item(model, item, folds, tta, precision, spacing_mm)
+            row = _predict_item(model, item, folds, tta, precision, spacing_mm, stability_check)
             if row["error"]:
                 tqdm.write(f"error: {item.path}: {row['error']}", file=sys.stderr)
             writer.writerow({key: format_cell(value) for key, value in row.items()})
@@ -202,7 +205,7 @@ def _note_skipped(skipped: list[Path]) -> None:
 
 
 def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precision: str,
-                  spacing_mm: tuple[float, float] | None = None) -> dict:
+                  spacing_mm: tuple[float, float] | None = None, stability_check: bool = False) -> dict:
     """Predict and write one input; every failure becomes the row's error, never an exception."""
     start = time.perf_counter()
     row = dict.fromkeys(CSV_COLUMNS)
@@ -213,7 +216,7 @@ def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precisi
         if is_sequence(item.path, folders=False):
             raise PSFHInputError(f"a cine clip: run python -m psfh.cine {item.path} --out DIR for one row per "
                                  "frame and the AoP curve")
-        row.update(_write_prediction(model, item, folds, tta, precision, spacing_mm))
+        row.update(_write_prediction(model, item, folds, tta, precision, spacing_mm, stability_check))
     except PSFHInputError as error:
         row["error"] = _without_path(str(error), item.path)
     except Exception as error:  # noqa: BLE001 - one odd file must not end a batch of thousands
@@ -223,10 +226,12 @@ def _predict_item(model, item: Item, folds: list[str], tta: bool | None, precisi
 
 
 def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, precision: str,
-                      spacing_mm: tuple[float, float] | None = None) -> dict:
+                      spacing_mm: tuple[float, float] | None = None, stability_check: bool = False) -> dict:
     # Read the file here, once, for its geometry; predict takes what was read.
     loaded = load_image(item.path)
-    prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision, spacing_mm=spacing_mm)
+    # The option only when asked, so that models without it (test doubles) keep working.
+    options = {"stability_check": True} if stability_check else {}
+    prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision, spacing_mm=spacing_mm, **options)
     save_label_map(prediction.label_map, item.output, spatial=loaded.spatial, overwrite=True)
     return {"label_map": str(item.output), **prediction.table_cells()}
 
@@ -247,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     add_spacing_argument(parser)
     add_model_arguments(parser)
+    parser.add_argument("--stability-check", action="store_true",
+                        help="also segment each image made brighter, darker and zoomed out with one fold, and flag "
+                             "an AoP that moves too much (three more passes of one fold an image)")
     return parser
 
 
@@ -258,7 +266,8 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     model = load_model(args.model, args.device, args.backend)
     rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
-                         tta=False if args.no_tta else None, precision=args.precision, spacing_mm=args.spacing_mm)
+                         tta=False if args.no_tta else None, precision=args.precision, spacing_mm=args.spacing_mm,
+                         stability_check=args.stability_check)
     failed = sum(1 for row in rows if row["error"])
     print(f"{len(rows) - failed} of {len(rows)} images predicted; results in {args.out / CSV_NAME}"
           + (f"; {failed} failed (see the error column)" if failed else ""))

@@ -23,6 +23,8 @@ the model is unsure of the anatomy. Both are defined per fold so that they mean 
 the one held-out fold that out-of-fold calibration has and for the full ensemble (where the
 mean over five folds is steadier, so fewer frames pass a bound by chance). The spread of the
 fold AoPs is reported beside them (it cannot be calibrated out of fold: one fold per frame).
+When asked, :mod:`psfh.stability` adds ``stability_gap``: how far one fold's AoP moves when the
+frame is made brighter, darker or zoomed out.
 """
 
 from __future__ import annotations
@@ -52,10 +54,16 @@ MIN_PS_VIEW_DICE = 0.82
 # percentile is 39.4 deg): the smallest that catches the most out-of-fold AoPs off by over 15 deg
 # (scripts/ps_elevation_check.py, docs/results/quality/ps_elevation.txt; 13 of 37 with it, 8 without).
 MAX_PS_ELEVATION = 34.0
+# psfh.stability: the mean AoP change when the frame is made brighter, darker or zoomed out (one
+# fold; only when that check ran). Out of fold (scripts/measure_stability.py), among the bounds at
+# which it flags at most 5 % of frames alone, the one that catches the most AoPs off by over 15
+# deg with the fewest flags: 16 of 37 caught with the other checks (13 without), 30 of 245 flagged.
+MAX_STABILITY_GAP = 20.0
 
-# Every measure a check can hold (the model's two only when views / folds were given).
+# Every measure a check can hold (the model's only when views / folds were given; the stability gap
+# only when psfh.stability's check ran).
 MEASURES = ("grey_levels", "dark_fraction", "fh_solidity", "ps_solidity", "ps_to_fh_area", "border_pixels",
-            "ps_fh_gap", "ps_elevation", "flip_aop_gap", "ps_view_dice", "fold_aop_spread")
+            "ps_fh_gap", "ps_elevation", "flip_aop_gap", "ps_view_dice", "stability_gap", "fold_aop_spread")
 
 
 @dataclass(frozen=True)
@@ -219,6 +227,9 @@ def judge(m: dict[str, float]) -> list[str]:
         reasons.append(f"the model is unsure where the pubic symphysis is: its outlines on the frame and on the "
                        f"mirror image overlap by Dice {m['ps_view_dice']:.2f} (at least {MIN_PS_VIEW_DICE:g} "
                        "expected)")
+    if m.get("stability_gap", 0.0) > MAX_STABILITY_GAP:
+        reasons.append(f"the AoP is fragile: made brighter, darker or zoomed out, the frame gives AoPs "
+                       f"{m['stability_gap']:.1f} degrees away on average (at most {MAX_STABILITY_GAP:g} expected)")
     if m.get("flip_aop_gap", 0.0) > MAX_FLIP_AOP_GAP:
         reasons.append(f"the model is unsure: the frame and its mirror image give AoPs {m['flip_aop_gap']:.1f} "
                        f"degrees apart (at most {MAX_FLIP_AOP_GAP:g} expected)")

@@ -122,7 +122,8 @@ def main() -> int:
     oof_rows = list(csv.DictReader(open(args.oof / "per_image.csv")))
     oof = from_rows(oof_rows)
     bounds = ("MIN_GREY_LEVELS", "MIN_DARK_FRACTION", "MIN_FH_SOLIDITY", "MIN_PS_SOLIDITY", "PS_TO_FH_AREA",
-              "MAX_BORDER_PIXELS", "MIN_PS_FH_GAP", "MAX_PS_ELEVATION", "MAX_FLIP_AOP_GAP", "MIN_PS_VIEW_DICE")
+              "MAX_BORDER_PIXELS", "MIN_PS_FH_GAP", "MAX_PS_ELEVATION", "MAX_FLIP_AOP_GAP", "MIN_PS_VIEW_DICE",
+              "MAX_STABILITY_GAP")
     report = {"bounds": {k: getattr(quality, k) for k in bounds},
               "ground_truth": {"ranges": ranges(ground_truth), **flag_summary(ground_truth)},
               "out_of_fold": {"source": str(args.oof), "ranges": ranges(oof),

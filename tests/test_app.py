@@ -29,6 +29,7 @@ from PIL import Image
 
 import app
 import dicom_fixtures as fx
+from psfh import quality
 from psfh.aop import AoPMeasurement
 from psfh.cine import ClipResult, FRAME_COLUMNS
 from psfh.hsd import HSDMeasurement
@@ -94,8 +95,9 @@ def header_only_png(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def predict_alone(model, path, folds, tta):
-    return model.predict(path, folds=model.folds[:folds], tta=tta)
+def predict_alone(model, path, folds, tta, stability_check=app.STABILITY_CHECK_DEFAULT):
+    """The prediction an API call should return (its stability check on by default, as in the page)."""
+    return model.predict(path, folds=model.folds[:folds], tta=tta, stability_check=stability_check)
 
 
 def assert_api_result_matches(result, expected):
@@ -118,7 +120,8 @@ def test_api_has_the_segment_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert list(endpoints) == ["/segment", "/correct", "/clip"]  # the page's other events are private
     segment = endpoints["/segment"]
-    assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds"]
+    assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds", "stability_check"]
+    assert segment["parameters"][3]["parameter_default"] is app.STABILITY_CHECK_DEFAULT
     assert [r["component"] for r in segment["returns"]] == ["File", "File", "Number", "Json"]
     clip = endpoints["/clip"]
     assert [p["parameter_name"] for p in clip["parameters"]] == ["clip", "fast"]
@@ -147,7 +150,7 @@ def test_eight_concurrent_api_requests_never_mix_adapters(client, model, images)
 def test_eight_threads_calling_the_handler_never_mix_adapters(model, images):
     requests = [(0, 1, True), (1, 2, False), (2, 3, True), (0, 3, False),
                 (1, 1, True), (2, 2, False), (0, 2, True), (2, 1, False)]
-    alone = [predict_alone(model, images[i], folds, tta) for i, folds, tta in requests]
+    alone = [predict_alone(model, images[i], folds, tta, stability_check=False) for i, folds, tta in requests]
     start = threading.Barrier(len(requests))
 
     def call(request):
@@ -395,6 +398,22 @@ def test_the_embedded_package_starts(monkeypatch, images):
     else:
         with pytest.raises(gr.Error, match="base model only"):
             app.run_segment(embedded, str(images[0]), False, 1)
+
+
+def test_the_stability_check_joins_the_result_and_stays_after_reset(embedded, images):
+    *_, report, analysis = app.run_segment(embedded, str(images[0]), False, 1, stability_check=True)
+    gap = report["quality"]["measures"]["stability_gap"]
+    assert gap >= 0 and "stability_check" in analysis.prediction.timings
+    assert ("the AoP is fragile" in " ".join(report["quality"]["reasons"])) == (gap > quality.MAX_STABILITY_GAP)
+    # A box correction is the user's outline: the model's stability no longer describes it ...
+    analysis.boxes = {"ps": (60.0, 40.0, 130.0, 90.0)}
+    analysis, _ = app.apply_boxes(embedded, analysis)
+    assert "stability_gap" not in analysis.prediction.quality.measures
+    # ... and Reset comes back to the checked automatic result, with no new pass.
+    analysis, _ = app.undo_correction(embedded, analysis, reset=True)
+    assert analysis.prediction.quality.measures["stability_gap"] == pytest.approx(gap, abs=1e-4)
+    *_, plain, _ = app.run_segment(embedded, str(images[0]), False, 1)
+    assert "stability_gap" not in plain["quality"]["measures"]
 
 
 # ------------------------------------------------------------------------------- DICOM and the HSD

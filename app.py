@@ -15,9 +15,10 @@ to Gradio components. Importing it launches nothing:
 
 API: the Run button is the endpoint "/segment" (image file, tta, n_folds, stability_check: on
 unless False) -> (label map PNG, label map MHA, AoP in degrees or None, report dict); "/correct"
-takes image, tta and n_folds plus a box per structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
-returns the same; the Cine clip tab's Run is "/clip" (clip file: a multi-frame DICOM or a video,
-fast) -> (frames CSV, summary dict); see README.md for gradio_client calls.
+takes image, tta and n_folds plus a box per structure to re-segment (ps_box, fh_box: [x0, y0,
+x1, y1] in image pixels, or None) and returns the same; the Cine clip tab's Run is "/clip"
+(clip file: a multi-frame DICOM or a video, fast) -> (frames CSV, summary dict); see README.md
+for gradio_client calls.
 
 Correction in the page: after a run, pick a structure and click two opposite corners of a box
 around it on the overlay. The structure is re-segmented from the kept embeddings (SAM's box
@@ -781,8 +782,9 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
         upload.change(lambda image: (*describe_upload(image), *[None] * len(results)), inputs=upload,
                       outputs=[preview, status, *results], api_visibility="private", concurrency_limit=4)
         shown = [overlay, aop_text, heatmap, fold_table, timing, report_file, status, correction_status]
-        run.click(segment, inputs=[upload, tta, fold_count, stability_box], outputs=[label_png, label_mha, aop_value, report, analysis],
-                  api_name="segment", concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
+        run.click(segment, inputs=[upload, tta, fold_count, stability_box],
+                  outputs=[label_png, label_mha, aop_value, report, analysis], api_name="segment",
+                  concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
                   ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private", concurrency_limit=4)
 
         # The page's correction: clicks on the overlay, Undo, Reset (kept embeddings, no encoder pass).

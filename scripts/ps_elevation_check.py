@@ -33,7 +33,8 @@ from psfh.io import load_label_map  # noqa: E402
 BOUNDS_DEG = (30, 32, 34, 36, 38, 40, 45, 50)
 BAD_DEG = 15.0
 # The rows scripts/measure_views.py wrote: the AoP error and the checks' measures per frame.
-SETS = {"out of fold": "docs/results/views/oof/both/per_image.csv", "test": "docs/results/views/test/both/per_image.csv"}
+SETS = {"out of fold": "docs/results/views/oof/both/per_image.csv",
+        "test": "docs/results/views/test/both/per_image.csv"}
 
 
 def other_checks_flag(row: dict) -> bool:

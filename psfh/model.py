@@ -540,7 +540,8 @@ class PSFHModel:
         aop = measure_aop(label_map)
         # A corrected structure follows the user's box, not the model: the views' and folds' AoPs
         # no longer describe it, so only the image and anatomy checks run.
-        return replace(automatic, label_map=label_map, aop=aop, quality=quality.check(embeddings.image, label_map),
+        return replace(automatic, label_map=label_map, aop=aop,
+                       quality=quality.check_corrected(embeddings.image, label_map, set(checked)),
                        hsd=measure_hsd(label_map, embeddings.spacing_mm),
                        corrected={CLASSES[value]: list(box) for value, box in checked.items()},
                        timings={"correction": time.perf_counter() - start})

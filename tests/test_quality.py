@@ -95,6 +95,11 @@ def test_a_steep_symphysis_is_flagged():
     assert checked.measures["ps_elevation"] > quality.MAX_PS_ELEVATION
     assert any("long axis is steeper than in 96 % of expert outlines" in reason for reason in checked.reasons)
     assert quality.judge(checked.measures) == checked.reasons
+    # A PS the user boxed is the patient's: its elevation is reported, not judged; a corrected head is no excuse.
+    by_user = quality.check_corrected(image, steep, {PS})
+    assert by_user.measures["ps_elevation"] == checked.measures["ps_elevation"]
+    assert not any("steeper" in reason for reason in by_user.reasons)
+    assert quality.check_corrected(image, steep, {FH}).reasons == checked.reasons
 
 
 def test_flip_gap_and_fold_spread_measures():

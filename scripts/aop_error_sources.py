@@ -25,28 +25,21 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from cache_members import KEPT_SETS, fused_label_map, kept_samples, load_members, members_folder  # noqa: E402
+from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import read_ids_file  # noqa: E402
 from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
 from psfh.labels import FH, PS  # noqa: E402
+from psfh.prompts import fuse  # noqa: E402
 
 BAD_DEG = 15.0
 
 
-def with_expert(predicted: np.ndarray, expert: np.ndarray, keep: int) -> np.ndarray:
-    """The predicted outline of structure ``keep`` with the expert's outline of the other one."""
-    other = FH if keep == PS else PS
-    mixed = np.zeros_like(expert)
-    mixed[expert == other] = other
-    mixed[predicted == keep] = keep
-    return mixed
-
-
 def measure_frame(members, image: np.ndarray, expert: np.ndarray) -> dict | None:
     label_map, probabilities = fused_label_map(members, expert.shape)
-    angles = {"predicted": measure_aop(label_map), "predicted PS, expert FH": measure_aop(with_expert(label_map, expert, PS)),
-              "expert PS, predicted FH": measure_aop(with_expert(label_map, expert, FH))}
+    # One structure swapped for the expert's; where they overlap, the predicted one keeps its pixels.
+    angles = {"predicted": measure_aop(label_map),
+              "predicted PS, expert FH": measure_aop(fuse(label_map, {FH: (expert == FH) & (label_map != PS)})),
+              "expert PS, predicted FH": measure_aop(fuse(label_map, {PS: (expert == PS) & (label_map != FH)}))}
     truth = measure_aop(expert).angle_deg
     if truth is None or any(m.angle_deg is None for m in angles.values()):
         return None
@@ -66,17 +59,15 @@ def main() -> int:
     parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
     args = parser.parse_args()
     for title, (mode, ids_file) in KEPT_SETS.items():
-        folder = members_folder(args.package, mode)
-        samples = kept_samples(args.data, folder, read_ids_file(ROOT / ids_file))
-        rows = []
-        for sample in samples:
-            members, _ = load_members(folder, sample.id)
+        rows, frames = [], 0
+        for sample, members in kept_frames(args.data, args.package, mode, ids_file):
+            frames += 1
             row = measure_frame(members, as_uint8(load_image(sample.image_path)), load_label_map(sample.label_path))
             if row is not None:
                 rows.append({"id": sample.id, **row})
         error = np.abs([r["predicted"] for r in rows])
         bad = error > BAD_DEG
-        print(f"{title}: {len(rows)} frames ({len(samples) - len(rows)} without an AoP in one of the three "
+        print(f"{title}: {len(rows)} frames ({frames - len(rows)} without an AoP in one of the three "
               f"measurements left out), {bad.sum()} with an AoP error over {BAD_DEG:.0f} deg")
         print("  mean |AoP error|, all frames / the bad ones:")
         for name in ("predicted", "predicted PS, expert FH", "expert PS, predicted FH"):

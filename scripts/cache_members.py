@@ -65,6 +65,13 @@ def kept_samples(data: Path, folder: Path, ids: list[str]) -> list:
     return select_samples(find_samples(data), [i for i in ids if (folder / f"{i}.safetensors").exists()])
 
 
+def kept_frames(data: Path, package: Path, mode: str, ids_file: str):
+    """(sample, F x V x 3 x S x S members) of each frame of a kept set (a KEPT_SETS value), in data set order."""
+    folder = members_folder(package, mode)
+    for sample in kept_samples(data, folder, read_ids_file(ROOT / ids_file)):
+        yield sample, load_members(folder, sample.id)[0]
+
+
 def fused_label_map(members: torch.Tensor, size: tuple[int, int]):
     """Members (F x V x 3 x S x S) -> the product's H x W label map and 3 x H x W probabilities,
     fused as :meth:`PSFHModel.finish` fuses them (soft ensemble, largest components)."""

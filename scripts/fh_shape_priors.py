@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from skimage.measure import EllipseModel, find_contours  # noqa: E402
 
-from cache_members import KEPT_SETS, fused_label_map, kept_samples, load_members, members_folder  # noqa: E402
+from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import read_ids_file  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
 from psfh.labels import FH, PS, largest_component  # noqa: E402
+from psfh.prompts import fuse  # noqa: E402
 
 
 def ellipse_mask(mask: np.ndarray) -> np.ndarray | None:
@@ -47,10 +47,7 @@ def ellipse_mask(mask: np.ndarray) -> np.ndarray | None:
 
 def with_head(label_map: np.ndarray, head: np.ndarray) -> np.ndarray:
     """The label map with its FH replaced by ``head`` (the PS keeps its pixels)."""
-    out = label_map.copy()
-    out[out == FH] = 0
-    out[head & (label_map != PS)] = FH
-    return out
+    return fuse(label_map, {FH: head & (label_map != PS)})
 
 
 def variants(label_map: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
@@ -71,11 +68,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
     parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
     args = parser.parse_args()
-    for title, (mode, ids_file) in KEPT_SETS.items():
-        folder = members_folder(args.package, mode)
+    for title, kept_set in KEPT_SETS.items():
         errors, dice = {}, {}
-        for sample in kept_samples(args.data, folder, read_ids_file(ROOT / ids_file)):
-            members, _ = load_members(folder, sample.id)
+        for sample, members in kept_frames(args.data, args.package, *kept_set):
             expert = load_label_map(sample.label_path)
             label_map, probabilities = fused_label_map(members, expert.shape)
             truth = measure_aop(expert).angle_deg

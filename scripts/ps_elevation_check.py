@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from calibrate_quality import from_rows  # noqa: E402
 from psfh import quality  # noqa: E402
 from psfh.data import find_samples, read_ids_file  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
@@ -35,13 +36,6 @@ BAD_DEG = 15.0
 # The rows scripts/measure_views.py wrote: the AoP error and the checks' measures per frame.
 SETS = {"out of fold": "docs/results/views/oof/both/per_image.csv",
         "test": "docs/results/views/test/both/per_image.csv"}
-
-
-def other_checks_flag(row: dict) -> bool:
-    """Whether the checks other than the PS elevation flag a per_image.csv row (from its measures)."""
-    measures = {key: float(row[key]) for key in quality.MEASURES if row.get(key) not in (None, "") and
-                key != "ps_elevation"}
-    return bool(quality.judge(measures))
 
 
 def main() -> int:
@@ -56,8 +50,10 @@ def main() -> int:
     frames = {}
     for title, rows_file in SETS.items():
         rows = [row for row in csv.DictReader(open(ROOT / rows_file)) if row["aop_error"] != ""]
-        frames[title] = np.array([(float(row["aop_error"]), other_checks_flag(row),
-                                   float(row["ps_elevation"] or "nan")) for row in rows])
+        # The other checks: the rows judged again without their elevation.
+        others = from_rows([{**row, "ps_elevation": ""} for row in rows])
+        frames[title] = np.array([(float(row["aop_error"]), not check.trusted, float(row["ps_elevation"] or "nan"))
+                                  for row, check in zip(rows, others)])
     print(f"the other checks plus 'PS elevation above the bound'; AoP error over {BAD_DEG:.0f} deg = bad")
     for bound in BOUNDS_DEG:
         cells = [f"bound {bound} deg: experts {100 * (expert > bound).mean():4.1f} %"]

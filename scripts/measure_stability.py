@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,10 @@ import numpy as np  # noqa: E402
 from cache_members import load_members, members_folder  # noqa: E402
 from calibrate_quality import from_rows  # noqa: E402
 from psfh import stability  # noqa: E402
+from psfh.data import find_samples, select_samples  # noqa: E402
 from psfh.io import as_uint8, load_image  # noqa: E402
 from psfh.model import PSFHModel  # noqa: E402
+from psfh.package import read_fold_assignment  # noqa: E402
 
 ROWS = {"oof": "docs/results/views/oof/both/per_image.csv", "all": "docs/results/views/test/both/per_image.csv"}
 OUTS = {"out of fold": "docs/results/quality/stability/oof", "test": "docs/results/quality/stability/test"}
@@ -46,11 +47,13 @@ BAD_DEG = 15.0
 
 def measure(args) -> None:
     model = PSFHModel.from_pretrained(args.package, device="cpu")
-    fold_of = json.loads((args.package / "folds.json").read_text())["fold_of_id"]
+    fold_of = read_fold_assignment(args.package)
     folder = members_folder(args.package, args.mode)
     out = args.out / "stability.csv"
     done = {row["id"] for row in csv.DictReader(open(out))} if out.exists() else set()
     rows = [r for r in csv.DictReader(open(ROOT / ROWS[args.mode])) if r["aop_error"] != "" and r["id"] not in done]
+    samples = select_samples(find_samples(args.data), [r["id"] for r in rows])
+    image_path = {sample.id: sample.image_path for sample in samples}
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
@@ -58,7 +61,7 @@ def measure(args) -> None:
             writer.writeheader()
         for row in rows:
             start = time.perf_counter()
-            image = as_uint8(load_image(args.data / "image_mha" / f"{row['id']}.mha"))
+            image = as_uint8(load_image(image_path[row["id"]]))
             members, folds = load_members(folder, row["id"])
             fold = fold_of[row["id"]] if args.mode == "oof" else model.folds[0]
             # The fold's AoP on the frame as given: its identity view, from the kept members.

@@ -541,7 +541,7 @@ class PSFHModel:
         # A corrected structure follows the user's box, not the model: the views' and folds' AoPs
         # no longer describe it, so only the image and anatomy checks run.
         return replace(automatic, label_map=label_map, aop=aop,
-                       quality=quality.check_corrected(embeddings.image, label_map, set(checked)),
+                       quality=quality.check_corrected(embeddings.image, label_map, set(checked), aop),
                        hsd=measure_hsd(label_map, embeddings.spacing_mm),
                        corrected={CLASSES[value]: list(box) for value, box in checked.items()},
                        timings={"correction": time.perf_counter() - start})
@@ -604,7 +604,7 @@ class PSFHModel:
         view_aop = {fold: [measure_aop(m).angle_deg for m in maps] for fold, maps in view_maps.items()}
         aop = measure_aop(label_map)
         checked_quality = None if image is None else quality.check(
-            image, label_map, view_aop, {fold: m.angle_deg for fold, m in fold_aop.items()}, view_maps)
+            image, label_map, view_aop, {fold: m.angle_deg for fold, m in fold_aop.items()}, view_maps, aop)
         timings["postprocess_and_aop"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,

@@ -60,7 +60,7 @@ def main() -> int:
             prediction = both if choice == "both" else model.finish(members[:, views], image.shape[:2], folds, False,
                                                                      image=image)
             # The model's self-agreement is the two views' (both's), whichever views are fused.
-            measures = {**quality.measure(image, prediction.label_map),
+            measures = {**quality.measure(image, prediction.label_map, aop=prediction.aop),
                         **{k: both.quality.measures[k] for k in SELF_AGREEMENT if k in both.quality.measures}}
             checked = quality.QualityCheck(reasons=quality.judge(measures), measures=measures)
             rows[choice].append({**score_label_map(sample.id, prediction.label_map, target),

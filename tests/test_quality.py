@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 
 from conftest import EXAMPLES
 from psfh import quality
+from psfh.aop import measure_aop
 from psfh.errors import PSFHInputError
 from psfh.io import as_uint8, load_image, load_label_map
 from psfh.labels import FH, PS
@@ -80,6 +81,11 @@ def test_ps_elevation_measure(angle_deg):
     # Folded into 0-90: the mirror image (a frame scanned from the other side) measures the same.
     assert quality.ps_elevation(labels[:, ::-1]) == pytest.approx(quality.ps_elevation(labels), abs=1e-6)
     assert quality.ps_elevation(np.where(labels == FH, 0, labels)) is None  # no head: no axis ends
+    # A caller that measured the AoP already passes it: the same number, no second measurement.
+    measured = measure_aop(labels)
+    assert quality.ps_elevation(labels, measured) == quality.ps_elevation(labels)
+    assert quality.measure(labels * 100, labels, aop=measured) == quality.measure(labels * 100, labels)
+    assert quality.ps_elevation(labels, measure_aop(labels[:, ::-1].T)) != pytest.approx(quality.ps_elevation(labels))
 
 
 def test_a_steep_symphysis_is_flagged():

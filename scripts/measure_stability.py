@@ -11,8 +11,8 @@ bound (psfh.quality.MAX_STABILITY_GAP) is chosen out of fold: among those at whi
 check alone flags at most 5 % of the frames (the issue's budget for the test frames), the one
 that catches the most AoPs off by over 15 deg, with the fewest flags on a tie.
 
-    python scripts/measure_stability.py --mode oof --out docs/results/quality/stability/oof     # 28 min, 2 threads
-    python scripts/measure_stability.py --mode all --out docs/results/quality/stability/test    # 12 min
+    python scripts/measure_stability.py --mode oof    # 28 min, 2 threads -> docs/results/quality/stability/oof
+    python scripts/measure_stability.py --mode all    # 12 min -> docs/results/quality/stability/test
     python scripts/measure_stability.py --table > docs/results/quality/stability/bounds.txt
 """
 
@@ -37,8 +37,9 @@ from psfh.io import as_uint8, load_image  # noqa: E402
 from psfh.model import PSFHModel  # noqa: E402
 from psfh.package import read_fold_assignment  # noqa: E402
 
-ROWS = {"oof": "docs/results/views/oof/both/per_image.csv", "all": "docs/results/views/test/both/per_image.csv"}
-OUTS = {"out of fold": "docs/results/quality/stability/oof", "test": "docs/results/quality/stability/test"}
+# Per --mode: its title, the rows of scripts/measure_views.py it measures, and the folder of its stability.csv.
+MODES = {"oof": ("out of fold", "docs/results/views/oof/both/per_image.csv", "docs/results/quality/stability/oof"),
+         "all": ("test", "docs/results/views/test/both/per_image.csv", "docs/results/quality/stability/test")}
 COLUMNS = ("id", "aop_error", "fold", "aop_frame", *(f"aop_{k.replace(' ', '_')}" for k in stability.PERTURBATIONS),
            "stability_gap")
 BOUNDS_DEG = (8, 10, 12, 14, 16, 18, 20, 22, 25)
@@ -49,9 +50,10 @@ def measure(args) -> None:
     model = PSFHModel.from_pretrained(args.package, device="cpu")
     fold_of = read_fold_assignment(args.package)
     folder = members_folder(args.package, args.mode)
-    out = args.out / "stability.csv"
+    _, rows_file, default_out = MODES[args.mode]
+    out = (args.out or ROOT / default_out) / "stability.csv"
     done = {row["id"] for row in csv.DictReader(open(out))} if out.exists() else set()
-    rows = [r for r in csv.DictReader(open(ROOT / ROWS[args.mode])) if r["aop_error"] != "" and r["id"] not in done]
+    rows = [r for r in csv.DictReader(open(ROOT / rows_file)) if r["aop_error"] != "" and r["id"] not in done]
     samples = select_samples(find_samples(args.data), [r["id"] for r in rows])
     image_path = {sample.id: sample.image_path for sample in samples}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ def measure(args) -> None:
 def table() -> None:
     print(f"the other checks plus 'stability gap above the bound'; AoP error over {BAD_DEG:.0f} deg = bad")
     frames = {}
-    for (title, folder), rows_file in zip(OUTS.items(), ROWS.values()):
+    for title, rows_file, folder in MODES.values():
         view_rows = list(csv.DictReader(open(ROOT / rows_file)))
         # The shipped checks, judged again from the rows' measures with the bounds as they are now.
         checks = {r["id"]: not c.trusted for r, c in zip(view_rows, from_rows(view_rows))}
@@ -113,15 +115,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
     parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
-    parser.add_argument("--mode", choices=tuple(ROWS))
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--mode", choices=tuple(MODES))
+    parser.add_argument("--out", type=Path, help="folder of stability.csv (default: the one --table reads)")
     parser.add_argument("--table", action="store_true", help="print the bounds table from both stability.csv files")
     args = parser.parse_args()
     if args.table:
         table()
     else:
-        if args.mode is None or args.out is None:
-            parser.error("--mode and --out, or --table")
+        if args.mode is None:
+            parser.error("--mode, or --table")
         measure(args)
     return 0
 

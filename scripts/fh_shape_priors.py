@@ -7,6 +7,10 @@ follows the visible edge. Here each fused label map's FH is replaced, before the
 largest component kept). Mean AoP error and FH Dice out of fold and on the test frames, from the
 members kept by scripts/cache_members.py.
 
+Then the same priors as quality-check candidates (issue 12): how far each variant moves the AoP,
+and how far the predicted FH is from its ellipse (1 - IoU), each ranked against the AoP error
+(Spearman) and with its worst 5 % flagged (how many of the AoPs off by over 15 deg that catches).
+
     python scripts/fh_shape_priors.py > docs/results/quality/fh_shape_priors.txt
 """
 
@@ -20,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 from skimage.measure import EllipseModel, find_contours  # noqa: E402
 
 from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
@@ -27,6 +32,8 @@ from psfh.aop import measure_aop  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
 from psfh.labels import FH, PS, largest_component  # noqa: E402
 from psfh.prompts import fuse  # noqa: E402
+
+BAD_AOP_ERROR_DEG = 15.0  # the AoP errors the quality check should catch (as in calibrate_quality)
 
 
 def ellipse_mask(mask: np.ndarray) -> np.ndarray | None:
@@ -63,6 +70,26 @@ def variants(label_map: np.ndarray, probabilities: np.ndarray) -> dict[str, np.n
     return out
 
 
+def ellipse_misfit(head: np.ndarray) -> float:
+    """1 - IoU of the FH mask (H x W bool) and its least-squares ellipse; 1 where none fits."""
+    ellipse = ellipse_mask(head)
+    if ellipse is None:
+        return 1.0
+    return float(1 - (head & ellipse).sum() / (head | ellipse).sum())
+
+
+def report_candidates(candidates: dict[str, list[float]], errors: list[float]) -> None:
+    """Print each candidate measure's rank correlation with the AoP error and its worst 5 %."""
+    error = np.asarray(errors)
+    bad = error > BAD_AOP_ERROR_DEG
+    for name, values in candidates.items():
+        measure = np.asarray(values)
+        worst = measure >= np.quantile(measure, 0.95)
+        print(f"  check {name:22s} Spearman {spearmanr(measure, error)[0]:+.2f}; worst 5 % ({worst.sum()} frames) "
+              f"mean error {error[worst].mean():.1f} / rest {error[~worst].mean():.1f} deg, "
+              f"{(worst & bad).sum()} of {bad.sum()} bad ones caught")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
@@ -70,20 +97,38 @@ def main() -> int:
     args = parser.parse_args()
     for title, kept_set in KEPT_SETS.items():
         errors, dice = {}, {}
+        candidates: dict[str, list[float]] = {}
+        candidate_errors: list[float] = []
+        expert_misfits: list[float] = []
         for sample, members in kept_frames(args.data, args.package, *kept_set):
             expert = load_label_map(sample.label_path)
             label_map, probabilities = fused_label_map(members, expert.shape)
             truth = measure_aop(expert).angle_deg
+            angles = {}
             for name, candidate in variants(label_map, probabilities).items():
-                angle = measure_aop(candidate).angle_deg
+                angle = angles[name] = measure_aop(candidate).angle_deg
                 if truth is not None and angle is not None:
                     errors.setdefault(name, []).append(abs(angle - truth))
                 head, expert_head = candidate == FH, expert == FH
                 dice.setdefault(name, []).append(2 * (head & expert_head).sum() / (head.sum() + expert_head.sum()))
+            predicted = angles["as predicted"]
+            if truth is None or predicted is None:
+                continue
+            candidate_errors.append(abs(predicted - truth))
+            expert_misfits.append(ellipse_misfit(expert == FH))
+            candidates.setdefault("FH ellipse misfit", []).append(ellipse_misfit(label_map == FH))
+            for name in ("ellipse", "union", "thr0.3", "thr0.2"):
+                moved = angles.get(name)
+                # a variant that loses the AoP moves it as far as can be, as in the stability check
+                candidates.setdefault(f"AoP moved by {name}", []).append(90.0 if moved is None else abs(moved - predicted))
         print(f"{title}:")
         for name in errors:
             print(f"  {name:13s} AoP error mean {np.mean(errors[name]):.2f} / median {np.median(errors[name]):.2f} deg "
                   f"({len(errors[name])} frames), FH Dice {np.mean(dice[name]):.3f}")
+        report_candidates(candidates, candidate_errors)
+        misfit, bad = np.asarray(candidates["FH ellipse misfit"]), np.asarray(candidate_errors) > BAD_AOP_ERROR_DEG
+        print(f"  FH ellipse misfit, median: predicted {np.median(misfit):.3f} (bad AoPs {np.median(misfit[bad]):.3f}), "
+              f"experts {np.median(expert_misfits):.3f}")
     return 0
 
 

@@ -12,7 +12,6 @@ tests/test_convert.py checks that psfh's converted SamModel reproduces them (max
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 import types

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EMBEDDED, ROOT, randomise_adapters
+from conftest import EMBEDDED, ROOT
 from psfh.bases import build_tiny_random, count_parameters
 from psfh.errors import PSFHInputError
 from psfh.lora import make_lora_config

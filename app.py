@@ -90,6 +90,14 @@ AOP_EXPLAINED = (
     "higher chance of spontaneous vaginal delivery; that is research context about groups of "
     "women, not a prediction or advice for anyone."
 )
+# Under a trusted AoP: the check misses most wrong outlines (model card, "Trust"), and its most
+# common miss on unseen exams is a head outline that stops where the skull turns faint (exam
+# 04964-04983: AoPs 16.5 deg too small on average).
+PASSED_CHECK_CAVEAT = (
+    "The quality check found nothing wrong, which does not make the result right: it misses most wrong "
+    "outlines (model card, \"Trust\"). Look at the outlines before the number: where the skull's edge is "
+    "faint, the head outline can stop short of it, and the angle can then come out too small."
+)
 HSD_EXPLAINED = (
     "The **head-symphysis distance (HSD)** is measured from the symphysis' inferior end to the fetal "
     "skull, perpendicular to the symphysis' long axis (docs/HSD.md). It is given in mm only when the "
@@ -552,7 +560,7 @@ def aop_markdown(prediction: Prediction) -> str:
         headline = (f"### Angle of progression: withheld \N{WARNING SIGN} check this result\n{reasons}\n\n"
                     f"(Measured on this segmentation: {aop.angle_deg:.1f}\N{DEGREE SIGN}; do not use it unchecked.)")
     elif aop.measured:
-        headline = f"### Angle of progression: {aop.angle_deg:.1f}\N{DEGREE SIGN}"
+        headline = f"### Angle of progression: {aop.angle_deg:.1f}\N{DEGREE SIGN}\n\n{PASSED_CHECK_CAVEAT}"
     else:
         headline = f"### Angle of progression: not measured\n{aop.reason[:1].upper()}{aop.reason[1:]}."
     return "\n\n".join(part for part in (headline, hsd_text(prediction), AOP_EXPLAINED, DISCLAIMER) if part)

@@ -463,6 +463,9 @@ def test_the_aop_text_gives_the_hsd_in_mm_withheld_or_why_not(model, images):
     assert "HSD 23.4 mm" in app.aop_markdown(with_hsd(prediction, 23.43))
     flagged = app.aop_markdown(with_hsd(prediction, 23.43, trusted=False))
     assert "HSD:** withheld with the AoP" in flagged and "23.4 mm" in flagged and "HSD 23.4 mm" not in flagged
+    # A trusted AoP comes with what the check cannot see; a flagged one with its reasons instead.
+    assert app.PASSED_CHECK_CAVEAT in app.aop_markdown(with_hsd(prediction, 23.43))
+    assert app.PASSED_CHECK_CAVEAT not in flagged and "a made-up reason" in flagged.lower()
     no_spacing = app.aop_markdown(with_hsd(prediction, None))
     assert "needs a pixel spacing" in no_spacing and "DICOM with Pixel Spacing" in no_spacing
     unmeasured = dataclasses.replace(prediction, hsd=HSDMeasurement(None, reason="no fetal head found"))

@@ -229,9 +229,8 @@ def _write_prediction(model, item: Item, folds: list[str], tta: bool | None, pre
                       spacing_mm: tuple[float, float] | None = None, stability_check: bool = False) -> dict:
     # Read the file here, once, for its geometry; predict takes what was read.
     loaded = load_image(item.path)
-    # The option only when asked, so that models without it (test doubles) keep working.
-    options = {"stability_check": True} if stability_check else {}
-    prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision, spacing_mm=spacing_mm, **options)
+    prediction = model.predict(loaded, folds=folds, tta=tta, precision=precision, spacing_mm=spacing_mm,
+                               stability_check=stability_check)
     save_label_map(prediction.label_map, item.output, spatial=loaded.spatial, overwrite=True)
     return {"label_map": str(item.output), **prediction.table_cells()}
 

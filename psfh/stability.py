@@ -69,7 +69,8 @@ def checked(model, prediction, image: np.ndarray):
 
     Args:
         model: the :class:`psfh.model.PSFHModel` that made ``prediction``.
-        prediction: its :class:`psfh.model.Prediction` of ``image``.
+        prediction: its :class:`psfh.model.Prediction` of ``image``, with its quality check (as
+            predict and decode make it).
         image: the H x W uint8 frame as the model saw it (``ImageEmbeddings.image``).
     """
     start = time.perf_counter()
@@ -77,6 +78,6 @@ def checked(model, prediction, image: np.ndarray):
     gap = aop_gap(reference_aop(prediction, fold), perturbed_aops(model, image, fold))
     if gap is None:
         return prediction
-    measures = {**(prediction.quality.measures if prediction.quality else {}), "stability_gap": gap}
+    measures = {**prediction.quality.measures, "stability_gap": gap}
     return replace(prediction, quality=quality.QualityCheck(reasons=quality.judge(measures), measures=measures),
                    timings={**prediction.timings, "stability_check": time.perf_counter() - start})

@@ -26,12 +26,11 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
+from calibrate_quality import BAD_AOP_ERROR_DEG  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
 from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
 from psfh.labels import FH, PS  # noqa: E402
 from psfh.prompts import fuse  # noqa: E402
-
-BAD_DEG = 15.0
 
 
 def measure_frame(members, image: np.ndarray, expert: np.ndarray) -> dict | None:
@@ -66,9 +65,9 @@ def main() -> int:
             if row is not None:
                 rows.append({"id": sample.id, **row})
         error = np.abs([r["predicted"] for r in rows])
-        bad = error > BAD_DEG
+        bad = error > BAD_AOP_ERROR_DEG
         print(f"{title}: {len(rows)} frames ({frames - len(rows)} without an AoP in one of the three "
-              f"measurements left out), {bad.sum()} with an AoP error over {BAD_DEG:.0f} deg")
+              f"measurements left out), {bad.sum()} with an AoP error over {BAD_AOP_ERROR_DEG:.0f} deg")
         print("  mean |AoP error|, all frames / the bad ones:")
         for name in ("predicted", "predicted PS, expert FH", "expert PS, predicted FH"):
             values = np.abs([r[name] for r in rows])

@@ -26,11 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 
 from psfh import quality  # noqa: E402
 from psfh.files import write_text_atomic  # noqa: E402
 from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
 from psfh.package import read_fold_assignment  # noqa: E402
+
+# An AoP off by more than this is a bad one: what the flag should catch (the scripts that rank
+# candidate checks count them the same way).
+BAD_AOP_ERROR_DEG = 15.0
 
 # Candidate bounds of the self-agreement checks (None: that check off), tabulated together.
 DICE_CANDIDATES = (None, 0.78, 0.80, 0.82, 0.84, 0.86)
@@ -86,8 +91,17 @@ def split_errors(flagged: np.ndarray, errors: np.ndarray) -> dict:
         values = errors[rows & ~np.isnan(errors)]
         out[f"aop_error_{name}_mean"] = float(values.mean()) if len(values) else None
         out[f"aop_error_{name}_median"] = float(np.median(values)) if len(values) else None
-        out[f"aop_error_over_15deg_{name}"] = int((values > 15).sum())
+        out[f"aop_error_over_{BAD_AOP_ERROR_DEG:.0f}deg_{name}"] = int((values > BAD_AOP_ERROR_DEG).sum())
     return out
+
+
+def rank_candidate(measure: np.ndarray, error: np.ndarray) -> str:
+    """How a candidate check's measure (one per frame, higher = more doubt) ranks the frames' AoP
+    errors (degrees): its Spearman correlation with them, and what flagging its worst 5 % would do."""
+    worst, bad = measure >= np.quantile(measure, 0.95), error > BAD_AOP_ERROR_DEG
+    return (f"Spearman {spearmanr(measure, error)[0]:+.2f}; worst 5 % ({worst.sum()} frames) mean error "
+            f"{error[worst].mean():.1f} / rest {error[~worst].mean():.1f} deg, {(worst & bad).sum()} of {bad.sum()} "
+            "bad ones caught")
 
 
 def self_agreement_table(checks, errors: np.ndarray) -> list[dict]:

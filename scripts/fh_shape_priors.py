@@ -24,16 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
 from skimage.measure import EllipseModel, find_contours  # noqa: E402
 
 from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
+from calibrate_quality import BAD_AOP_ERROR_DEG, rank_candidate  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
 from psfh.labels import FH, PS, largest_component  # noqa: E402
 from psfh.prompts import fuse  # noqa: E402
-
-BAD_AOP_ERROR_DEG = 15.0  # the AoP errors the quality check should catch (as in calibrate_quality)
 
 
 def ellipse_mask(mask: np.ndarray) -> np.ndarray | None:
@@ -78,18 +76,6 @@ def ellipse_misfit(head: np.ndarray) -> float:
     return float(1 - (head & ellipse).sum() / (head | ellipse).sum())
 
 
-def report_candidates(candidates: dict[str, list[float]], errors: list[float]) -> None:
-    """Print each candidate measure's rank correlation with the AoP error and its worst 5 %."""
-    error = np.asarray(errors)
-    bad = error > BAD_AOP_ERROR_DEG
-    for name, values in candidates.items():
-        measure = np.asarray(values)
-        worst = measure >= np.quantile(measure, 0.95)
-        print(f"  check {name:22s} Spearman {spearmanr(measure, error)[0]:+.2f}; worst 5 % ({worst.sum()} frames) "
-              f"mean error {error[worst].mean():.1f} / rest {error[~worst].mean():.1f} deg, "
-              f"{(worst & bad).sum()} of {bad.sum()} bad ones caught")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
@@ -125,7 +111,8 @@ def main() -> int:
         for name in errors:
             print(f"  {name:13s} AoP error mean {np.mean(errors[name]):.2f} / median {np.median(errors[name]):.2f} deg "
                   f"({len(errors[name])} frames), FH Dice {np.mean(dice[name]):.3f}")
-        report_candidates(candidates, candidate_errors)
+        for name, values in candidates.items():
+            print(f"  check {name:22s} {rank_candidate(np.asarray(values), np.asarray(candidate_errors))}")
         misfit, bad = np.asarray(candidates["FH ellipse misfit"]), np.asarray(candidate_errors) > BAD_AOP_ERROR_DEG
         print(f"  FH ellipse misfit, median: predicted {np.median(misfit):.3f} (bad AoPs {np.median(misfit[bad]):.3f}), "
               f"experts {np.median(expert_misfits):.3f}")

@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 
 from cache_members import load_members, members_folder  # noqa: E402
-from calibrate_quality import from_rows  # noqa: E402
+from calibrate_quality import BAD_AOP_ERROR_DEG, from_rows  # noqa: E402
 from psfh import stability  # noqa: E402
 from psfh.data import find_samples, select_samples  # noqa: E402
 from psfh.io import as_uint8, load_image  # noqa: E402
@@ -43,7 +44,6 @@ MODES = {"oof": ("out of fold", "docs/results/views/oof/both/per_image.csv", "do
 COLUMNS = ("id", "aop_error", "fold", "aop_frame", *(f"aop_{k.replace(' ', '_')}" for k in stability.PERTURBATIONS),
            "stability_gap")
 BOUNDS_DEG = (8, 10, 12, 14, 16, 18, 20, 22, 25)
-BAD_DEG = 15.0
 
 
 def measure(args) -> None:
@@ -78,7 +78,7 @@ def measure(args) -> None:
 
 
 def table() -> None:
-    print(f"the other checks plus 'stability gap above the bound'; AoP error over {BAD_DEG:.0f} deg = bad")
+    print(f"the other checks plus 'stability gap above the bound'; AoP error over {BAD_AOP_ERROR_DEG:.0f} deg = bad")
     frames = {}
     for title, rows_file, folder in MODES.values():
         view_rows = list(csv.DictReader(open(ROOT / rows_file)))
@@ -88,27 +88,21 @@ def table() -> None:
         frames[title] = np.array([(float(r["aop_error"]), checks[r["id"]], float(r["stability_gap"] or "nan"))
                                   for r in rows])
     for title, (error, others, gap) in ((t, f.T) for t, f in frames.items()):
-        bad = error > BAD_DEG
+        bad = error > BAD_AOP_ERROR_DEG
         print(f"{title}: {len(error)} frames, {int(bad.sum())} bad; stability gap median {np.nanmedian(gap):.1f}, "
               f"95th percentile {np.nanpercentile(gap, 95):.1f} deg; Spearman with the error "
-              f"{spearman(gap, error):+.2f}; other checks alone: {int(others.sum())} flagged, "
+              f"{spearmanr(gap, error, nan_policy='omit')[0]:+.2f}; other checks alone: {int(others.sum())} flagged, "
               f"{int(((others > 0) & bad).sum())} bad caught")
     for bound in BOUNDS_DEG:
         cells = [f"bound {bound:2d} deg"]
         for title, (error, others, gap) in ((t, f.T) for t, f in frames.items()):
             unstable = np.nan_to_num(gap, nan=0.0) > bound
-            flagged, bad = (others > 0) | unstable, error > BAD_DEG
+            flagged, bad = (others > 0) | unstable, error > BAD_AOP_ERROR_DEG
             cells.append(f"{title}: alone {100 * unstable.mean():4.1f} %, with the others "
                          f"{int(flagged.sum())}/{len(error)} flagged (+{int((unstable & (others == 0)).sum())}), "
                          f"error {error[flagged].mean():.1f} / {error[~flagged].mean():.1f} deg, "
                          f"{int((flagged & bad).sum())} of {int(bad.sum())} bad caught")
         print(" | ".join(cells))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    keep = ~np.isnan(a) & ~np.isnan(b)
-    ranks = [np.argsort(np.argsort(x[keep])) for x in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])
 
 
 def main() -> int:

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
+from calibrate_quality import BAD_AOP_ERROR_DEG  # noqa: E402
 from measure_correction import jittered_box  # noqa: E402
 from psfh import prompts  # noqa: E402
 from psfh.aop import measure_aop  # noqa: E402
@@ -40,7 +41,6 @@ from psfh.lora import make_lora_config  # noqa: E402
 from psfh.model import PSFHModel  # noqa: E402
 from psfh.training.embedding_cache import EmbeddingCache  # noqa: E402
 
-BAD_AOP_ERROR_DEG = 15.0
 EXAM = ("04964", "04983")  # the test exam that holds most bad AoPs (ids are zero-padded: compare as strings)
 
 

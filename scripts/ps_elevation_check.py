@@ -26,13 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from calibrate_quality import from_rows  # noqa: E402
+from calibrate_quality import BAD_AOP_ERROR_DEG, from_rows  # noqa: E402
 from psfh import quality  # noqa: E402
 from psfh.data import find_samples, read_ids_file  # noqa: E402
 from psfh.io import load_label_map  # noqa: E402
 
 BOUNDS_DEG = (30, 32, 34, 36, 38, 40, 45, 50)
-BAD_DEG = 15.0
 # The rows scripts/measure_views.py wrote: the AoP error and the checks' measures per frame.
 SETS = {"out of fold": "docs/results/views/oof/both/per_image.csv",
         "test": "docs/results/views/test/both/per_image.csv"}
@@ -54,12 +53,12 @@ def main() -> int:
         others = from_rows([{**row, "ps_elevation": ""} for row in rows])
         frames[title] = np.array([(float(row["aop_error"]), not check.trusted, float(row["ps_elevation"] or "nan"))
                                   for row, check in zip(rows, others)])
-    print(f"the other checks plus 'PS elevation above the bound'; AoP error over {BAD_DEG:.0f} deg = bad")
+    print(f"the other checks plus 'PS elevation above the bound'; AoP error over {BAD_AOP_ERROR_DEG:.0f} deg = bad")
     for bound in BOUNDS_DEG:
         cells = [f"bound {bound} deg: experts {100 * (expert > bound).mean():4.1f} %"]
         for title, table in frames.items():
             error, others, elevation = table.T
-            flagged, bad = (others > 0) | (elevation > bound), error > BAD_DEG
+            flagged, bad = (others > 0) | (elevation > bound), error > BAD_AOP_ERROR_DEG
             added = int(((elevation > bound) & (others == 0)).sum())
             cells.append(f"{title}: {int(flagged.sum())}/{len(error)} flagged (+{added}), error "
                          f"{error[flagged].mean():.1f} / {error[~flagged].mean():.1f} deg, "

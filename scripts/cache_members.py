@@ -66,9 +66,17 @@ def kept_samples(data: Path, folder: Path, ids: list[str]) -> list:
 
 
 def kept_frames(data: Path, package: Path, mode: str, ids_file: str):
-    """(sample, F x V x 3 x S x S members) of each frame of a kept set (a KEPT_SETS value), in data set order."""
+    """(sample, F x V x 3 x S x S members) of each frame of a kept set (a KEPT_SETS value), in data set order.
+
+    Raises:
+        SystemExit: no member of the set is kept for this package (its command is in the module docstring).
+    """
     folder = members_folder(package, mode)
-    for sample in kept_samples(data, folder, read_ids_file(ROOT / ids_file)):
+    samples = kept_samples(data, folder, read_ids_file(ROOT / ids_file))
+    if not samples:
+        raise SystemExit(f"no members kept in {folder} for {ids_file}: run python scripts/cache_members.py "
+                         f"--ids-file {ids_file} --mode {mode} --package {package} first")
+    for sample in samples:
         yield sample, load_members(folder, sample.id)[0]
 
 

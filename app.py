@@ -5,9 +5,9 @@ AoP over a cine clip. Research and education only, not a medical device.
     python app.py                         # serves on 0.0.0.0:7860 (GRADIO_SERVER_NAME / _PORT)
     PSFH_MODEL=org/repo python app.py     # another model package: hub repo id or folder
 
-A thin layer over the library: psfh.model loads the package once and predicts (fold adapters
-hot-swapped over one shared base, behind a lock), psfh.io and psfh.sequence read files and
-clips, psfh.cine analyses a clip frame by frame, psfh.overlay draws. This file only wires them
+A thin layer over the library: psfh.model.psfh_model loads the package once and predicts (fold adapters
+hot-swapped over one shared base, behind a lock), psfh.io.images and psfh.io.sequence read files and
+clips, psfh.batch.cine analyses a clip frame by frame, psfh.render.overlay draws. This file only wires them
 to Gradio components. Importing it launches nothing:
 
     from app import build_demo, create_app
@@ -24,7 +24,7 @@ Correction in the page: after a run, pick a structure and click two opposite cor
 around it on the overlay. The structure is re-segmented from the kept embeddings (SAM's box
 prompt; no encoder pass), the AoP and downloads follow; Undo and Reset go back.
 
-The Cine clip tab: every frame segmented (psfh.cine.analyse_clip; one encoder pass per frame,
+The Cine clip tab: every frame segmented (psfh.batch.cine.analyse_clip; one encoder pass per frame,
 view and fold, so "fast" is one fold without the flip), the AoP curve with flagged frames left
 out and marked, its maximum, and a slider to scrub through the frames' overlays (kept from the
 run: scrubbing runs no model).
@@ -46,17 +46,26 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from psfh import quality, stability
-from psfh.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
-from psfh.dicom import is_dicom, modality_note, read_dicom_info
-from psfh.errors import PSFHInputError
-from psfh.io import DICOM_EXTENSIONS, PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8, \
-    image_extension, image_name, load_image, save_label_map
-from psfh.model import ImageEmbeddings, PSFHModel, Prediction
-from psfh.options import first_folds
-from psfh.overlay import display_scale, render_disagreement, render_segmentation
-from psfh.prompts import STRUCTURE_NAMES
-from psfh.sequence import VIDEO_EXTENSIONS, is_sequence, read_sequence
+from psfh.batch.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
+from psfh.core.errors import PSFHInputError
+from psfh.core.options import first_folds
+from psfh.io.dicom import is_dicom, modality_note, read_dicom_info
+from psfh.io.images import (
+    DICOM_EXTENSIONS,
+    PILLOW_EXTENSIONS,
+    SUPPORTED_EXTENSIONS,
+    LoadedImage,
+    as_uint8,
+    image_extension,
+    image_name,
+    load_image,
+    save_label_map,
+)
+from psfh.io.sequence import VIDEO_EXTENSIONS, is_sequence, read_sequence
+from psfh.measure import quality, stability
+from psfh.model.prompts import STRUCTURE_NAMES
+from psfh.model.psfh_model import ImageEmbeddings, Prediction, PSFHModel
+from psfh.render.overlay import display_scale, render_disagreement, render_segmentation
 
 log = logging.getLogger("psfh.app")
 
@@ -75,7 +84,7 @@ OUTPUT_MAX_AGE_S = 3600
 # Requests that may run at once. Fold adapters are switched under PSFHModel's lock, so only the
 # forward passes queue up; reading, post-processing and drawing of other requests overlap them.
 CONCURRENCY = int(os.environ.get("PSFH_CONCURRENCY", "2"))
-# psfh.stability's check, on in the page and the API unless unticked: three more passes of one fold
+# psfh.measure.stability's check, on in the page and the API unless unticked: three more passes of one fold
 # per image, for a flag that catches more of the wrong AoPs (model card, "Trust").
 STABILITY_CHECK_DEFAULT = True
 
@@ -159,7 +168,7 @@ def check_upload(path: str | os.PathLike | None, missing: str = "Upload an image
 
 
 def modality_notes(path: Path, info) -> list[str]:
-    """The page's note for a DICOM whose modality is not ultrasound (psfh.dicom reads it anyway),
+    """The page's note for a DICOM whose modality is not ultrasound (psfh.io.dicom reads it anyway),
     from the file's own header fields: the library's warning goes to the server log, and
     catching it would swap process-wide warning state under other requests' threads."""
     note = None if info is None else modality_note(info)
@@ -262,7 +271,7 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
 
     The encoder's work is kept in the Analysis (with the base embedding box prompts need), so
     corrections in the page run no encoder pass. ``stability_check`` (without boxes) adds
-    :mod:`psfh.stability`'s measure to the automatic result, which Undo and Reset come back to.
+    :mod:`psfh.measure.stability`'s measure to the automatic result, which Undo and Reset come back to.
     Thread-safe: PSFHModel switches adapters under its lock, and each request writes into its own
     folder. Bad input raises gr.Error with psfh's message.
     """
@@ -414,8 +423,8 @@ def describe_clip(clip: str | None) -> str:
 def run_clip(model: PSFHModel, clip: str | None, fast: bool = True, progress=None):
     """The "/clip" handler: clip file -> (frames CSV, summary dict, ClipView).
 
-    Every frame is segmented by :func:`psfh.cine.analyse_clip` (``fast``: one fold without the
-    flip view, :func:`psfh.cine.fast_options`; else all folds and the package's TTA), with
+    Every frame is segmented by :func:`psfh.batch.cine.analyse_clip` (``fast``: one fold without the
+    flip view, :func:`psfh.batch.cine.fast_options`; else all folds and the package's TTA), with
     ``progress`` told after each frame. frames.csv, summary.json, aop_curve.svg and the label
     maps (also zipped) go into a new request folder; the summary dict is summary.json's.
     Bad input raises gr.Error naming the file and the problem.
@@ -524,7 +533,7 @@ CURVE_PLACEHOLDER = ('<p class="psfh-curve" style="color: var(--body-text-color-
 
 
 def curve_html(result: ClipResult) -> str:
-    """psfh.cine's AoP curve (SVG, also a download), scrolling sideways in a narrow column."""
+    """psfh.batch.cine's AoP curve (SVG, also a download), scrolling sideways in a narrow column."""
     return f'<div class="psfh-curve" style="overflow-x: auto">{curve_svg(result)}</div>'
 
 
@@ -585,7 +594,7 @@ def hsd_text(prediction: Prediction) -> str:
 
 def fold_markdown(prediction: Prediction) -> str:
     """Each fold's AoP (and on the frame and its mirror image), their spread and the views' gap:
-    how much the ensemble's members agree (psfh.quality flags a large gap)."""
+    how much the ensemble's members agree (psfh.measure.quality flags a large gap)."""
     with_views = any(len(angles) == 2 for angles in prediction.view_aop.values())
     rows = ["| fold | AoP | frame | mirror image |" if with_views else "| fold | AoP |",
             "| --- | --- | --- | --- |" if with_views else "| --- | --- |"]

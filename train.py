@@ -21,15 +21,24 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from psfh.files import write_csv_atomic, write_text_atomic
-from psfh.bases import get_base
-from psfh.cli import run_cli
-from psfh.data import (find_duplicate_images, find_samples, load_arrays, load_pack, make_folds, read_ids_file,
-                       resize_pair, select_samples, validate_samples)
-from psfh.errors import PSFHInputError
-from psfh.lora import DECODER_CHOICES, make_lora_config
-from psfh.model import PSFHModel
-from psfh.package import resolve_package
+from psfh.cli.common import run_cli
+from psfh.core.errors import PSFHInputError
+from psfh.core.files import write_csv_atomic, write_text_atomic
+from psfh.io.dataset import (
+    find_duplicate_images,
+    find_samples,
+    load_arrays,
+    load_pack,
+    make_folds,
+    read_ids_file,
+    resize_pair,
+    select_samples,
+    validate_samples,
+)
+from psfh.model.bases import get_base
+from psfh.model.lora import DECODER_CHOICES, make_lora_config
+from psfh.model.package import resolve_package
+from psfh.model.psfh_model import PSFHModel
 from psfh.training.loop import train_fold
 from psfh.training.recipe import PRESETS, preset
 

@@ -8,12 +8,12 @@
 __version__ = "0.1.0"
 
 _LAZY = {
-    "PSFHModel": "psfh.model",
-    "Prediction": "psfh.model",
-    "measure_aop": "psfh.aop",
-    "AoPMeasurement": "psfh.aop",
-    "PSFHInputError": "psfh.errors",
-    "PackageConfig": "psfh.package",
+    "PSFHModel": "psfh.model.psfh_model",
+    "Prediction": "psfh.model.psfh_model",
+    "measure_aop": "psfh.measure.aop",
+    "AoPMeasurement": "psfh.measure.aop",
+    "PSFHInputError": "psfh.core.errors",
+    "PackageConfig": "psfh.model.package",
 }
 
 __all__ = list(_LAZY)

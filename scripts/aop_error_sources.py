@@ -27,10 +27,10 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
 from calibrate_quality import BAD_AOP_ERROR_DEG  # noqa: E402
-from psfh.aop import measure_aop  # noqa: E402
-from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.labels import FH, PS  # noqa: E402
-from psfh.prompts import fuse  # noqa: E402
+from psfh.measure.aop import measure_aop  # noqa: E402
+from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
+from psfh.core.labels import FH, PS  # noqa: E402
+from psfh.model.prompts import fuse  # noqa: E402
 
 
 def measure_frame(members, image: np.ndarray, expert: np.ndarray) -> dict | None:

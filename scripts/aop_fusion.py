@@ -4,9 +4,9 @@ AoP error.)
 From the members kept by ``scripts/cache_members.py`` (no encoder pass), for each frame: the AoP
 of the fused label map (the product today: soft ensemble of every fold and view, then one
 measurement), and the mean and median of the AoPs measured on each member's own label map (fold x
-view; a member without an AoP is left out). Errors against the ground truth's AoP (psfh.aop), and
+view; a member without an AoP is left out). Errors against the ground truth's AoP (psfh.measure.aop), and
 the paired difference (member mean - fused) with a 95 % bootstrap interval over the blocks of
-consecutive ids that the package's folds keep whole (psfh.data.id_blocks over its folds.json, and
+consecutive ids that the package's folds keep whole (psfh.io.dataset.id_blocks over its folds.json, and
 over the rest of the ids for the test frames), since frames of one exam are correlated.
 
     python scripts/aop_fusion.py --mode oof --ids-file docs/splits/oof_every4th_ids.txt
@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 
 from cache_members import load_members, members_folder  # noqa: E402
 from psfh import inference  # noqa: E402
-from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import find_samples, id_blocks, read_ids_file, select_samples  # noqa: E402
-from psfh.io import load_label_map  # noqa: E402
-from psfh.package import read_fold_assignment  # noqa: E402
+from psfh.measure.aop import measure_aop  # noqa: E402
+from psfh.io.dataset import find_samples, id_blocks, read_ids_file, select_samples  # noqa: E402
+from psfh.io.images import load_label_map  # noqa: E402
+from psfh.model.package import read_fold_assignment  # noqa: E402
 
 
 def block_bootstrap(differences: np.ndarray, blocks: np.ndarray, draws: int = 2000, seed: int = 0) -> np.ndarray:

@@ -27,11 +27,11 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from psfh import inference  # noqa: E402
-from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.files import atomic_target  # noqa: E402
-from psfh.io import load_image  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
-from psfh.package import read_fold_assignment  # noqa: E402
+from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.core.files import atomic_target  # noqa: E402
+from psfh.io.images import load_image  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
+from psfh.model.package import read_fold_assignment  # noqa: E402
 from psfh.training.embedding_cache import cache_root  # noqa: E402
 
 

@@ -1,10 +1,10 @@
-"""Calibrate and check psfh.quality (issue 12): the measures' range on data the model was not
+"""Calibrate and check psfh.measure.quality (issue 12): the measures' range on data the model was not
 tested on, the bounds' flag rates, and on the test frames whether flags pick out bad AoPs.
 
 Calibration uses the ground truth of the cross-validation frames (the package's folds.json) and
-the package's out-of-fold predictions: a per_image.csv with psfh.evaluate's quality columns
+the package's out-of-fold predictions: a per_image.csv with psfh.batch.evaluate's quality columns
 (``scripts/measure_views.py --mode oof``, or ``python -m psfh.evaluate --out-of-fold``). The
-flags are judged again from the rows' measures with the bounds of psfh.quality as they are now,
+flags are judged again from the rows' measures with the bounds of psfh.measure.quality as they are now,
 so a changed bound needs no new inference. For the model's self-agreement (ps_view_dice,
 flip_aop_gap) it tabulates candidate bounds: flagged fraction and the AoP error of flagged vs
 unflagged frames.
@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from psfh import quality  # noqa: E402
-from psfh.files import write_text_atomic  # noqa: E402
-from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.package import read_fold_assignment  # noqa: E402
+from psfh.core.files import write_text_atomic  # noqa: E402
+from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
+from psfh.model.package import read_fold_assignment  # noqa: E402
 
 # An AoP off by more than this is a bad one: what the flag should catch (the scripts that rank
 # candidate checks count them the same way).

@@ -25,12 +25,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.files import write_csv_atomic  # noqa: E402
-from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.labels import FH, PS  # noqa: E402
-from psfh.model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
+from psfh.measure.aop import measure_aop  # noqa: E402
+from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.core.files import write_csv_atomic  # noqa: E402
+from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
+from psfh.core.labels import FH, PS  # noqa: E402
+from psfh.model.psfh_model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
 
 COLUMNS = ("id", "aop_error", "aop_auto", "aop_cascade", "aop_gap", "dice_ps", "dice_fh")
 

@@ -5,7 +5,7 @@ Every variant trains fold ``--fold`` of the shipped package's split (its folds.j
 cached embeddings (psfh.training.embedding_cache), keeps the best epoch on the fold's validation
 frames (early stopping with ``--patience``), then predicts those frames exactly as
 ``PSFHModel.predict`` does after its encoder pass (both flip views, soft ensemble, largest
-components) and scores them with psfh.evaluate's scoring (Dice, HD, ASD, both AoP definitions).
+components) and scores them with psfh.batch.evaluate's scoring (Dice, HD, ASD, both AoP definitions).
 
     python scripts/cpu_ablation.py --data ../shared/data/psfhs --variant a_decoder_lora \\
         --out docs/results/ablation
@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
-from psfh.files import write_text_atomic  # noqa: E402
-from psfh.data import find_samples, id_sort_key, load_arrays  # noqa: E402
-from psfh.files import write_csv_atomic  # noqa: E402
-from psfh.lora import make_lora_config  # noqa: E402
-from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
-from psfh.package import read_fold_assignment  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
+from psfh.core.files import write_text_atomic  # noqa: E402
+from psfh.io.dataset import find_samples, id_sort_key, load_arrays  # noqa: E402
+from psfh.core.files import write_csv_atomic  # noqa: E402
+from psfh.model.lora import make_lora_config  # noqa: E402
+from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
+from psfh.model.package import read_fold_assignment  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
 from psfh.training.embedding_cache import EmbeddingCache, cache_root  # noqa: E402
 from psfh.training.loop import train_fold  # noqa: E402
 from psfh.training.recipe import preset  # noqa: E402

@@ -5,7 +5,7 @@ re-runs the decoder per fold, so evaluating many images and configurations is ch
 embeddings are cached (psfh.training.embedding_cache, under $PSFH_CACHE or ~/.cache/psfh; missing
 ones are computed). The path after the encoder is PSFHModel's own
 (``fold_probabilities_from_embeddings``, then ``finish``: the ensemble, largest components and
-AoP that ``predict`` runs), scored as psfh.evaluate scores.
+AoP that ``predict`` runs), scored as psfh.batch.evaluate scores.
 
     # out-of-fold: each image predicted only by the fold that did not train on it
     python scripts/evaluate_from_cache.py --model runs/cpu --data ../shared/data/psfhs --oof \\
@@ -27,12 +27,12 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.files import write_csv_atomic, write_text_atomic  # noqa: E402
-from psfh.io import load_image, load_label_map  # noqa: E402
-from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
-from psfh.package import read_fold_assignment  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
+from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.core.files import write_csv_atomic, write_text_atomic  # noqa: E402
+from psfh.io.images import load_image, load_label_map  # noqa: E402
+from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
+from psfh.model.package import read_fold_assignment  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
 from psfh.training.embedding_cache import EmbeddingCache  # noqa: E402
 
 

@@ -28,10 +28,10 @@ from skimage.measure import EllipseModel, find_contours  # noqa: E402
 
 from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
 from calibrate_quality import BAD_AOP_ERROR_DEG, rank_candidate  # noqa: E402
-from psfh.aop import measure_aop  # noqa: E402
-from psfh.io import load_label_map  # noqa: E402
-from psfh.labels import FH, PS, largest_component  # noqa: E402
-from psfh.prompts import fuse  # noqa: E402
+from psfh.measure.aop import measure_aop  # noqa: E402
+from psfh.io.images import load_label_map  # noqa: E402
+from psfh.core.labels import FH, PS, largest_component  # noqa: E402
+from psfh.model.prompts import fuse  # noqa: E402
 
 
 def ellipse_mask(mask: np.ndarray) -> np.ndarray | None:

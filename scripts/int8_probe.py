@@ -28,9 +28,9 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 
-from psfh.io import load_image  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
-from psfh.runtime import find_or_make_export, read_manifest  # noqa: E402
+from psfh.io.images import load_image  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
+from psfh.model.onnx_backends import find_or_make_export, read_manifest  # noqa: E402
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:

@@ -50,8 +50,8 @@ def fit(X, y, lam=1.0):
     w = np.linalg.solve(Z.T @ Z + lam * np.eye(Z.shape[1]), Z.T @ np.log1p(y))  # ridge on log error
     return w
 def score(w, X): return np.c_[np.ones(len(X)), (X - mu) / sd] @ w
-# CV on OOF over the package's own folds (exam blocks kept whole, psfh.data.id_blocks)
-from psfh.package import read_fold_assignment
+# CV on OOF over the package's own folds (exam blocks kept whole, psfh.io.dataset.id_blocks)
+from psfh.model.package import read_fold_assignment
 fold_of = read_fold_assignment(ROOT / "models" / "psfh-lite-medsam")
 exam = np.array([fold_of[i] for i in io])
 for lam in [1, 10, 30, 100]:

@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.files import write_csv_atomic, write_text_atomic  # noqa: E402
-from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.labels import FH, PS  # noqa: E402
-from psfh.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
-from psfh.model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
-from psfh.aop import measure_aop  # noqa: E402
+from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.core.files import write_csv_atomic, write_text_atomic  # noqa: E402
+from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
+from psfh.core.labels import FH, PS  # noqa: E402
+from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
+from psfh.model.psfh_model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
+from psfh.measure.aop import measure_aop  # noqa: E402
 
 CONDITIONS = {"automatic": (), "ps_box": ("ps",), "fh_box": ("fh",), "both_boxes": ("ps", "fh")}
 KEYS = ("dice_ps", "dice_fh", "dice_all", "hd_all", "aop_error_mean", "aop_error_median", "aop_challenge_error_mean")
@@ -55,8 +55,8 @@ def main() -> int:
     parser.add_argument("--automatic", type=Path, required=True, help="the package's label maps, <id>.png")
     parser.add_argument("--jitter", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--policy", default=None, help="psfh.prompts.box_outline's policy for both structures "
-                        "(default: each structure's, psfh.prompts.DEFAULT_POLICY)")
+    parser.add_argument("--policy", default=None, help="psfh.model.prompts.box_outline's policy for both structures "
+                        "(default: each structure's, psfh.model.prompts.DEFAULT_POLICY)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 

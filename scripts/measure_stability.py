@@ -1,4 +1,4 @@
-"""Calibrate the stability check (psfh.stability, issue 12): how far each frame's AoP moves when the
+"""Calibrate the stability check (psfh.measure.stability, issue 12): how far each frame's AoP moves when the
 frame is made brighter, darker or zoomed out, against its AoP error.
 
 Out of fold (``--mode oof``): each frame with the one fold that did not train on it, its AoP on
@@ -7,7 +7,7 @@ the fold the product uses for the check (the package's first). Rows are appended
 ``OUT/stability.csv`` as they are made (a stopped run resumes); then, with both files, the table
 of candidate bounds: the other checks (judged again from scripts/measure_views.py's rows) plus
 "stability gap above the bound", flagged frames, their AoP error and the bad AoPs caught. The
-bound (psfh.quality.MAX_STABILITY_GAP) is chosen out of fold: among those at which the stability
+bound (psfh.measure.quality.MAX_STABILITY_GAP) is chosen out of fold: among those at which the stability
 check alone flags at most 5 % of the frames (the issue's budget for the test frames), the one
 that catches the most AoPs off by over 15 deg, with the fewest flags on a tie.
 
@@ -33,10 +33,10 @@ from scipy.stats import spearmanr  # noqa: E402
 from cache_members import load_members, members_folder  # noqa: E402
 from calibrate_quality import BAD_AOP_ERROR_DEG, from_rows  # noqa: E402
 from psfh import stability  # noqa: E402
-from psfh.data import find_samples, select_samples  # noqa: E402
-from psfh.io import as_uint8, load_image  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
-from psfh.package import read_fold_assignment  # noqa: E402
+from psfh.io.dataset import find_samples, select_samples  # noqa: E402
+from psfh.io.images import as_uint8, load_image  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
+from psfh.model.package import read_fold_assignment  # noqa: E402
 
 # Per --mode: its title, the rows of scripts/measure_views.py it measures, and the folder of its stability.csv.
 MODES = {"oof": ("out of fold", "docs/results/views/oof/both/per_image.csv", "docs/results/quality/stability/oof"),

@@ -3,8 +3,8 @@
 From the members kept by ``scripts/cache_members.py`` (no encoder pass here), each frame is
 finished as :meth:`PSFHModel.finish` does with three view choices: ``both`` (the package's flip
 TTA, the product today), ``identity`` (the frame as given) and ``flip`` (the mirror image only);
-each label map is scored against the ground truth (:func:`psfh.metrics.score_label_map`) and
-carries the quality check's cells of psfh.evaluate (the self-agreement measures, flip_aop_gap and
+each label map is scored against the ground truth (:func:`psfh.measure.metrics.score_label_map`) and
+carries the quality check's cells of psfh.batch.evaluate (the self-agreement measures, flip_aop_gap and
 ps_view_dice, are always the two views').
 
     python scripts/measure_views.py --mode oof --out docs/results/views/oof
@@ -25,12 +25,12 @@ import numpy as np  # noqa: E402
 
 from cache_members import load_members, members_folder  # noqa: E402
 from psfh import quality  # noqa: E402
-from psfh.data import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.evaluate import ROW_COLUMNS, quality_cells  # noqa: E402
-from psfh.files import write_csv_atomic, write_text_atomic  # noqa: E402
-from psfh.io import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.metrics import score_label_map, summarize  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
+from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
+from psfh.batch.evaluate import ROW_COLUMNS, quality_cells  # noqa: E402
+from psfh.core.files import write_csv_atomic, write_text_atomic  # noqa: E402
+from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
+from psfh.measure.metrics import score_label_map, summarize  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
 
 VIEW_CHOICES = {"both": [0, 1], "identity": [0], "flip": [1]}
 SELF_AGREEMENT = ("flip_aop_gap", "ps_view_dice")

@@ -34,11 +34,11 @@ from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
 from calibrate_quality import BAD_AOP_ERROR_DEG  # noqa: E402
 from measure_correction import jittered_box  # noqa: E402
 from psfh import prompts  # noqa: E402
-from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import load_arrays  # noqa: E402
-from psfh.labels import FH  # noqa: E402
-from psfh.lora import make_lora_config  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
+from psfh.measure.aop import measure_aop  # noqa: E402
+from psfh.io.dataset import load_arrays  # noqa: E402
+from psfh.core.labels import FH  # noqa: E402
+from psfh.model.lora import make_lora_config  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
 from psfh.training.embedding_cache import EmbeddingCache  # noqa: E402
 
 EXAM = ("04964", "04983")  # the test exam that holds most bad AoPs (ids are zero-padded: compare as strings)

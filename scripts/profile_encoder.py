@@ -1,7 +1,7 @@
 """Where a fold's encoder time goes on the CPU (issue 13's profile), and what two changes saved.
 
 1. The torch profiler's table of one fold's adapted encoder part (the TinyViT stages after the
-   shared prefix, on the two flip views), with the fold's LoRA merged (psfh.merged_folds, the
+   shared prefix, on the two flip views), with the fold's LoRA merged (psfh.model.merged_folds, the
    default) and with peft's unmerged layers.
 2. The window attention with its relative-position bias as a 3-D heads x N x N mask (torch's
    math path) and as a 1 x heads x N x N mask (the CPU flash kernel), at each stage's shapes.
@@ -28,9 +28,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from psfh.merged_folds import MergedFoldWeights  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
-from psfh.modeling.tiny_vit import TinyViTBlock  # noqa: E402
+from psfh.model.merged_folds import MergedFoldWeights  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
+from psfh.model.tiny_vit import TinyViTBlock  # noqa: E402
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -45,7 +45,7 @@ def median_seconds(run, repeats: int) -> float:
 
 @contextmanager
 def peft_unmerged():
-    """Context: PSFHModel runs peft's own unmerged LoRA layers (the path before psfh.merged_folds)."""
+    """Context: PSFHModel runs peft's own unmerged LoRA layers (the path before psfh.model.merged_folds)."""
     supports = MergedFoldWeights.supports
     MergedFoldWeights.supports = lambda self, fold: False
     try:

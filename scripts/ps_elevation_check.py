@@ -1,7 +1,7 @@
-"""How the PS-elevation check's bound was chosen (issue 12; psfh.quality.MAX_PS_ELEVATION): is the
+"""How the PS-elevation check's bound was chosen (issue 12; psfh.measure.quality.MAX_PS_ELEVATION): is the
 predicted pubic symphysis' long axis steeper than experts draw it?
 
-The PS long axis's elevation (psfh.quality.ps_elevation) is its angle with the image rows, folded
+The PS long axis's elevation (psfh.measure.quality.ps_elevation) is its angle with the image rows, folded
 into 0-90 deg so that mirrored exams and the axis's direction do not matter. Its distribution on
 the expert outlines of the 978 cross-validation frames is the anatomy; on the package's
 predictions (out of fold, and the 100 test frames) a steep axis may be a tilted, wrong PS, which is
@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 from calibrate_quality import BAD_AOP_ERROR_DEG, from_rows  # noqa: E402
 from psfh import quality  # noqa: E402
-from psfh.data import find_samples, read_ids_file  # noqa: E402
-from psfh.io import load_label_map  # noqa: E402
+from psfh.io.dataset import find_samples, read_ids_file  # noqa: E402
+from psfh.io.images import load_label_map  # noqa: E402
 
 BOUNDS_DEG = (30, 32, 34, 36, 38, 40, 45, 50)
 # The rows scripts/measure_views.py wrote: the AoP error and the checks' measures per frame.

@@ -3,7 +3,7 @@
 From the members kept by scripts/cache_members.py --mode oof and the rows of
 scripts/measure_views.py: for each candidate, its Spearman correlation with the AoP error and,
 flagging its worst 5 % of frames, their mean AoP error and how many of the frames with errors
-over 15 deg they hold. psfh.quality uses the two views' PS agreement and AoP gap.
+over 15 deg they hold. psfh.measure.quality uses the two views' PS agreement and AoP gap.
 
     python scripts/rank_uncertainty_measures.py > docs/results/quality/uncertainty_candidates.txt
 """

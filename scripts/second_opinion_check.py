@@ -28,11 +28,11 @@ import torch  # noqa: E402
 
 from cache_members import KEPT_SETS, fused_label_map, kept_frames  # noqa: E402
 from calibrate_quality import BAD_AOP_ERROR_DEG, rank_candidate  # noqa: E402
-from psfh.aop import measure_aop  # noqa: E402
-from psfh.data import load_arrays  # noqa: E402
-from psfh.lora import make_lora_config  # noqa: E402
-from psfh.model import PSFHModel  # noqa: E402
-from psfh.package import read_fold_assignment  # noqa: E402
+from psfh.measure.aop import measure_aop  # noqa: E402
+from psfh.io.dataset import load_arrays  # noqa: E402
+from psfh.model.lora import make_lora_config  # noqa: E402
+from psfh.model.psfh_model import PSFHModel  # noqa: E402
+from psfh.model.package import read_fold_assignment  # noqa: E402
 from psfh.training.checkpoint import load_checkpoint  # noqa: E402
 from psfh.training.embedding_cache import EmbeddingCache, cache_root  # noqa: E402
 from psfh.training.loop import trainable_parameters  # noqa: E402

@@ -73,8 +73,8 @@ def randomise_adapters(model, seed: int = 0, scale: float = 0.5) -> None:
 @pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory):
     """A saved tiny-random package with 3 folds whose adapters differ."""
-    from psfh.lora import make_lora_config
-    from psfh.model import PSFHModel
+    from psfh.model.lora import make_lora_config
+    from psfh.model.psfh_model import PSFHModel
 
     torch.manual_seed(0)  # LoRA A matrices are drawn from the global RNG: keep the fixture reproducible
     model = PSFHModel.from_base("tiny-random", ["fold_0", "fold_1", "fold_2"],
@@ -88,7 +88,7 @@ def tiny_package(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lite_medsam_base():
     """The converted LiteMedSAM base (no adapters)."""
-    from psfh.package import PackageConfig, load_base
+    from psfh.model.package import PackageConfig, load_base
 
     return load_base(PackageConfig.load(EMBEDDED), EMBEDDED)
 
@@ -122,6 +122,6 @@ def app_outputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_model(tiny_package):
     """The tiny package loaded once per test module."""
-    from psfh.model import PSFHModel
+    from psfh.model.psfh_model import PSFHModel
 
     return PSFHModel.from_pretrained(tiny_package, device="cpu")

@@ -20,7 +20,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
 
-from psfh.io import load_image
+from psfh.io.images import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_IMAGES = sorted((ROOT / "examples" / "image_mha").glob("*.mha"))
@@ -71,7 +71,7 @@ def colour_frame() -> np.ndarray:
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
-    """H x W float: BT.601 luma, psfh.io's colour conversion."""
+    """H x W float: BT.601 luma, psfh.io.images's colour conversion."""
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 

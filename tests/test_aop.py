@@ -1,4 +1,4 @@
-"""Tests for psfh.aop: synthetic shapes with an analytic angle, edge cases, real masks."""
+"""Tests for psfh.measure.aop: synthetic shapes with an analytic angle, edge cases, real masks."""
 
 import json
 import math
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BAD_LABEL_MAPS, DATA
-from psfh.aop import AoPMeasurement, measure_aop
-from psfh.errors import PSFHInputError
+
+from psfh.core.errors import PSFHInputError
+from psfh.measure.aop import AoPMeasurement, measure_aop
 
 GRID = 512
 PS_LENGTH = 60.0

@@ -1,14 +1,16 @@
-"""Tests for psfh.aop_challenge: the OpenCV reference, hand-computed scenes, OpenCV conventions."""
+"""Tests for psfh.measure.aop_challenge: the OpenCV reference, hand-computed scenes, OpenCV conventions."""
 
 import csv
 import math
 
 import numpy as np
 import pytest
+from conftest import BAD_LABEL_MAPS, DATA, REFERENCE, require_data, require_reference
 from skimage import draw
 
-from conftest import BAD_LABEL_MAPS, DATA, REFERENCE, require_data, require_reference
-from psfh.aop_challenge import (
+from psfh.core.errors import PSFHInputError
+from psfh.io.images import load_label_map
+from psfh.measure.aop_challenge import (
     ELLIPSE_FITTERS,
     RotatedEllipse,
     challenge_aop,
@@ -19,8 +21,6 @@ from psfh.aop_challenge import (
     simplify_closed,
     symphysis_ends,
 )
-from psfh.errors import PSFHInputError
-from psfh.io import load_label_map
 
 REFERENCE_CSV = REFERENCE / "aop_on_ground_truth.csv"
 GROUND_TRUTH = sorted((DATA / "label_mha").glob("*.mha"))

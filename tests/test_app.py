@@ -19,6 +19,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dicom_fixtures as fx
 import gradio as gr
 import httpx
 import numpy as np
@@ -28,14 +29,13 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
-import dicom_fixtures as fx
-from psfh import quality
-from psfh.aop import AoPMeasurement
-from psfh.cine import ClipResult, FRAME_COLUMNS
-from psfh.hsd import HSDMeasurement
-from psfh.io import as_uint8, load_image, load_label_map
-from psfh.model import PSFHModel
-from psfh.overlay import HSD_COLOUR
+from psfh.batch.cine import FRAME_COLUMNS, ClipResult
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.measure import quality
+from psfh.measure.aop import AoPMeasurement
+from psfh.measure.hsd import HSDMeasurement
+from psfh.model.psfh_model import PSFHModel
+from psfh.render.overlay import HSD_COLOUR
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "image_mha"
 

@@ -20,14 +20,14 @@ import shutil
 import socket
 from pathlib import Path
 
+import dicom_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
 
 import app
-import dicom_fixtures as fx
-from psfh.io import as_uint8, load_image, load_label_map
-from psfh.model import PSFHModel
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.model.psfh_model import PSFHModel
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = sorted((ROOT / "examples" / "image_mha").glob("*.mha"))[0]
@@ -239,7 +239,7 @@ def test_box_the_ps_the_aop_follows_and_reset_restores_it(embedded_page, embedde
     seconds = float(re.search(r"\(([0-9.]+) s\)", page.locator("#correction-status").inner_text()).group(1))
     corrected = aop_shown(page)
     assert corrected != automatic, "the AoP follows the corrected PS"
-    assert seconds < 5.0  # the decoder only; psfh.benchmark measures it on a quiet machine
+    assert seconds < 5.0  # the decoder only; psfh.cli.benchmark measures it on a quiet machine
     report = page.locator("#report-file [data-testid=download-link]").get_attribute("download")
     assert report == f"{EXAMPLE.stem}_report.json"
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import SamConfig, SamModel
 
-from psfh.bases import BASES, IMAGENET_MEAN, build_tiny_random, count_parameters, get_base, resize_sam_input
-from psfh.errors import PSFHInputError
-from psfh.modeling.tiny_vit import TinyViTVisionEncoder
+from psfh.core.errors import PSFHInputError
+from psfh.model.bases import BASES, IMAGENET_MEAN, build_tiny_random, count_parameters, get_base, resize_sam_input
+from psfh.model.tiny_vit import TinyViTVisionEncoder
 
 
 def test_registry_names_every_base_of_the_design():

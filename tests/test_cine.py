@@ -1,4 +1,4 @@
-"""psfh.cine: clips segmented frame by frame, the AoP curve, its maximum, flagged frames left out;
+"""psfh.batch.cine: clips segmented frame by frame, the AoP curve, its maximum, flagged frames left out;
 and the HSD in mm from a DICOM's spacing through predict and the CLIs."""
 
 from __future__ import annotations
@@ -8,17 +8,18 @@ import json
 
 import numpy as np
 import pytest
-
 from dicom_fixtures import FRAME_TIME_MS, PIXEL_SPACING_MM, write_cine, write_single_frame
-from psfh import cine
-from psfh.predict import main as predict_main
+
+from psfh.batch import cine
+from psfh.cli.cine import main as cine_main
+from psfh.cli.predict import main as predict_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def embedded():
-    from psfh.model import PSFHModel
+    from psfh.model.psfh_model import PSFHModel
 
     return PSFHModel.from_pretrained(device="cpu")
 
@@ -59,7 +60,7 @@ def test_a_clip_without_a_trusted_frame_has_no_maximum():
 def test_cine_dicom_through_the_command_line(embedded, tmp_path, monkeypatch, capsys):
     clip = write_cine(tmp_path / "labour.dcm", count=3)
     monkeypatch.setattr(cine, "load_model", lambda model, device, backend="torch": embedded)
-    code = cine.main([str(clip), "--out", str(tmp_path / "out"), "--fast"])
+    code = cine_main([str(clip), "--out", str(tmp_path / "out"), "--fast"])
     assert code == 0, capsys.readouterr().err
     folder = tmp_path / "out" / "labour"
     with open(folder / "frames.csv", newline="") as handle:
@@ -82,7 +83,7 @@ def test_a_broken_clip_fails_alone(embedded, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     monkeypatch.setattr(cine, "load_model", lambda model, device, backend="torch": embedded)
-    assert cine.main([str(broken), "--out", str(tmp_path / "out"), "--fast"]) == 1
+    assert cine_main([str(broken), "--out", str(tmp_path / "out"), "--fast"]) == 1
     assert "broken.mp4" in capsys.readouterr().err
 
 
@@ -99,7 +100,7 @@ def test_hsd_in_mm_from_a_dicoms_spacing(embedded, tmp_path):
     # A spacing given by the caller wins over the file's; a bad one is refused before the encoder runs.
     given = embedded.predict(path, folds=["fold_0"], tta=False, spacing_mm=(0.1, 0.1))
     assert given.hsd.distance_mm == pytest.approx(0.1 * given.hsd.distance_px)
-    from psfh.errors import PSFHInputError
+    from psfh.core.errors import PSFHInputError
     with pytest.raises(PSFHInputError, match="spacing_mm"):
         embedded.predict(path, folds=["fold_0"], tta=False, spacing_mm=(0.0, 0.1))
 
@@ -109,13 +110,13 @@ def test_predict_cli_writes_hsd_for_a_dicom_and_points_clips_to_cine(embedded, t
     folder.mkdir()
     write_single_frame(folder / "still.dcm")
     write_cine(folder / "clip.dcm", count=2)
-    import psfh.predict
-    monkeypatch.setattr(psfh.predict, "load_model", lambda model, device, backend="torch": embedded)
+    import psfh.cli.predict
+    monkeypatch.setattr(psfh.cli.predict, "load_model", lambda model, device, backend="torch": embedded)
     code = predict_main([str(folder), "--out", str(tmp_path / "out"), "--folds", "fold_0", "--no-tta"])
     assert code == 1  # the clip is an error row
     with open(tmp_path / "out" / "aop.csv", newline="") as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
-    assert "psfh.cine" in rows["clip"]["error"]
+    assert "psfh.batch.cine" in rows["clip"]["error"]
     still = rows["still"]
     assert still["error"] == "" and still["label_map"].endswith("still.mha")  # .mha keeps the spacing
     assert still["pixel_spacing_mm"] == "0.21 x 0.23" and float(still["hsd_px"]) > 0
@@ -127,7 +128,7 @@ def test_a_bad_spacing_stops_the_command_line_at_once(tiny_package, tmp_path, ca
     image = write_single_frame(tmp_path / "frame.dcm")
     assert predict_main([str(image), "--model", str(tiny_package), "--out", str(tmp_path / "p"),
                          "--spacing-mm", "0", "0.2", "--device", "cpu"]) == 2
-    assert cine.main([str(clip), "--model", str(tiny_package), "--out", str(tmp_path / "c"),
+    assert cine_main([str(clip), "--model", str(tiny_package), "--out", str(tmp_path / "c"),
                       "--spacing-mm", "-1", "0.2", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("spacing_mm must be two positive numbers") == 2

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from psfh.convert import KEY_RENAMES, convert_state_dict
+from psfh.model.convert import KEY_RENAMES, convert_state_dict
 
 GOLDEN = Path(__file__).parent / "golden" / "lite_medsam_reference.safetensors"
 TOLERANCE = 1e-4
@@ -82,7 +82,7 @@ def test_batchnorm_folding_and_channels_last_change_nothing(lite_medsam_base):
     """The inference optimisations of the encoder give the reference (unfolded, NCHW) answer."""
     import copy
 
-    from psfh.modeling.tiny_vit import TinyViTConfig, TinyViTVisionEncoder
+    from psfh.model.tiny_vit import TinyViTConfig, TinyViTVisionEncoder
 
     image = load_file(str(GOLDEN))["input_uint8"].float().div(255.0)[None, None].repeat(1, 3, 1, 1)
     encoder = lite_medsam_base.vision_encoder

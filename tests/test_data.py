@@ -1,4 +1,4 @@
-"""psfh.data: finding and checking labelled data sets, grouped folds, and the pack."""
+"""psfh.io.dataset: finding and checking labelled data sets, grouped folds, and the pack."""
 
 from __future__ import annotations
 
@@ -8,23 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA, require_data
 from PIL import Image
 
-from psfh.data import (
+from psfh.core.errors import PSFHInputError
+from psfh.io.dataset import (
     find_duplicate_images,
     find_samples,
     id_blocks,
     load_arrays,
     load_pack,
-    main,
     make_folds,
     pack,
     validate_samples,
 )
-from psfh.errors import PSFHInputError
-from psfh.io import load_image, load_label_map
-
-from conftest import DATA, require_data
+from psfh.cli.data import main
+from psfh.io.images import load_image, load_label_map
 
 REAL_IDS = ["03744", "04316", "04398"]  # 04316 and 04398 hold identical images
 

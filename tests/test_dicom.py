@@ -1,4 +1,4 @@
-"""psfh.dicom: frames, spacing, frame times and technical fields from DICOM files made here
+"""psfh.io.dicom: frames, spacing, frame times and technical fields from DICOM files made here
 (tests/dicom_fixtures.py), clear errors for bad files, and no patient data in anything returned."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import dicom_fixtures as fx
 import numpy as np
 import pytest
 from pydicom import uid
 from pydicom.pixels import get_decoder
 
-import dicom_fixtures as fx
-from psfh import dicom
-from psfh.dicom import DicomInfo, is_dicom, read_dicom, read_dicom_info, sitk_spatial
-from psfh.errors import PSFHInputError
+from psfh.core.errors import PSFHInputError
+from psfh.io import dicom
+from psfh.io.dicom import DicomInfo, is_dicom, read_dicom, read_dicom_info, sitk_spatial
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""psfh.evaluate: per-image metrics and summary on a small labelled set."""
+"""psfh.batch.evaluate: per-image metrics and summary on a small labelled set."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import psfh.evaluate
-from psfh.aop import measure_aop
-from psfh.data import find_samples
-from psfh.errors import PSFHInputError
-from psfh.evaluate import ROW_COLUMNS, evaluate, main, select_samples
-from psfh.io import load_label_map
-from psfh.metrics import METRIC_KEYS
-from psfh.model import Prediction
+import psfh.cli.evaluate
+from psfh.batch.evaluate import ROW_COLUMNS, evaluate
+from psfh.cli.evaluate import main
+from psfh.core.errors import PSFHInputError
+from psfh.io.dataset import find_samples, select_samples
+from psfh.io.images import load_label_map
+from psfh.measure.aop import measure_aop
+from psfh.measure.metrics import METRIC_KEYS
+from psfh.model.psfh_model import Prediction
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SUMMARY_KEYS = {*METRIC_KEYS, "aop_error_mean", "aop_error_median", "score", "n",
@@ -86,7 +87,7 @@ def test_a_perfect_model_scores_one(labelled):
 
 
 def test_ids_file_and_limit_select_a_subset(labelled, tmp_path, monkeypatch):
-    monkeypatch.setattr(psfh.evaluate, "load_model", lambda model, device, backend="torch": GroundTruthModel())
+    monkeypatch.setattr(psfh.cli.evaluate, "load_model", lambda model, device, backend="torch": GroundTruthModel())
     ids = [s.id for s in find_samples(labelled)]
     ids_file = tmp_path / "held_out.txt"
     ids_file.write_text(f"# held-out ids\n{ids[2]}\n\n{ids[0]}\n")
@@ -110,7 +111,7 @@ def test_a_folder_that_is_not_a_data_set_exits_2(tmp_path, capsys):
 
 
 def test_out_of_fold_uses_each_images_held_out_fold_and_saves_label_maps(tiny_package, labelled, tmp_path):
-    from psfh.model import PSFHModel
+    from psfh.model.psfh_model import PSFHModel
 
     package = tmp_path / "package"
     shutil.copytree(tiny_package, package)
@@ -138,7 +139,7 @@ def test_scoring_written_label_maps_needs_no_model(labelled, tmp_path, capsys):
     maps = tmp_path / "maps"
     maps.mkdir()
     samples = find_samples(labelled)
-    from psfh.io import save_label_map
+    from psfh.io.images import save_label_map
 
     for sample in samples:  # the labels themselves: a perfect method
         save_label_map(load_label_map(sample.label_path), maps / f"{sample.id}.png")

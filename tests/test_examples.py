@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES
-from psfh.aop import measure_aop
-from psfh.io import load_label_map
-from psfh.metrics import segmentation_metrics
-from psfh.model import PSFHModel
+
+from psfh.io.images import load_label_map
+from psfh.measure.aop import measure_aop
+from psfh.measure.metrics import segmentation_metrics
+from psfh.model.psfh_model import PSFHModel
 
 
 @pytest.fixture(scope="module")

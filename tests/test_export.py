@@ -1,4 +1,4 @@
-"""ONNX export (psfh.export) and the ONNX backends (psfh.runtime, PSFHModel(backend=...)).
+"""ONNX export (psfh.model.onnx_export) and the ONNX backends (psfh.model.onnx_backends, PSFHModel(backend=...)).
 
 The tiny package's ViT encoder is adapted with no shared prefix (one encoder file per fold);
 the embedded LiteMedSAM package shares its first TinyViT stage (encoder_shared.onnx) and adapts
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from psfh.errors import PSFHInputError
-from psfh.export import PROBABILITY_TOLERANCE, export_onnx
-from psfh.model import PSFHModel
-from psfh.runtime import OnnxEnsemble, read_manifest
+from psfh.core.errors import PSFHInputError
+from psfh.model.onnx_backends import OnnxEnsemble, read_manifest
+from psfh.model.onnx_export import PROBABILITY_TOLERANCE, export_onnx
+from psfh.model.psfh_model import PSFHModel
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 TWO_FOLDS = ["fold_0", "fold_1"]
@@ -81,12 +81,12 @@ def test_from_pretrained_makes_the_export_once_and_reuses_it(tiny_package, tmp_p
     assert len(exports) == 1 and read_manifest(exports[0])["folds"] == ["fold_2"]
     assert model.runtime.folder == exports[0]
 
-    import psfh.export
+    import psfh.model.onnx_export
 
     def no_second_export(*args, **kwargs):
         raise AssertionError("the cached export should have been reused")
 
-    monkeypatch.setattr(psfh.export, "export_onnx", no_second_export)
+    monkeypatch.setattr(psfh.model.onnx_export, "export_onnx", no_second_export)
     again = PSFHModel.from_pretrained(tiny_package, device="cpu", folds=["fold_2"], backend="openvino")
     assert again.runtime.folder == exports[0] and again.backend == "openvino"
 
@@ -119,14 +119,14 @@ def test_bad_backend_requests_get_clear_errors(tiny_package, tiny_export, tmp_pa
 
 def test_the_export_command_line_writes_and_checks_an_export(tiny_package, tmp_path):
     out = tmp_path / "onnx"
-    run = subprocess.run([sys.executable, "-m", "psfh.export", "--model", str(tiny_package), "--out", str(out),
+    run = subprocess.run([sys.executable, "-m", "psfh.model.onnx_export", "--model", str(tiny_package), "--out", str(out),
                           "--folds", "fold_1"], capture_output=True, text=True, cwd=ROOT,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout)
     assert report["check"]["passed"] and report["files"] == ["decoder_fold_1.onnx", "encoder_fold_1.onnx"]
     assert read_manifest(out)["folds"] == ["fold_1"]
-    bad = subprocess.run([sys.executable, "-m", "psfh.export", "--model", str(tiny_package), "--out", str(out),
+    bad = subprocess.run([sys.executable, "-m", "psfh.model.onnx_export", "--model", str(tiny_package), "--out", str(out),
                           "--folds", "fold_9"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "unknown folds" in bad.stderr
     # bad arguments are refused before minutes of export, and nothing the user gave is replaced
@@ -135,7 +135,7 @@ def test_the_export_command_line_writes_and_checks_an_export(tiny_package, tmp_p
     for extra, message in ((["--out", str(not_a_folder)], "is not a folder"),
                            (["--out", str(tmp_path / "new"), "--check-images", str(tmp_path / "missing.png")],
                             "missing.png")):
-        refused = subprocess.run([sys.executable, "-m", "psfh.export", "--model", str(tiny_package), *extra],
+        refused = subprocess.run([sys.executable, "-m", "psfh.model.onnx_export", "--model", str(tiny_package), *extra],
                                  capture_output=True, text=True, cwd=ROOT)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-1000:]
     assert not_a_folder.read_text() == "mine" and not (tmp_path / "new" / "manifest.json").exists()
@@ -157,8 +157,9 @@ def test_the_shipped_package_exports_exactly(tmp_path, example_images):
 
     # The files alone, as the README shows them: onnxruntime and the manifest, no psfh runtime.
     import onnxruntime as ort
-    from psfh import inference
-    from psfh.io import load_image
+
+    from psfh.io.images import load_image
+    from psfh.model import inference
 
     files = manifest["files"]
     run = lambda name, x: ort.InferenceSession(str(tmp_path / files[name]["file"])).run(  # noqa: E731
@@ -183,7 +184,7 @@ def test_the_batch_command_line_runs_on_an_onnx_backend(tiny_package, tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PSFH_CACHE": str(tmp_path / "cache")}
     results = {}
     for backend in ("torch", "onnxruntime"):
-        run = subprocess.run([sys.executable, "-m", "psfh.predict", str(inputs), "--out", str(tmp_path / backend),
+        run = subprocess.run([sys.executable, "-m", "psfh.batch.predict", str(inputs), "--out", str(tmp_path / backend),
                               "--model", str(tiny_package), "--backend", backend], capture_output=True, text=True,
                              cwd=ROOT, env=env)
         assert run.returncode == 0, run.stderr[-2000:]

@@ -15,9 +15,9 @@ import sys
 import tarfile
 
 import pytest
-
 from conftest import EMBEDDED, EXAMPLES, ROOT
-from psfh.data import pack
+
+from psfh.io.dataset import pack
 
 SCRIPT = ROOT / "scripts" / "gpu_train.sh"
 
@@ -61,7 +61,7 @@ def test_packed_variant_installs_as_a_package_that_predicts(dry_run, tmp_path, v
     _, out = dry_run
     with tarfile.open(out / f"{variant}.tar.gz") as tar:
         assert not any(name.startswith("base") for name in tar.getnames()), "the shared base does not travel back"
-    from psfh.model import PSFHModel
+    from psfh.model.psfh_model import PSFHModel
 
     folder = load_script_module().install_package(out / f"{variant}.tar.gz", tmp_path / variant, EMBEDDED)
     model = PSFHModel.from_pretrained(folder, device="cpu")

@@ -1,4 +1,4 @@
-"""Tests for psfh.hsd: synthetic shapes with an analytic distance, spacing, edge cases, a real mask."""
+"""Tests for psfh.measure.hsd: synthetic shapes with an analytic distance, spacing, edge cases, a real mask."""
 
 import json
 import math
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BAD_LABEL_MAPS
-from psfh.aop import measure_aop
-from psfh.errors import PSFHInputError
-from psfh.hsd import MISSES_HEAD, HSDMeasurement, check_spacing, measure_hsd, perpendicular_towards, ray_entry
-from psfh.io import load_label_map
+
+from psfh.core.errors import PSFHInputError
+from psfh.io.images import load_label_map
+from psfh.measure.aop import measure_aop
+from psfh.measure.hsd import MISSES_HEAD, HSDMeasurement, check_spacing, measure_hsd, perpendicular_towards, ray_entry
 
 EXAMPLE_LABELS = Path(__file__).resolve().parents[1] / "examples" / "label_mha"
 GRID = 400

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from psfh import inference
-from psfh.errors import PSFHInputError
-from psfh.model import PSFHModel
+from psfh.core.errors import PSFHInputError
+from psfh.model import inference
+from psfh.model.psfh_model import PSFHModel
 
 RNG = np.random.default_rng(0)
 GRAY = (RNG.random((70, 90)) * 255).astype(np.uint8)
@@ -116,8 +116,9 @@ def test_last_stage_adapters_share_the_encoder_prefix_and_equal_full_passes(monk
     """Adapters on the last TinyViT stage only: the earlier stages run once for all folds and
     views, and the answer is what a full encoder pass per fold gives."""
     from conftest import EMBEDDED, randomise_adapters
-    from psfh.bases import get_base
-    from psfh.lora import make_lora_config
+
+    from psfh.model.bases import get_base
+    from psfh.model.lora import make_lora_config
 
     torch.manual_seed(0)
     lora = make_lora_config(4, 4, encoder_targets=get_base("lite-medsam").encoder_targets("last_stage"))
@@ -145,7 +146,8 @@ def test_last_stage_adapters_share_the_encoder_prefix_and_equal_full_passes(monk
 def test_paper_adapters_on_every_qkv_still_share_the_patch_embedding_and_stage_0(monkeypatch):
     """LoRA on every attention qkv leaves the convolutional stage 0 (half the encoder's cost) alone."""
     from conftest import EMBEDDED, randomise_adapters
-    from psfh.lora import make_lora_config
+
+    from psfh.model.lora import make_lora_config
 
     torch.manual_seed(0)
     model = PSFHModel.from_base("lite-medsam", ["fold_0", "fold_1"], make_lora_config(4, 4), device="cpu",
@@ -161,7 +163,7 @@ def test_paper_adapters_on_every_qkv_still_share_the_patch_embedding_and_stage_0
 
 
 def test_encoder_scope_of_a_base_without_a_last_stage_split_is_refused():
-    from psfh.bases import get_base
+    from psfh.model.bases import get_base
 
     with pytest.raises(PSFHInputError, match="no encoder LoRA scope 'last_stage'"):
         get_base("tiny-random").encoder_targets("last_stage")

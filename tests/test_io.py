@@ -1,4 +1,4 @@
-"""psfh.io: reading images (files, arrays, PIL), label maps, and atomic label-map writing."""
+"""psfh.io.images: reading images (files, arrays, PIL), label maps, and atomic label-map writing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from psfh import io
-from psfh.errors import PSFHInputError
-from psfh.io import as_uint8, image_name, load_image, load_label_map, save_label_map
+from psfh.core.errors import PSFHInputError
+from psfh.io import images as io
+from psfh.io import pixels
+from psfh.io.images import as_uint8, image_name, load_image, load_label_map, save_label_map
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # A real PSFHS frame (a 3 x 256 x 256 .mha, as the whole data set) from the repository's examples.
@@ -168,7 +169,7 @@ def test_unsupported_source_type():
 
 
 def test_max_pixels_for_arrays_and_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(pixels, "MAX_PIXELS", 1000)
     with pytest.raises(PSFHInputError, match=r"array input.*40 x 32 = 1,280 pixels.*1,000"):
         load_image(gradient())
     Image.fromarray(gradient()).save(tmp_path / "big.png")
@@ -361,7 +362,7 @@ def test_multi_frame_dicom_is_sent_to_the_sequence_reader(tmp_path):
         load_image(path)
     message = str(caught.value)
     assert str(path) in message and "multi-frame DICOM (10 frames" in message
-    assert "psfh.sequence.read_sequence" in message
+    assert "psfh.io.sequence.read_sequence" in message
 
 
 def test_bad_dicom_files_through_load_image(tmp_path):

@@ -1,13 +1,13 @@
-"""psfh.labels: the one label-map check and the one largest-component filter."""
+"""psfh.core.labels: the one label-map check and the one largest-component filter."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import BAD_LABEL_MAPS
-from psfh.errors import PSFHInputError
-from psfh.labels import CLASSES, FH, LABEL_VALUES, PS, check_label_map, largest_components, structure_areas
+
+from psfh.core.errors import PSFHInputError
+from psfh.core.labels import CLASSES, FH, LABEL_VALUES, PS, check_label_map, largest_components, structure_areas
 
 
 def test_the_vocabulary_matches_the_model_channels_and_the_label_files():

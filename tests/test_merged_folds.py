@@ -1,4 +1,4 @@
-"""psfh.merged_folds: a fold's encoder LoRA merged into plain weights gives peft's unmerged answer,
+"""psfh.model.merged_folds: a fold's encoder LoRA merged into plain weights gives peft's unmerged answer,
 leaves the shared base as it was, and follows the adapters when they change."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from psfh.merged_folds import MergedFoldWeights
-from psfh.model import PSFHModel
+from psfh.model.merged_folds import MergedFoldWeights
+from psfh.model.psfh_model import PSFHModel
 
 IMAGE = (np.random.default_rng(3).random((80, 96)) * 255).astype(np.uint8)
 
@@ -18,7 +18,8 @@ def model():
     """LiteMedSAM with two random folds of LoRA on every attention qkv (the shipped package's
     layout; the tiny random base's encoder barely reaches its outputs, so it could not tell)."""
     from conftest import EMBEDDED, randomise_adapters
-    from psfh.lora import make_lora_config
+
+    from psfh.model.lora import make_lora_config
 
     torch.manual_seed(0)
     model = PSFHModel.from_base("lite-medsam", ["fold_0", "fold_1"], make_lora_config(4, 4), device="cpu",
@@ -28,7 +29,7 @@ def model():
 
 
 def peft_unmerged(monkeypatch):
-    """Make the model run peft's own unmerged LoRA layers (the path before psfh.merged_folds)."""
+    """Make the model run peft's own unmerged LoRA layers (the path before psfh.model.merged_folds)."""
     monkeypatch.setattr(MergedFoldWeights, "supports", lambda self, fold: False)
 
 
@@ -90,12 +91,12 @@ def test_the_weights_are_put_back_when_the_pass_fails(model):
 
 
 def test_a_base_too_large_to_keep_merged_copies_runs_pefts_layers(model, monkeypatch):
-    import psfh.merged_folds
+    import psfh.model.merged_folds
 
     merged_weights = model._merged_encoder
-    assert 0 < merged_weights.merged_bytes <= psfh.merged_folds.MAX_MERGED_BYTES, "LiteMedSAM's qkv merge"
+    assert 0 < merged_weights.merged_bytes <= psfh.model.merged_folds.MAX_MERGED_BYTES, "LiteMedSAM's qkv merge"
     merged = model.predict(IMAGE, folds=["fold_1"], tta=False).probabilities
-    monkeypatch.setattr(psfh.merged_folds, "MAX_MERGED_BYTES", merged_weights.merged_bytes - 1)
+    monkeypatch.setattr(psfh.model.merged_folds, "MAX_MERGED_BYTES", merged_weights.merged_bytes - 1)
     assert not merged_weights.supports("fold_1")
     calls = []
     monkeypatch.setattr(MergedFoldWeights, "active", lambda self, fold: calls.append(fold))

@@ -1,4 +1,4 @@
-"""Tests for psfh.metrics: known geometry, edge cases, the challenge score and real labels."""
+"""Tests for psfh.measure.metrics: known geometry, edge cases, the challenge score and real labels."""
 
 import json
 import math
@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from psfh.errors import PSFHInputError
-from psfh.metrics import METRIC_KEYS, aop_error, challenge_score, segmentation_metrics, summarize
+from psfh.core.errors import PSFHInputError
+from psfh.measure.metrics import METRIC_KEYS, aop_error, challenge_score, segmentation_metrics, summarize
 
 LABEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "label_mha"
 SIZE = 64

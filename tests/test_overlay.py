@@ -1,4 +1,4 @@
-"""psfh.overlay: label overlay, AoP construction, disagreement heat map, keys."""
+"""psfh.render.overlay: label overlay, AoP construction, disagreement heat map, keys."""
 
 from __future__ import annotations
 
@@ -8,14 +8,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from psfh.aop import AoPMeasurement, measure_aop
-from psfh.errors import PSFHInputError
-from psfh.hsd import MISSES_HEAD, HSDMeasurement, measure_hsd
-from psfh.io import as_uint8, load_image, load_label_map
-from psfh.overlay import (CONSTRUCTION_COLOUR, FH_COLOUR, PS_COLOUR, add_colour_bar, add_legend, arc_points,
-                          disagreement_heatmap, display_scale, draw_aop, heat_colours, label_boundaries,
-                          overlay_labels, render_disagreement, render_segmentation, scale_point, upscale)
-from psfh.overlay import HSD_COLOUR, draw_hsd
+from psfh.core.errors import PSFHInputError
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.measure.aop import AoPMeasurement, measure_aop
+from psfh.measure.hsd import MISSES_HEAD, HSDMeasurement, measure_hsd
+from psfh.render.overlay import (
+    CONSTRUCTION_COLOUR,
+    FH_COLOUR,
+    HSD_COLOUR,
+    PS_COLOUR,
+    add_colour_bar,
+    add_legend,
+    arc_points,
+    disagreement_heatmap,
+    display_scale,
+    draw_aop,
+    draw_hsd,
+    heat_colours,
+    label_boundaries,
+    overlay_labels,
+    render_disagreement,
+    render_segmentation,
+    scale_point,
+    upscale,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

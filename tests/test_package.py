@@ -2,22 +2,22 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import EMBEDDED, ROOT
-from psfh.bases import build_tiny_random, count_parameters
-from psfh.errors import PSFHInputError
-from psfh.lora import make_lora_config
-from psfh.model import PSFHModel
-from psfh.package import PackageConfig
+
+from psfh.core.errors import PSFHInputError
+from psfh.model.bases import build_tiny_random, count_parameters
+from psfh.model.lora import make_lora_config
+from psfh.model.package import PackageConfig
+from psfh.model.psfh_model import PSFHModel
 
 IMAGE = (np.random.default_rng(0).random((48, 56)) * 255).astype(np.uint8)
 
@@ -128,12 +128,12 @@ HUB_SCRIPT = textwrap.dedent('''
         target.mkdir(parents=True, exist_ok=True)
         return target
 
-    from psfh.bases import build_tiny_random
+    from psfh.model.bases import build_tiny_random
     build_tiny_random().save_pretrained(snapshot("facebook/sam-vit-base"))  # stands in for the hub weights
 
-    from psfh.errors import PSFHInputError
-    from psfh.lora import make_lora_config
-    from psfh.model import PSFHModel
+    from psfh.core.errors import PSFHInputError
+    from psfh.model.lora import make_lora_config
+    from psfh.model.psfh_model import PSFHModel
     model = PSFHModel.from_base("facebook/sam-vit-base", ["fold_0", "fold_1"], make_lora_config(4, 4),
                                 device="cpu", input_size=64)
     for name, p in model.network.named_parameters():
@@ -198,7 +198,7 @@ def test_a_package_can_borrow_the_base_of_a_package_beside_it(tiny_package, tmp_
 def test_the_shipped_package_predicts_what_it_predicted_when_it_was_made():
     """A refactor must not change the answers: the embedded package's full ensemble on an example
     gives the label map recorded from it (tests/golden, written by `python -m psfh.predict`)."""
-    from psfh.io import load_label_map
+    from psfh.io.images import load_label_map
 
     model = PSFHModel.from_pretrained(device="cpu")
     prediction = model.predict(ROOT / "examples" / "image_mha" / "03811.mha")

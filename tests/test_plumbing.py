@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from psfh.errors import PSFHInputError
-from psfh.files import atomic_target, format_cell, write_csv_atomic, write_text_atomic
-from psfh.options import check_precision, first_folds, resolve_folds
+from psfh.core.errors import PSFHInputError
+from psfh.core.files import atomic_target, format_cell, write_csv_atomic, write_text_atomic
+from psfh.core.options import check_precision, first_folds, resolve_folds
 
 FOLDS = ["fold_0", "fold_1", "fold_2"]
 
@@ -52,8 +52,8 @@ def test_csv_cells_are_written_alike(tmp_path):
     assert format_cell(2.0) == "2" and format_cell(None) == ""
 
 
-@pytest.mark.parametrize("command", [["psfh.data", "check", "no/such/folder"],
-                                     ["psfh.training.embedding_cache", "--data", "no/such/folder"]])
+@pytest.mark.parametrize("command", [["psfh.cli.data", "check", "no/such/folder"],
+                                     ["psfh.cli.cache_embeddings", "--data", "no/such/folder"]])
 def test_every_cli_ends_bad_input_with_an_error_line_and_status_2(command, capsys):
     import importlib
 

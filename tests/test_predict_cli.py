@@ -1,4 +1,4 @@
-"""psfh.predict: the batch command line on a tiny-random package (garbage but deterministic)."""
+"""psfh.batch.predict: the batch command line on a tiny-random package (garbage but deterministic)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-import psfh.predict
-from psfh.errors import PSFHInputError
-from psfh.io import load_image, load_label_map
-from psfh.predict import CSV_COLUMNS, main, plan_outputs, predict_paths
+import psfh.cli.predict
+from psfh.batch.predict import CSV_COLUMNS, plan_outputs, predict_paths
+from psfh.cli.predict import main
+from psfh.core.errors import PSFHInputError
+from psfh.io.images import load_image, load_label_map
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPACING = (0.25, 0.5)  # the examples have spacing 1: give one copy a geometry worth keeping
@@ -138,7 +139,7 @@ def test_model_without_folds_fails_up_front(tmp_path, capsys, monkeypatch):
     class BaseOnly(ConstantModel):
         folds = []
 
-    monkeypatch.setattr(psfh.predict, "load_model", lambda model, device, backend="torch": BaseOnly())
+    monkeypatch.setattr(psfh.cli.predict, "load_model", lambda model, device, backend="torch": BaseOnly())
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
     assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]) == 2
     assert "no fold adapters" in capsys.readouterr().err

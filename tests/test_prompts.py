@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from psfh.errors import PSFHInputError
-from psfh.labels import FH, PS
-from psfh.prompts import box_to_input, check_boxes, fuse
+from psfh.core.errors import PSFHInputError
+from psfh.core.labels import FH, PS
+from psfh.model.prompts import box_to_input, check_boxes, fuse
 
 
 def test_boxes_are_checked_clipped_and_named():
@@ -97,7 +97,7 @@ def test_the_base_embedding_is_the_unadapted_encoders(tiny_model, image, one_tor
 
 
 def test_ensemble_first_keeps_the_ensembles_outline_in_the_box_and_asks_sam_elsewhere():
-    from psfh.prompts import box_outline
+    from psfh.model.prompts import box_outline
 
     ensemble = np.zeros((40, 40), bool)
     ensemble[10:20, 10:20] = True

@@ -1,17 +1,17 @@
-"""psfh.quality: inputs and results that should not be trusted are flagged, with reasons."""
+"""psfh.measure.quality: inputs and results that should not be trusted are flagged, with reasons."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from PIL import Image, ImageDraw
 
-from conftest import EXAMPLES
-from psfh import quality
-from psfh.aop import measure_aop
-from psfh.errors import PSFHInputError
-from psfh.io import as_uint8, load_image, load_label_map
-from psfh.labels import FH, PS
+from psfh.core.errors import PSFHInputError
+from psfh.core.labels import FH, PS
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.measure import quality
+from psfh.measure.aop import measure_aop
 
 EXAMPLE_IDS = sorted(p.stem for p in (EXAMPLES / "image_mha").glob("*.mha"))
 
@@ -194,7 +194,7 @@ def bad_inputs() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def embedded():
-    from psfh.model import PSFHModel
+    from psfh.model.psfh_model import PSFHModel
 
     return PSFHModel.from_pretrained(device="cpu")
 

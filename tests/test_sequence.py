@@ -1,20 +1,20 @@
-"""psfh.sequence: cine clips from a multi-frame DICOM, a video and a folder of frames, all made
+"""psfh.io.sequence: cine clips from a multi-frame DICOM, a video and a folder of frames, all made
 here from the example frames (tests/dicom_fixtures.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import dicom_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom import uid
 
-import dicom_fixtures as fx
-from psfh import sequence
-from psfh.errors import PSFHInputError
-from psfh.io import LoadedImage
-from psfh.sequence import FrameSequence, is_sequence, natural_key, read_sequence
+from psfh.core.errors import PSFHInputError
+from psfh.io import sequence
+from psfh.io.images import LoadedImage
+from psfh.io.sequence import FrameSequence, is_sequence, natural_key, read_sequence
 
 FRAMES = 10
 TIMES_25_FPS = [index / 25 for index in range(FRAMES)]
@@ -172,7 +172,7 @@ def test_is_sequence(cine, tmp_path):
 
 
 def test_what_is_not_a_sequence(tmp_path):
-    with pytest.raises(PSFHInputError, match=r"03811\.mha: not a sequence.*psfh\.io\.load_image"):
+    with pytest.raises(PSFHInputError, match=r"03811\.mha: not a sequence.*psfh\.io\.images\.load_image"):
         read_sequence(fx.EXAMPLE_IMAGES[0])
     with pytest.raises(PSFHInputError, match=r"gone\.mp4: file not found"):
         read_sequence(tmp_path / "gone.mp4")

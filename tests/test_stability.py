@@ -1,4 +1,4 @@
-"""psfh.stability: the AoP's change on a brighter, darker and zoomed-out frame flags a fragile result."""
+"""psfh.measure.stability: the AoP's change on a brighter, darker and zoomed-out frame flags a fragile result."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import types
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES
-from psfh import quality, stability
-from psfh.aop import AoPMeasurement
-from psfh.errors import PSFHInputError
-from psfh.io import as_uint8, load_image, load_label_map
-from psfh.model import Prediction, PSFHModel
-from psfh.predict import CSV_COLUMNS, predict_paths
+
+from psfh.batch.predict import CSV_COLUMNS, predict_paths
+from psfh.core.errors import PSFHInputError
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.measure import quality, stability
+from psfh.measure.aop import AoPMeasurement
+from psfh.model.psfh_model import Prediction, PSFHModel
 
 FRAME = EXAMPLES / "image_mha" / "03970.mha"
 
@@ -103,7 +103,7 @@ def test_predict_with_the_stability_check(embedded):
 
 
 class RecordingModel:
-    """Records what psfh.predict asks the model for; returns the embedded package's answer."""
+    """Records what psfh.batch.predict asks the model for; returns the embedded package's answer."""
 
     def __init__(self, model):
         self.model, self.folds, self.options = model, model.folds, []

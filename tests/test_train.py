@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EMBEDDED, EXAMPLES, ROOT
 from safetensors.torch import load_file
 
 import train
-from conftest import EMBEDDED, EXAMPLES, ROOT
-from psfh import prompts
-from psfh.export import export_onnx
-from psfh.model import PSFHModel
+from psfh.model import prompts
+from psfh.model.onnx_export import export_onnx
+from psfh.model.psfh_model import PSFHModel
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -180,8 +180,8 @@ def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
     """Training on cached embeddings (frozen LiteMedSAM encoder; decoder in its LoRA form) can fit 4 real images."""
     from accelerate import Accelerator
 
-    from psfh.data import find_samples, load_arrays
-    from psfh.lora import make_lora_config
+    from psfh.io.dataset import find_samples, load_arrays
+    from psfh.model.lora import make_lora_config
     from psfh.training.embedding_cache import EmbeddingCache
     from psfh.training.loop import train_fold
     from psfh.training.recipe import preset

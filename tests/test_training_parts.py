@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from psfh import inference
-from psfh.lora import make_lora_config
-from psfh.model import PSFHModel
-from psfh.training.embedding_cache import EmbeddingCache, base_key
+from psfh.model import inference
+from psfh.model.lora import make_lora_config
+from psfh.model.package import base_key
+from psfh.model.psfh_model import PSFHModel
+from psfh.training.embedding_cache import FORMAT, EmbeddingCache
 from psfh.training.sources import CachedEmbeddingSource, shift_2d
 
 
@@ -46,10 +47,10 @@ def test_the_cache_holds_both_tta_views_and_never_encodes_a_frame_twice(decoder_
 
 
 def test_the_cache_is_keyed_by_the_base_weights(decoder_only_model, tmp_path):
-    before = base_key(decoder_only_model)
+    before = base_key(decoder_only_model, FORMAT)
     with torch.no_grad():
         next(decoder_only_model.base_model.vision_encoder.parameters()).add_(1e-3)
-    assert base_key(decoder_only_model) != before and before.startswith("tiny-random-")
+    assert base_key(decoder_only_model, FORMAT) != before and before.startswith("tiny-random-")
 
 
 def test_a_damaged_cache_file_is_computed_again(decoder_only_model, tmp_path, one_torch_thread):
@@ -110,8 +111,8 @@ def test_class_weights_make_the_loss_count_a_missed_ps_more():
 
 
 def test_the_decoder_is_trained_as_lora_or_whole_and_nothing_else():
-    from psfh.errors import PSFHInputError
-    from psfh.lora import describe
+    from psfh.core.errors import PSFHInputError
+    from psfh.model.lora import describe
 
     whole = make_lora_config(0, 16, decoder="whole")
     assert "mask_decoder" in whole.modules_to_save and describe(whole)["mask_decoder"].startswith("every weight")

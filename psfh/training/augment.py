@@ -6,8 +6,7 @@ spatial transforms move image and label together (labels with nearest-neighbour 
 
 from __future__ import annotations
 
-from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandGaussianSmoothd,
-                              RandZoomd)
+from monai.transforms import Compose, RandAffined, RandFlipd, RandGaussianNoised, RandGaussianSmoothd, RandZoomd
 
 
 def paper_augmentations() -> Compose:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from psfh.files import atomic_target, write_text_atomic
+from psfh.core.files import atomic_target, write_text_atomic
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

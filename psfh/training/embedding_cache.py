@@ -4,7 +4,7 @@ LiteMedSAM's encoder costs ~75 GFLOPs per 256 x 256 image: on 2 CPU cores, back-
 through it for 5 folds is out of reach, but running it once per image and view is not. With the
 encoder frozen (no LoRA on it), training the decoder side on cached embeddings is exact: the
 decoder sees the same embeddings it will see at inference. Both TTA views are cached per image
-(:func:`psfh.inference.tta_views`: the identity and the horizontal flip), which gives the flip
+(:func:`psfh.model.inference.tta_views`: the identity and the horizontal flip), which gives the flip
 augmentation for free.
 
 The cache outlives work trees and sessions: it lives under ``$PSFH_CACHE`` (default
@@ -20,12 +20,8 @@ an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,31 +30,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from psfh import inference
-from psfh.errors import PSFHInputError
-from psfh.files import atomic_target
+from psfh.core.errors import PSFHInputError
+from psfh.core.files import atomic_target, cache_root
+from psfh.model import inference
+from psfh.model.package import base_key
 
 VIEWS = ("identity", "hflip")  # the order of inference.tta_views
 FORMAT = "psfh-embeddings-1"
-
-
-def cache_root() -> Path:
-    """The persistent cache folder: ``$PSFH_CACHE``, else ``~/.cache/psfh``."""
-    return Path(os.environ.get("PSFH_CACHE") or Path.home() / ".cache" / "psfh").expanduser()
-
-
-def base_key(model) -> str:
-    """``<base name>-<16 hex>``: a hash of the frozen base's weights and of the preprocessing
-    (input size, normalisation) of a :class:`psfh.model.PSFHModel`."""
-    from psfh.package import base_state_dict
-
-    digest = hashlib.sha256(FORMAT.encode())
-    config = model.config
-    digest.update(json.dumps([config.input_size, config.pixel_mean, config.pixel_std]).encode())
-    for name, tensor in sorted(base_state_dict(model.base_model).items()):
-        digest.update(name.encode())
-        digest.update(tensor.float().cpu().numpy().tobytes())
-    return f"{config.base.replace('/', '--')}-{digest.hexdigest()[:16]}"
 
 
 def content_key(pixel_values: torch.Tensor) -> str:
@@ -70,7 +48,7 @@ class EmbeddingCache:
     """The cached embeddings of one model's frozen base.
 
     Args:
-        model: a :class:`psfh.model.PSFHModel` whose adapters leave the image encoder frozen.
+        model: a :class:`psfh.model.psfh_model.PSFHModel` whose adapters leave the image encoder frozen.
         root: the cache folder (default :func:`cache_root`).
         dtype: storage type of the embeddings (bfloat16 halves the disk; the decoder gets float32).
     """
@@ -81,7 +59,7 @@ class EmbeddingCache:
                                  f"frozen; this one adapts it ({model.encoder_scope})")
         self.model = model
         self.dtype = dtype
-        self.folder = Path(root or cache_root()) / "embeddings" / base_key(model)
+        self.folder = Path(root or cache_root()) / "embeddings" / base_key(model, FORMAT)
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.safetensors"
@@ -113,39 +91,3 @@ class EmbeddingCache:
                                                   unit="image", disable=not progress)]
         stacked = torch.stack(per_image).to(self.dtype)
         return {view: stacked[:, index] for index, view in enumerate(VIEWS)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from psfh.cli import run_cli
-    return run_cli(_main, argv)
-
-
-def _main(argv: list[str] | None) -> int:
-    from psfh.data import find_samples, read_ids_file, select_samples
-    from psfh.io import load_image
-    from psfh.model import PSFHModel
-
-    parser = argparse.ArgumentParser(prog="python -m psfh.training.embedding_cache", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="labelled data set folder")
-    parser.add_argument("--model", default=None, help="package folder or hub id of the base (default: embedded)")
-    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: $PSFH_CACHE or ~/.cache/psfh)")
-    parser.add_argument("--ids-file", type=Path, default=None, help="only these ids (one per line)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
-    args = parser.parse_args(argv)
-
-    samples = select_samples(find_samples(args.data), read_ids_file(args.ids_file) if args.ids_file else None,
-                             args.limit)
-    model = PSFHModel.from_pretrained(args.model, device="cpu")
-    if model.encoder_scope != "none":  # the shipped package adapts its encoder: cache its frozen base
-        model = PSFHModel.from_pretrained(args.model, device="cpu", folds=[])
-    cache = EmbeddingCache(model, args.cache)
-    start = time.perf_counter()
-    cache.build([s.id for s in samples], (load_image(s.image_path).pixels for s in samples))
-    seconds = time.perf_counter() - start
-    print(json.dumps({"cache": str(cache.folder), "images": len(samples), "seconds": round(seconds, 1)}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

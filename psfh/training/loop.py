@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from psfh.inference import mask_logits
+from psfh.model.inference import mask_logits
 from psfh.training.checkpoint import load_checkpoint, save_checkpoint
 from psfh.training.loss import dice_per_class, segmentation_loss
 from psfh.training.recipe import TrainConfig

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from monai.losses import DiceCELoss
 
-from psfh.labels import STRUCTURES
+from psfh.core.labels import STRUCTURES
 
 
 def segmentation_loss(ce_weight: float = 0.2, dice_weight: float = 0.8,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from psfh.errors import PSFHInputError
+from psfh.core.errors import PSFHInputError
 
 
 @dataclass

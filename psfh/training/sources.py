@@ -1,10 +1,10 @@
 """Where training batches come from: cached embeddings (CPU recipe) or augmented images (paper).
 
 Both give ``(inputs, labels)`` for a list of sample indices: ``inputs`` are keyword arguments of
-:func:`psfh.inference.mask_logits` (``image_embeddings`` or ``pixel_values``), ``labels`` is
+:func:`psfh.model.inference.mask_logits` (``image_embeddings`` or ``pixel_values``), ``labels`` is
 B x S x S (long). All randomness comes from the ``generator`` passed in, so an epoch is a pure
 function of its seed (which makes resumed runs identical to uninterrupted ones). Images go
-through the inference preprocessing (:mod:`psfh.inference`), so training and serving feed the
+through the inference preprocessing (:mod:`psfh.model.inference`), so training and serving feed the
 network alike.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from psfh import inference
+from psfh.model import inference
 
 
 def shift_2d(tensor: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

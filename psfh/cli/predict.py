@@ -1,0 +1,44 @@
+"""The `psfh-predict` command line (also `python -m psfh.predict`): see :mod:`psfh.batch.predict`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import psfh.batch.predict
+from psfh.batch.predict import CSV_NAME, predict_paths
+from psfh.cli.common import add_model_arguments, add_spacing_argument, load_model, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m psfh.predict", description=psfh.batch.predict.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    add_spacing_argument(parser)
+    add_model_arguments(parser)
+    parser.add_argument("--stability-check", action="store_true",
+                        help="also segment each image made brighter, darker and zoomed out with one fold, and flag "
+                             "an AoP that moves too much (three more passes of one fold an image)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    model = load_model(args.model, args.device, args.backend)
+    rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
+                         tta=False if args.no_tta else None, precision=args.precision, spacing_mm=args.spacing_mm,
+                         stability_check=args.stability_check)
+    failed = sum(1 for row in rows if row["error"])
+    print(f"{len(rows) - failed} of {len(rows)} images predicted; results in {args.out / CSV_NAME}"
+          + (f"; {failed} failed (see the error column)" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

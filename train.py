@@ -31,13 +31,13 @@ from psfh.io.dataset import (
     load_pack,
     make_folds,
     read_ids_file,
-    resize_pair,
+    resize_label,
     select_samples,
     validate_samples,
 )
 from psfh.model.bases import get_base
 from psfh.model.lora import DECODER_CHOICES, make_lora_config
-from psfh.model.package import resolve_package
+from psfh.model.package import ADAPTER_WEIGHTS, fold_name, resolve_package, write_fold_assignment
 from psfh.model.psfh_model import PSFHModel
 from psfh.training.loop import train_fold
 from psfh.training.recipe import PRESETS, preset
@@ -127,7 +127,7 @@ def _main(argv=None) -> int:
     cv_ids = [i for i in ids if i not in set(test_ids)]
     assignment = make_folds(cv_ids, n_folds=config.n_folds, block_size=config.block_size, seed=config.seed,
                             linked=[[i for i in group if i in set(cv_ids)] for group in linked])
-    fold_names = [f"fold_{k}" for k in range(config.n_folds)]
+    fold_names = [fold_name(k) for k in range(config.n_folds)]
     if args.fold is not None and not 0 <= args.fold < config.n_folds:
         raise PSFHInputError(f"--fold {args.fold}: folds are numbered 0 to {config.n_folds - 1}")
     to_train = [args.fold] if args.fold is not None else list(range(config.n_folds))
@@ -139,9 +139,8 @@ def _main(argv=None) -> int:
     base_folder = resolve_package(config.base_package) if config.base_package else None  # None: the registry's
     model = PSFHModel.from_base(config.base, fold_names, lora, device=accelerator.device, base_folder=base_folder)
     size = model.config.input_size
-    if images.shape[-1] != size or images.shape[-2] != size:
-        pairs = [resize_pair(image, label, size) for image, label in zip(images, labels)]
-        images, labels = np.stack([i for i, _ in pairs]), np.stack([l for _, l in pairs])
+    if labels.shape[-2:] != (size, size):  # images go to the model's grid where inference puts them
+        labels = np.stack([resize_label(label, size) for label in labels])
 
     # ---- batches: cached embeddings (cpu) or augmented images (paper) ---------------------
     source = _make_source(config, model, ids, images, labels, args.progress)
@@ -164,14 +163,13 @@ def _main(argv=None) -> int:
 
     # ---- the package --------------------------------------------------------------------
     if accelerator.is_main_process:
-        done = [f for f in fold_names if (out / f / "adapter_model.safetensors").is_file()]
+        done = [f for f in fold_names if (out / f / ADAPTER_WEIGHTS).is_file()]
         model.config.folds = done
         model.config.training = {"recipe": config.to_dict(), "images": len(ids), "cv_images": len(cv_ids),
                                  "test_images": len(test_ids),
                                  "seconds_per_fold": {f: r.seconds for f, r in results.items()}}
         model.save_pretrained(out, folds=[])  # base + config; the adapters are already in place
-        write_text_atomic(out / "folds.json", json.dumps({"fold_of_id": {i: fold_names[assignment[i]] for i in cv_ids},
-                                                          "test_ids": test_ids}, indent=1))
+        write_fold_assignment(out, {i: fold_names[assignment[i]] for i in cv_ids}, test_ids)
         if set(done) == set(fold_names):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         print(f"package written to {out} with folds {done}")
@@ -186,8 +184,8 @@ def _make_source(config, model, ids, images, labels, progress: bool):
     labels_t = torch.as_tensor(labels)
     if config.recipe != "cpu":
         augmentation = paper_augmentations() if config.augment else None
-        return ImageSource(torch.as_tensor(images), labels_t, model.config.pixel_mean, model.config.pixel_std,
-                           augmentation, ids=ids)
+        return ImageSource(images, labels_t, model.config.input_size, model.config.pixel_mean,
+                           model.config.pixel_std, augmentation, ids=ids)
     embeddings = EmbeddingCache(model, config.cache_dir).build(ids, list(images), progress=progress)
     return CachedEmbeddingSource(embeddings, labels_t, shift_cells=config.shift_cells)
 

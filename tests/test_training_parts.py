@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from psfh.core.errors import PSFHInputError
 from psfh.model import inference
 from psfh.model.lora import make_lora_config
 from psfh.model.package import base_key
 from psfh.model.psfh_model import PSFHModel
 from psfh.training.embedding_cache import FORMAT, EmbeddingCache
-from psfh.training.sources import CachedEmbeddingSource, shift_2d
+from psfh.training.sources import CachedEmbeddingSource, ImageSource, shift_2d
 
 
 @pytest.fixture
@@ -119,3 +120,20 @@ def test_the_decoder_is_trained_as_lora_or_whole_and_nothing_else():
     assert describe(make_lora_config(0, 16))["mask_decoder"] == "LoRA rank 16 on its linear layers"
     with pytest.raises(PSFHInputError, match="decoder='full'"):
         make_lora_config(0, 16, decoder="full")
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (50, 70), (80, 64)])
+def test_training_sees_an_image_as_inference_prepares_it(shape):
+    # One preprocessing for both: min-max scale, then resize to the model's grid (no uint8 rounding
+    # in between), then normalise.
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    image = np.random.default_rng(1).integers(0, 256, shape).astype(np.uint8)
+    source = ImageSource([image], torch.zeros(1, 32, 32, dtype=torch.uint8), 32, mean, std)
+    batch, _ = source.batch(torch.tensor([0]), None, augment=False)
+    assert torch.equal(batch["pixel_values"][0], inference.preprocess(image, 32, mean, std)[0])
+
+
+def test_a_constant_training_image_is_refused_by_name():
+    with pytest.raises(PSFHInputError, match="frame_7: the image is constant"):
+        ImageSource([np.full((32, 32), 9, np.uint8)], torch.zeros(1, 32, 32, dtype=torch.uint8), 32,
+                    (0.5,) * 3, (0.2,) * 3, ids=["frame_7"])

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from psfh.core.options import BACKENDS
+from psfh.model.package import fold_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGNS = ("one-model", "seed", "psfh", "psfh-1fold", "psfh-bf16", "psfh-onnxruntime", "psfh-openvino", "cli")
@@ -66,7 +67,7 @@ def _load_model(args):
         if model.folds:
             return model
     torch.manual_seed(0)
-    folds = [f"fold_{k}" for k in range(5)]
+    folds = [fold_name(k) for k in range(5)]
     model = PSFHModel.from_base(args.base, folds, make_lora_config(0, 16), device=args.device,
                                 fold_batchnorm=fold_batchnorm)
     with torch.no_grad():

@@ -249,21 +249,27 @@ def _check_one_size(samples: list[Sample], images: list[np.ndarray]) -> None:
         )
 
 
-def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """H x W uint8 image and label -> size x size each: the image with torch's bilinear
-    interpolation (align_corners=False, anti-aliased when shrinking, as the model's
-    preprocessing), the label with "nearest-exact" (pixel-centre nearest neighbour, so classes
-    never blend)."""
+def resize_label(label: np.ndarray, size: int) -> np.ndarray:
+    """H x W uint8 label map -> size x size with "nearest-exact" (pixel-centre nearest neighbour,
+    so classes never blend)."""
     import torch  # only resizing needs torch, and importing it costs seconds
     from torch.nn.functional import interpolate
 
-    image_tensor = torch.from_numpy(image).float()[None, None]
-    resized = interpolate(image_tensor, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    label_tensor = torch.from_numpy(label).float()[None, None]
-    resized_label = interpolate(label_tensor, size=(size, size), mode="nearest-exact")
-    image_out = resized[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-    return image_out, resized_label[0, 0].to(torch.uint8).numpy()
+    resized = interpolate(torch.from_numpy(label).float()[None, None], size=(size, size), mode="nearest-exact")
+    return resized[0, 0].to(torch.uint8).numpy()
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """H x W uint8 image and label -> size x size each, for storage (the pack): the image with
+    torch's bilinear interpolation (align_corners=False, anti-aliased when shrinking), rounded to
+    uint8; the label with :func:`resize_label`. Training does not resize images this way: it puts
+    them on the model's grid with :func:`psfh.model.inference.unit_grid`, as inference does."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    resized = interpolate(torch.from_numpy(image).float()[None, None], size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=True)
+    return resized[0, 0].round().clamp(0, 255).to(torch.uint8).numpy(), resize_label(label, size)
 
 
 # --- folds -----------------------------------------------------------------------------------

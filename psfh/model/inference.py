@@ -28,18 +28,25 @@ def scale_to_unit(pixels: np.ndarray, name: str = "image") -> np.ndarray:
     return ((pixels - low) / (high - low)).astype(np.float32)
 
 
-def preprocess(pixels: np.ndarray, input_size: int, pixel_mean, pixel_std, name: str = "image") -> torch.Tensor:
-    """H x W grayscale image (any intensity scale) -> 1 x 3 x S x S normalised model input.
+def unit_grid(pixels: np.ndarray, input_size: int, name: str = "image") -> torch.Tensor:
+    """H x W grayscale image (any intensity scale) -> 1 x 1 x S x S float32 in [0, 1] on the model's grid.
 
-    The image is min-max scaled to [0, 1] (as MedSAM / LiteMedSAM do), resized to S x S
-    (bilinear, anti-aliased when shrinking), repeated to three channels, then normalised with the
-    base's per-channel mean and std.
+    The image is min-max scaled to [0, 1] (as MedSAM / LiteMedSAM do), then resized to S x S
+    (bilinear, anti-aliased when shrinking). Training (:class:`psfh.training.sources.ImageSource`)
+    and inference (:func:`preprocess`) both start here, so the model never sees a frame prepared
+    another way than it was trained on.
     """
-    unit = torch.from_numpy(scale_to_unit(pixels, name))[None, None]
+    unit = torch.from_numpy(scale_to_unit(np.asarray(pixels), name))[None, None]
     if unit.shape[-2:] != (input_size, input_size):
         unit = F.interpolate(unit, size=(input_size, input_size), mode="bilinear", align_corners=False,
                              antialias=True)
-    return normalize(unit, pixel_mean, pixel_std)
+    return unit
+
+
+def preprocess(pixels: np.ndarray, input_size: int, pixel_mean, pixel_std, name: str = "image") -> torch.Tensor:
+    """H x W grayscale image (any intensity scale) -> 1 x 3 x S x S normalised model input:
+    :func:`unit_grid`, repeated to three channels, normalised with the base's per-channel mean and std."""
+    return normalize(unit_grid(pixels, input_size, name), pixel_mean, pixel_std)
 
 
 def normalize(unit: torch.Tensor, pixel_mean, pixel_std) -> torch.Tensor:

@@ -150,6 +150,18 @@ def resolve_package(path_or_repo_id: str | os.PathLike | None, revision: str | N
 
 
 FOLDS_FILE = "folds.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file name in each fold_k/ folder
+
+
+def fold_name(index: int) -> str:
+    """The name of fold ``index``'s adapter (and of its folder): ``fold_0``, ``fold_1``, ..."""
+    return f"fold_{index}"
+
+
+def write_fold_assignment(folder: Path, fold_of_id: dict[str, str], test_ids: list[str]) -> Path:
+    """Write ``folder``'s folds.json: which fold held out which training image, and the test ids."""
+    return write_text_atomic(Path(folder) / FOLDS_FILE,
+                             json.dumps({"fold_of_id": fold_of_id, "test_ids": list(test_ids)}, indent=1))
 
 
 def read_fold_assignment(folder: Path) -> dict[str, str]:
@@ -243,3 +255,14 @@ def base_key(model, purpose: str) -> str:
         digest.update(name.encode())
         digest.update(tensor.float().cpu().numpy().tobytes())
     return f"{config.base.replace('/', '--')}-{digest.hexdigest()[:16]}"
+
+
+def package_key(folder: Path) -> str:
+    """``<folder name>-<16 hex>``: a hash of a package folder's weight and config files (names and
+    bytes), the key of anything computed from the whole package (its folds' predictions)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.suffix in (".safetensors", ".json"):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return f"{Path(folder).name}-{digest.hexdigest()[:16]}"

@@ -38,7 +38,14 @@ from psfh.model import inference, prompts
 from psfh.model.bases import get_base
 from psfh.model.lora import adapts_encoder, describe, encoder_scope, make_lora_config
 from psfh.model.merged_folds import MergedFoldWeights
-from psfh.model.package import PackageConfig, load_base, refuse_pickle_weights, resolve_package, save_base_weights
+from psfh.model.package import (
+    FOLDS_FILE,
+    PackageConfig,
+    load_base,
+    refuse_pickle_weights,
+    resolve_package,
+    save_base_weights,
+)
 
 
 @dataclass
@@ -320,8 +327,8 @@ class PSFHModel:
                 # peft writes a placeholder card; the package's card is model_card.md (push_to_hub)
                 (folder / "README.md").unlink(missing_ok=True)
         replace(self.config, base_package=None).save(folder)
-        if self.source is not None and (self.source / "folds.json").is_file() and self.source != folder:
-            shutil.copy2(self.source / "folds.json", folder / "folds.json")
+        if self.source is not None and (self.source / FOLDS_FILE).is_file() and self.source != folder:
+            shutil.copy2(self.source / FOLDS_FILE, folder / FOLDS_FILE)
         return folder
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,

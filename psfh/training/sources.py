@@ -65,30 +65,34 @@ class CachedEmbeddingSource:
 
 
 class ImageSource:
-    """Images and labels at the model's input size, augmented on the fly with MONAI.
+    """Images and labels on the model's input grid, augmented on the fly with MONAI.
 
     Args:
-        images: N x S x S uint8 (already at the model input size).
-        labels: N x S x S uint8.
+        images: N x H x W grayscale images of any size and intensity scale; each is put on the
+            model's S x S grid once, here, by :func:`psfh.model.inference.unit_grid`: the same
+            function inference starts with.
+        labels: N x S x S uint8, already at the model input size.
+        input_size: S.
         pixel_mean, pixel_std: the base's normalisation of [0, 1] images.
         augmentation: a MONAI Compose over {"image", "label"} (or None).
         ids: the samples' ids, named in the error for an image the model cannot take.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pixel_mean, pixel_std, augmentation=None,
+    def __init__(self, images, labels: torch.Tensor, input_size: int, pixel_mean, pixel_std, augmentation=None,
                  ids: Sequence[str] | None = None):
-        self.images, self.labels = images, labels
+        self.ids = list(ids) if ids is not None else [f"image {n}" for n in range(len(images))]
+        # N x 1 x S x S in [0, 1]; a constant image fails now, not mid-epoch.
+        self.images = torch.cat([inference.unit_grid(np.asarray(image), input_size, sample_id)[0]
+                                 for sample_id, image in zip(self.ids, images)])[:, None]
+        self.labels = labels
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         self.augmentation = augmentation
-        self.ids = list(ids) if ids is not None else [f"image {n}" for n in range(len(images))]
-        for sample_id, image in zip(self.ids, images):  # a constant image fails now, not mid-epoch
-            inference.scale_to_unit(image.numpy(), sample_id)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _item(self, index: int, augment: bool):
-        image = torch.from_numpy(inference.scale_to_unit(self.images[index].numpy(), self.ids[index]))[None]
+        image = self.images[index]
         label = self.labels[index][None].float()
         if augment and self.augmentation is not None:
             out = self.augmentation({"image": image, "label": label})

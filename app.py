@@ -296,7 +296,7 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
     analysis = Analysis(embeddings, prediction, warned + input_notes(path, loaded), time.perf_counter() - start,
                         spatial=loaded.spatial, boxes={key: tuple(box) for key, box in (boxes or {}).items()})
     name = prediction.name or "image"
-    aop = prediction.reported_aop_deg
+    aop = prediction.aop_deg
     log.info("segmented %s: folds=%s tta=%s aop=%s in %.2fs", name, prediction.folds, tta, aop, analysis.wall_s)
     return (str(label_png), str(label_mha), None if aop is None else round(aop, 1), prediction.report(),
             analysis)
@@ -586,24 +586,23 @@ def hsd_text(prediction: Prediction) -> str:
     if hsd.distance_mm is None:
         return ("**Head-symphysis distance (HSD):** drawn on the picture; in mm it needs a pixel spacing, which this "
                 "file does not give (a DICOM with Pixel Spacing or Ultrasound Regions gives one).")
-    if prediction.reported_hsd_mm is None:
+    if prediction.hsd_mm is None:
         return (f"**HSD:** withheld with the AoP (measured on this segmentation: {hsd.distance_mm:.1f} mm; "
                 "do not use it unchecked).")
-    return f"**HSD {prediction.reported_hsd_mm:.1f} mm** (head-symphysis distance)."
+    return f"**HSD {prediction.hsd_mm:.1f} mm** (head-symphysis distance)."
 
 
 def fold_markdown(prediction: Prediction) -> str:
     """Each fold's AoP (and on the frame and its mirror image), their spread and the views' gap:
     how much the ensemble's members agree (psfh.measure.quality flags a large gap)."""
-    with_views = any(len(angles) == 2 for angles in prediction.view_aop.values())
+    with_views = any(len(angles) == 2 for angles in prediction.view_aop_deg.values())
     rows = ["| fold | AoP | frame | mirror image |" if with_views else "| fold | AoP |",
             "| --- | --- | --- | --- |" if with_views else "| --- | --- |"]
-    for fold, measurement in prediction.fold_aop.items():
-        value = (f"{measurement.angle_deg:.1f}\N{DEGREE SIGN}" if measurement.measured
-                 else f"not measured ({measurement.reason})")
-        views = [("-" if a is None else f"{a:.1f}\N{DEGREE SIGN}") for a in prediction.view_aop.get(fold, [])]
+    for fold, angle in prediction.fold_aop_deg.items():
+        value = "not measured" if angle is None else f"{angle:.1f}\N{DEGREE SIGN}"
+        views = [("-" if a is None else f"{a:.1f}\N{DEGREE SIGN}") for a in prediction.view_aop_deg.get(fold, [])]
         rows.append(f"| {fold} | {value} | " + " | ".join(views) + " |" if with_views else f"| {fold} | {value} |")
-    angles = np.array([m.angle_deg for m in prediction.fold_aop.values() if m.measured])
+    angles = np.array([angle for angle in prediction.fold_aop_deg.values() if angle is not None])
     if len(angles) >= 2:
         spread = (f"Spread over {len(angles)} folds: {angles.min():.1f}\N{DEGREE SIGN} to "
                   f"{angles.max():.1f}\N{DEGREE SIGN} (range {np.ptp(angles):.1f}\N{DEGREE SIGN}), "
@@ -640,7 +639,7 @@ def show_correction(analysis: Analysis, status: str):
     report = prediction.report()
     report_file = label_png.parent / f"{prediction.name or 'image'}_report.json"
     report_file.write_text(json.dumps(report, indent=2))
-    aop = prediction.reported_aop_deg
+    aop = prediction.aop_deg
     return (analysis, overlay_picture(analysis), None if aop is None else round(aop, 1), aop_markdown(prediction),
             str(label_png), str(label_mha), report, str(report_file), status)
 

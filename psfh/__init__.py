@@ -5,11 +5,12 @@
     result = model.predict("scan.mha")         # label map, probabilities, AoP, fold disagreement
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "PSFHModel": "psfh.model.psfh_model",
     "Prediction": "psfh.model.psfh_model",
+    "ImageEmbeddings": "psfh.model.psfh_model",
     "measure_aop": "psfh.measure.aop",
     "AoPMeasurement": "psfh.measure.aop",
     "PSFHInputError": "psfh.core.errors",

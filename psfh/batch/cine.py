@@ -118,7 +118,7 @@ def analyse_clip(model, sequence: FrameSequence, folds: list[str] | None = None,
             "name": sequence.names[index],
             "time_s": None if sequence.frame_times_s is None else sequence.frame_times_s[index],
             **{key: cells[key] for key in SHARED_COLUMNS},
-            "in_curve": prediction.reported_aop_deg is not None,
+            "in_curve": prediction.aop_deg is not None,
             "seconds": time.perf_counter() - frame_start,
         })
         label_maps.append(prediction.label_map)

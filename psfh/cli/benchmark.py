@@ -57,19 +57,20 @@ def _load_model(args):
     from psfh.model.bases import get_base
     from psfh.model.lora import make_lora_config
     from psfh.model.psfh_model import PSFHModel
+    from psfh.model.tiny_vit import set_batchnorm_folding
 
     fold_batchnorm = args.design != "seed"
     backend = ONNX_DESIGNS.get(args.design, "torch")
     package = args.model or get_base(args.base).default_package
     if package:
-        model = PSFHModel.from_pretrained(package, device=args.device, fold_batchnorm=fold_batchnorm,
-                                          backend=backend)
+        model = PSFHModel.from_pretrained(package, device=args.device, backend=backend)
         if model.folds:
+            set_batchnorm_folding(model.network, fold_batchnorm)
             return model
     torch.manual_seed(0)
     folds = [fold_name(k) for k in range(5)]
-    model = PSFHModel.from_base(args.base, folds, make_lora_config(0, 16), device=args.device,
-                                fold_batchnorm=fold_batchnorm)
+    model = PSFHModel.from_base(args.base, folds, make_lora_config(0, 16), device=args.device)
+    set_batchnorm_folding(model.network, fold_batchnorm)
     with torch.no_grad():
         for name, parameter in model.network.named_parameters():
             if "lora_B" in name:

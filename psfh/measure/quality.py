@@ -128,12 +128,12 @@ def ps_elevation(label_map: np.ndarray, aop: AoPMeasurement | None = None) -> fl
     return float(np.degrees(np.arctan2(abs(dy), abs(dx))))
 
 
-def flip_aop_gap(view_aop: dict[str, list[float | None]]) -> float | None:
+def flip_aop_gap(view_aop_deg: dict[str, list[float | None]]) -> float | None:
     """Mean over folds of |AoP(identity view) - AoP(flipped view)| in degrees; a fold that measures
     an AoP in one view and none in the other counts 90 degrees (it does not know where the
     anatomy is); None without flip views or without any measured AoP."""
     gaps = []
-    for angles in view_aop.values():
+    for angles in view_aop_deg.values():
         if len(angles) != 2 or (angles[0] is None and angles[1] is None):
             continue
         gaps.append(90.0 if None in angles else abs(angles[0] - angles[1]))
@@ -155,14 +155,14 @@ def ps_view_dice(view_maps: dict[str, list[np.ndarray]]) -> float | None:
     return float(np.mean(scores)) if scores else None
 
 
-def fold_aop_spread(fold_aop: dict[str, float | None]) -> float | None:
+def fold_aop_spread(fold_aop_deg: dict[str, float | None]) -> float | None:
     """Largest minus smallest fold AoP (degrees), with two or more measured folds; else None."""
-    angles = [a for a in fold_aop.values() if a is not None]
+    angles = [a for a in fold_aop_deg.values() if a is not None]
     return float(max(angles) - min(angles)) if len(angles) > 1 else None
 
 
-def measure(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[float | None]] | None = None,
-            fold_aop: dict[str, float | None] | None = None,
+def measure(image: np.ndarray, label_map: np.ndarray, view_aop_deg: dict[str, list[float | None]] | None = None,
+            fold_aop_deg: dict[str, float | None] | None = None,
             view_maps: dict[str, list[np.ndarray]] | None = None,
             aop: AoPMeasurement | None = None) -> dict[str, float]:
     """The measures the checks use, for an H x W uint8 image and its H x W label map, and, when
@@ -172,8 +172,8 @@ def measure(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[f
     labels = check_label_map(label_map)
     ps, fh = labels == PS, labels == FH
     image = np.asarray(image)
-    model = {"flip_aop_gap": flip_aop_gap(view_aop or {}), "ps_view_dice": ps_view_dice(view_maps or {}),
-             "fold_aop_spread": fold_aop_spread(fold_aop or {})}
+    model = {"flip_aop_gap": flip_aop_gap(view_aop_deg or {}), "ps_view_dice": ps_view_dice(view_maps or {}),
+             "fold_aop_spread": fold_aop_spread(fold_aop_deg or {})}
     return {**{k: v for k, v in model.items() if v is not None},
         "grey_levels": float(len(np.unique(image))),
         "dark_fraction": float((image == 0).mean()),
@@ -186,13 +186,13 @@ def measure(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[f
     }
 
 
-def check(image: np.ndarray, label_map: np.ndarray, view_aop: dict[str, list[float | None]] | None = None,
-          fold_aop: dict[str, float | None] | None = None,
+def check(image: np.ndarray, label_map: np.ndarray, view_aop_deg: dict[str, list[float | None]] | None = None,
+          fold_aop_deg: dict[str, float | None] | None = None,
           view_maps: dict[str, list[np.ndarray]] | None = None, aop: AoPMeasurement | None = None) -> QualityCheck:
     """Check an input frame (H x W uint8, as shown to the user) and its label map, and the model's
     agreement with itself when the views' and folds' AoPs and label maps are given (see
     :func:`measure`)."""
-    m = measure(image, label_map, view_aop, fold_aop, view_maps, aop)
+    m = measure(image, label_map, view_aop_deg, fold_aop_deg, view_maps, aop)
     return QualityCheck(reasons=judge(m), measures=m)
 
 

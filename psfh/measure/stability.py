@@ -58,9 +58,9 @@ def perturbed_aops(model, image: np.ndarray, fold: str) -> dict[str, float | Non
 
 def reference_aop(prediction, fold: str) -> float | None:
     """The AoP of ``fold`` on the frame as given (its identity view), from a prediction that used it."""
-    if prediction.view_aop.get(fold):
-        return prediction.view_aop[fold][0]
-    return prediction.fold_aop[fold].angle_deg if fold in prediction.fold_aop else None
+    if prediction.view_aop_deg.get(fold):
+        return prediction.view_aop_deg[fold][0]
+    return prediction.fold_aop_deg.get(fold)
 
 
 def checked(model, prediction, image: np.ndarray):

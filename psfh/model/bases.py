@@ -45,8 +45,7 @@ class BaseSpec:
 
     Attributes:
         name: registry name (or hub id).
-        build: ``build(input_size, revision=None, fold_batchnorm=True) -> SamModel``: random or hub
-            weights at that size (``fold_batchnorm``: bases with BatchNorm fold it at inference).
+        build: ``build(input_size, revision=None) -> SamModel``: random or hub weights at that size.
         input_size: default side of the square input in pixels.
         weights: where the trained weights come from: "package" (a package's
             ``base/model.safetensors``, by default ``default_package``'s), "hub" (``hub_id``) or
@@ -107,11 +106,11 @@ def _sam_config_for_custom_encoder(input_size: int, embedding_size: int) -> SamC
     return config
 
 
-def build_lite_medsam(input_size: int = 256, revision: str | None = None, fold_batchnorm: bool = True) -> SamModel:
+def build_lite_medsam(input_size: int = 256, revision: str | None = None) -> SamModel:
     """LiteMedSAM as a SamModel (random weights; load ``base/model.safetensors`` on top)."""
     if input_size != 256:
         raise PSFHInputError("lite-medsam works at 256 x 256 only (its encoder hard-codes the 64 x 64 grid).")
-    encoder = TinyViTVisionEncoder(TinyViTConfig(image_size=input_size, fold_batchnorm=fold_batchnorm))
+    encoder = TinyViTVisionEncoder(TinyViTConfig(image_size=input_size))
     model = SamModel(_sam_config_for_custom_encoder(input_size, encoder.output_resolution))
     model.vision_encoder = encoder
     return model.eval()
@@ -130,7 +129,7 @@ def tiny_random_config(input_size: int = 64) -> SamConfig:
     return config
 
 
-def build_tiny_random(input_size: int = 64, revision: str | None = None, fold_batchnorm: bool = True) -> SamModel:
+def build_tiny_random(input_size: int = 64, revision: str | None = None) -> SamModel:
     """A deterministic tiny random SamModel (seeded, so every build has the same weights)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -172,7 +171,7 @@ def resize_sam_input(model: SamModel, input_size: int) -> SamModel:
 
 
 def _hub_builder(hub_id: str) -> Callable[[int], SamModel]:
-    def build(input_size: int, revision: str | None = None, fold_batchnorm: bool = True) -> SamModel:
+    def build(input_size: int, revision: str | None = None) -> SamModel:
         model = SamModel.from_pretrained(hub_id, revision=revision, use_safetensors=True)
         return resize_sam_input(model, input_size)
     return build

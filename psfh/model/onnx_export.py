@@ -39,6 +39,7 @@ from psfh.core.files import cache_root, write_text_atomic
 from psfh.model import inference
 from psfh.model.onnx_backends import EXPORT_FORMAT, OnnxEnsemble, read_manifest
 from psfh.model.package import base_key
+from psfh.model.tiny_vit import set_batchnorm_folding
 
 MANIFEST = "manifest.json"
 # The check's bound on max |probability difference| (issue 13); the label maps must also agree
@@ -95,9 +96,7 @@ def merged_copy(model, fold: str) -> nn.Module:
         network = network.merge_and_unload()
     network = network.eval().to("cpu")
     network.vision_encoder.to(memory_format=torch.contiguous_format)
-    for module in network.modules():
-        if hasattr(module, "fold_batchnorm"):
-            module.fold_batchnorm = False
+    set_batchnorm_folding(network, False)
     return network
 
 
@@ -262,8 +261,8 @@ def check_export(model, folder: Path, folds: list[str], images: list | None = No
                                 for fold in folds])
         worst = max(worst, float((exported - reference).abs().max()))
         size = loaded.pixels.shape[:2]
-        expected = model.finish(reference, size, folds, tta)
-        got = model.finish(exported, size, folds, tta).label_map
+        expected = model.prediction_from_members(reference, size, folds, tta)
+        got = model.prediction_from_members(exported, size, folds, tta).label_map
         differ = expected.label_map != got
         top_two = np.sort(expected.probabilities[:, differ], axis=0)[-2:]
         untied += int((top_two[1] - top_two[0] > PROBABILITY_TOLERANCE).sum())

@@ -221,7 +221,7 @@ def base_weights_path(config: PackageConfig, folder: Path) -> Path:
     return weights
 
 
-def load_base(config: PackageConfig, folder: Path | None, fold_batchnorm: bool = True):
+def load_base(config: PackageConfig, folder: Path | None):
     """Build the package's base SamModel (on the CPU, in eval mode) and load its weights: from
     ``folder``'s package when it embeds them, from the hub, or none (a random-weights base)."""
     spec = get_base(config.base)
@@ -229,7 +229,7 @@ def load_base(config: PackageConfig, folder: Path | None, fold_batchnorm: bool =
         weights = base_weights_path(config, Path(folder))
         if not weights.is_file():
             raise PSFHInputError(f"{folder}: the config says the base is embedded but {BASE_WEIGHTS} is missing")
-        model = spec.build(config.input_size, fold_batchnorm=fold_batchnorm)
+        model = spec.build(config.input_size)
         state = load_file(str(weights))
         missing, unexpected = model.load_state_dict(state, strict=False)
         # The tied Fourier matrix may be stored once; anything else missing is an error.
@@ -240,7 +240,7 @@ def load_base(config: PackageConfig, folder: Path | None, fold_batchnorm: bool =
     elif spec.weights == "package":
         raise PSFHInputError(f"base {config.base!r} keeps its weights in a package: give its folder")
     else:
-        model = spec.build(config.input_size, revision=config.base_revision, fold_batchnorm=fold_batchnorm)
+        model = spec.build(config.input_size, revision=config.base_revision)
     return model.eval()
 
 

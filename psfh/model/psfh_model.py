@@ -39,6 +39,7 @@ from psfh.model.bases import get_base
 from psfh.model.lora import adapts_encoder, describe, encoder_scope, make_lora_config
 from psfh.model.merged_folds import MergedFoldWeights
 from psfh.model.package import (
+    ADAPTER_WEIGHTS,
     FOLDS_FILE,
     PackageConfig,
     load_base,
@@ -57,8 +58,9 @@ class Prediction:
         probabilities: 3 x H x W float32 ensemble class probabilities.
         disagreement: H x W float32 in [0, 1], fraction of ensemble members that disagree with the label.
         aop: the angle of progression measured on ``label_map`` (with its construction).
-        fold_aop: the AoP of each fold's own (TTA-averaged) prediction: the spread across folds.
-        view_aop: the AoP of each fold's prediction on each TTA view, {fold: [identity, flip]}
+        fold_aop_deg: the AoP of each fold's own (TTA-averaged) prediction, {fold: degrees or None
+            where not measurable}: the spread across folds.
+        view_aop_deg: the AoP of each fold's prediction on each TTA view, {fold: [identity, flip]}
             (degrees, None where not measurable): how much the model agrees with itself; empty
             without the flip view.
         hsd: the head-symphysis distance measured on ``label_map`` (:mod:`psfh.measure.hsd`), in mm
@@ -70,7 +72,7 @@ class Prediction:
         corrected: the structures a user re-segmented with a box prompt, {class name: the box
             (x0, y0, x1, y1) in image pixels}; empty for the model's own result.
         quality: the checks of :mod:`psfh.measure.quality` on the input and this label map; when they
-            fail, ``reported_aop_deg`` is None (the AoP is withheld) and the reasons say why.
+            fail, ``aop_deg`` is None (the AoP is withheld) and the reasons say why.
         backend: what ran the encoder and the fold decoders ("torch", "onnxruntime", "openvino").
     """
 
@@ -78,14 +80,14 @@ class Prediction:
     probabilities: np.ndarray
     disagreement: np.ndarray
     aop: AoPMeasurement
-    fold_aop: dict[str, AoPMeasurement]
+    fold_aop_deg: dict[str, float | None]
     folds: list[str]
     tta: bool
     timings: dict[str, float] = field(default_factory=dict)
     name: str | None = None
     corrected: dict[str, list[float]] = field(default_factory=dict)
     quality: quality.QualityCheck | None = None
-    view_aop: dict[str, list[float | None]] = field(default_factory=dict)
+    view_aop_deg: dict[str, list[float | None]] = field(default_factory=dict)
     hsd: HSDMeasurement | None = None
     spacing_mm: tuple[float, float] | None = None
     backend: str = "torch"
@@ -96,7 +98,7 @@ class Prediction:
         return self.quality is None or self.quality.trusted
 
     @property
-    def reported_aop_deg(self) -> float | None:
+    def aop_deg(self) -> float | None:
         """The AoP to report: the measured angle, or None when it is not measured or withheld."""
         return self.aop.angle_deg if self.trusted else None
 
@@ -108,14 +110,14 @@ class Prediction:
     def table_cells(self) -> dict:
         """The cells every per-image table shares (psfh.batch.predict's aop.csv, psfh.batch.cine's frames.csv):
         reported and measured AoP, the check, the HSD, areas and the ensemble's agreement."""
-        fold_angles = [m.angle_deg for m in self.fold_aop.values() if m.angle_deg is not None]
+        fold_angles = [angle for angle in self.fold_aop_deg.values() if angle is not None]
         areas = structure_areas(self.label_map)
         return {
-            "aop_deg": self.reported_aop_deg,
+            "aop_deg": self.aop_deg,
             "aop_reason": self.aop.reason or (None if self.trusted else "withheld: check this result"),
             "check": self.check_text,
             "aop_deg_measured": self.aop.angle_deg,
-            "hsd_mm": self.reported_hsd_mm,
+            "hsd_mm": self.hsd_mm,
             "hsd_px": self.hsd.distance_px if self.hsd is not None else None,
             "pixel_spacing_mm": None if self.spacing_mm is None else " x ".join(f"{v:g}" for v in self.spacing_mm),
             "ps_area_px": areas["pubic_symphysis"],
@@ -128,7 +130,7 @@ class Prediction:
         }
 
     @property
-    def reported_hsd_mm(self) -> float | None:
+    def hsd_mm(self) -> float | None:
         """The HSD in mm to report: None without a spacing, without an HSD, or when withheld."""
         return self.hsd.distance_mm if self.hsd is not None and self.trusted else None
 
@@ -139,13 +141,13 @@ class Prediction:
             "name": self.name,
             "image_size": list(self.label_map.shape),
             "aop": self.aop.to_dict(),
-            "aop_reported_deg": self.reported_aop_deg,
+            "aop_deg": self.aop_deg,
             "quality": None if self.quality is None else self.quality.to_dict(),
             "hsd": None if self.hsd is None else self.hsd.to_dict(),
-            "hsd_reported_mm": self.reported_hsd_mm,
+            "hsd_mm": self.hsd_mm,
             "pixel_spacing_mm": None if self.spacing_mm is None else list(self.spacing_mm),
-            "fold_aop_deg": {fold: m.angle_deg for fold, m in self.fold_aop.items()},
-            "view_aop_deg": {fold: list(angles) for fold, angles in self.view_aop.items()},
+            "fold_aop_deg": dict(self.fold_aop_deg),
+            "view_aop_deg": {fold: list(angles) for fold, angles in self.view_aop_deg.items()},
             "area_pixels": areas,
             "mean_disagreement": float(self.disagreement.mean()),
             "folds": list(self.folds),
@@ -196,7 +198,17 @@ def default_device() -> torch.device:
 
 
 class PSFHModel:
-    """A psfh model package in memory: config, a peft-wrapped SamModel base, fold adapters."""
+    """A psfh model package in memory: config, a peft-wrapped SamModel base, fold adapters.
+
+    Loading and saving: :meth:`from_pretrained`, :meth:`from_base` (new adapters, for training),
+    :meth:`save_pretrained`, :meth:`push_to_hub`, :meth:`use_backend`.
+    Predicting: :meth:`predict` (file or array -> :class:`Prediction`), or :meth:`embed` then
+    :meth:`decode` (again with box prompts, without an encoder pass).
+    The steps of :meth:`predict`, each callable alone (research, caching, evaluation):
+    :meth:`preprocess` (H x W -> 1 x 3 x S x S), :meth:`fold_probabilities` (-> F x V x 3 x S x S
+    members; or :meth:`fold_probabilities_from_embeddings` from cached image embeddings) and
+    :meth:`prediction_from_members` (members -> soft ensemble, label map, AoP, quality check).
+    """
 
     def __init__(self, config: PackageConfig, network: torch.nn.Module, source: Path | None = None):
         self.config = config
@@ -206,7 +218,7 @@ class PSFHModel:
         self._lock = threading.Lock()
         # The encoder and fold decoders' runner when they run from an ONNX export (psfh.model.onnx_backends);
         # None: torch. Everything else (preprocessing, ensemble, AoP, box prompts) stays here.
-        self.runtime = None
+        self._runtime = None
         if get_base(config.base).channels_last:
             # Saved weights are made contiguous again (package.base_state_dict).
             self.base_model.vision_encoder.to(memory_format=torch.channels_last)
@@ -215,7 +227,7 @@ class PSFHModel:
     @classmethod
     def from_base(cls, base: str, folds: list[str], lora_config: LoraConfig | None = None,
                   device: str | torch.device | None = None, base_folder: Path | None = None,
-                  fold_batchnorm: bool = True, **config_overrides) -> "PSFHModel":
+                  **config_overrides) -> "PSFHModel":
         """A new package: the registry's base with freshly initialised adapters named ``folds``
         (what train.py starts from). A base whose weights live in a package reads them from
         ``base_folder`` (default: the registry's ``default_package``)."""
@@ -227,7 +239,7 @@ class PSFHModel:
             base_folder = base_folder or spec.default_package
             if base_folder is None:
                 raise PSFHInputError(f"base {base!r} keeps its weights in a package: pass base_folder")
-        base_model = load_base(config, base_folder, fold_batchnorm=fold_batchnorm)
+        base_model = load_base(config, base_folder)
         lora_config = lora_config or make_lora_config()
         config.lora = lora_config.to_dict()
         config.trained = describe(lora_config)
@@ -240,7 +252,7 @@ class PSFHModel:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, revision: str | None = None,
                         device: str | torch.device | None = None, cache_dir: str | os.PathLike | None = None,
-                        folds: list[str] | None = None, fold_batchnorm: bool = True,
+                        folds: list[str] | None = None,
                         backend: str = "torch", export_dir: str | os.PathLike | None = None) -> "PSFHModel":
         """Load a package from a folder, a hub repo id (offline from the HF cache when
         ``HF_HUB_OFFLINE=1``), or, with no argument, the embedded package.
@@ -248,8 +260,6 @@ class PSFHModel:
         Args:
             folds: the fold adapters to load (default: all; []: the base alone, e.g. to cache its
                 embeddings).
-            fold_batchnorm: fold BatchNorm into the convolutions at inference (bases that have
-                BatchNorm; False only to measure the unoptimised design).
             backend: what runs the encoder and the fold decoders: "torch", or (CPU, fp32) an ONNX
                 export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.model.onnx_backends`);
                 these load the model on the CPU unless ``device`` says otherwise.
@@ -263,12 +273,12 @@ class PSFHModel:
         config = PackageConfig.load(folder)
         folds = list(config.folds) if folds is None else (resolve_folds(config.folds, folds) if folds else [])
         config = replace(config, folds=folds)
-        base_model = load_base(config, folder, fold_batchnorm=fold_batchnorm)
+        base_model = load_base(config, folder)
         if not folds:
             return cls(config, base_model.to(device or default_device()).eval(), source=folder)
         for fold in folds:
-            if not (folder / fold / "adapter_model.safetensors").is_file():
-                raise PSFHInputError(f"{folder}: fold {fold!r} has no {fold}/adapter_model.safetensors")
+            if not (folder / fold / ADAPTER_WEIGHTS).is_file():
+                raise PSFHInputError(f"{folder}: fold {fold!r} has no {fold}/{ADAPTER_WEIGHTS}")
         network = PeftModel.from_pretrained(base_model, str(folder / folds[0]), adapter_name=folds[0])
         for fold in folds[1:]:
             network.load_adapter(str(folder / fold), adapter_name=fold)
@@ -286,12 +296,12 @@ class PSFHModel:
         from psfh.model.onnx_export import find_or_make_export
 
         if check_backend(backend) == "torch":
-            self.runtime = None
+            self._runtime = None
             return self
         if self.device.type != "cpu":
             raise PSFHInputError(f"the {backend} backend runs on the CPU; load the model with device='cpu'")
         with self._lock:
-            self.runtime = None  # an export is made from (and checked against) the torch model
+            self._runtime = None  # an export is made from (and checked against) the torch model
         folder = Path(export_dir) if export_dir else find_or_make_export(self)
         runtime = OnnxEnsemble(folder, backend)
         missing = [fold for fold in self.folds if fold not in runtime.folds]
@@ -300,13 +310,13 @@ class PSFHModel:
                                  f"{runtime.manifest['input_size']}; this model needs {self.folds} at "
                                  f"{self.config.input_size}")
         with self._lock:
-            self.runtime = runtime
+            self._runtime = runtime
         return self
 
     @property
     def backend(self) -> str:
         """What runs the encoder and the fold decoders: "torch", "onnxruntime" or "openvino"."""
-        return "torch" if self.runtime is None else self.runtime.backend
+        return "torch" if self._runtime is None else self._runtime.backend
 
     # ----------------------------------------------------------------------------- saving
     def save_pretrained(self, folder: str | os.PathLike, folds: list[str] | None = None) -> Path:
@@ -369,7 +379,7 @@ class PSFHModel:
     def _autocast(self, precision: str):
         if check_precision(precision) == "fp32":
             return nullcontext()
-        if self.runtime is not None:
+        if self._runtime is not None:
             raise PSFHInputError(f"the {self.backend} backend runs fp32 only; precision={precision!r} "
                                  "needs backend='torch'")
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -425,8 +435,8 @@ class PSFHModel:
         and every fold shares its output; otherwise the stages no adapter touches run once for
         all folds and views (exact: the tests compare with full passes), and each fold runs the rest.
         """
-        if self.runtime is not None:
-            return self.runtime.encode(views, folds)
+        if self._runtime is not None:
+            return self._runtime.encode(views, folds)
         encoder = self.base_model.vision_encoder
         if self.encoder_scope == "none":
             shared = self.base_model.get_image_embeddings(views)
@@ -458,8 +468,8 @@ class PSFHModel:
         probabilities in image orientation (adapters hot-swapped on the shared base). Call under the lock."""
         per_fold = []
         for fold in folds:
-            if self.runtime is not None:
-                probabilities = self.runtime.decode(fold, embeddings[fold])
+            if self._runtime is not None:
+                probabilities = self._runtime.decode(fold, embeddings[fold])
             else:
                 self.network.set_adapter(fold)
                 logits = inference.mask_logits(self.network, self.config.input_size, image_embeddings=embeddings[fold])
@@ -530,7 +540,7 @@ class PSFHModel:
             with self._lock, self._autocast(embeddings.precision):
                 members = self._decode_folds(embeddings.per_fold, embeddings.folds, embeddings.tta).cpu()
             timings = {**embeddings.timings, "decoder": time.perf_counter() - start}
-            embeddings.automatic = self.finish(members, embeddings.size, embeddings.folds, embeddings.tta,
+            embeddings.automatic = self.prediction_from_members(members, embeddings.size, embeddings.folds, embeddings.tta,
                                                name=embeddings.name, timings=timings, image=embeddings.image,
                                                spacing_mm=embeddings.spacing_mm)
         automatic = embeddings.automatic
@@ -587,7 +597,7 @@ class PSFHModel:
         """Context: the base alone (peft's disable_adapter), for box prompts. Call under the lock."""
         return self.network.disable_adapter() if isinstance(self.network, PeftModel) else nullcontext()
 
-    def finish(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
+    def prediction_from_members(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
                name: str | None = None, timings: dict[str, float] | None = None,
                image: np.ndarray | None = None, spacing_mm: tuple[float, float] | None = None) -> Prediction:
         """The ensemble's members -> a :class:`Prediction` at the image's H x W ``size``.
@@ -604,19 +614,19 @@ class PSFHModel:
         mean, disagreement = inference.ensemble(members.flatten(0, 1))
         label_map, probabilities = inference.to_label_map(mean, size)
         disagreement_map = inference.resize_map(disagreement, size).numpy()
-        fold_aop = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0])
-                    for i, fold in enumerate(folds)}
+        fold_aop_deg = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0]).angle_deg
+                        for i, fold in enumerate(folds)}
         # Each fold's views alone, for the self-agreement checks; with one view (no flip) that is
         # the fold's own prediction, measured above already, and there is nothing to compare.
         view_maps = ({fold: [inference.to_label_map(view, size)[0] for view in members[i]]
                       for i, fold in enumerate(folds)} if members.shape[1] > 1 else {})
-        view_aop = {fold: [measure_aop(m).angle_deg for m in maps] for fold, maps in view_maps.items()}
+        view_aop_deg = {fold: [measure_aop(m).angle_deg for m in maps] for fold, maps in view_maps.items()}
         aop = measure_aop(label_map)
         checked_quality = None if image is None else quality.check(
-            image, label_map, view_aop, {fold: m.angle_deg for fold, m in fold_aop.items()}, view_maps, aop)
+            image, label_map, view_aop_deg, fold_aop_deg, view_maps, aop)
         timings["postprocess_and_aop"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
         return Prediction(label_map=label_map, probabilities=probabilities, disagreement=disagreement_map,
-                          aop=aop, fold_aop=fold_aop, folds=list(folds), tta=tta, timings=timings, name=name,
-                          quality=checked_quality, view_aop=view_aop, hsd=measure_hsd(label_map, spacing_mm),
+                          aop=aop, fold_aop_deg=fold_aop_deg, folds=list(folds), tta=tta, timings=timings, name=name,
+                          quality=checked_quality, view_aop_deg=view_aop_deg, hsd=measure_hsd(label_map, spacing_mm),
                           spacing_mm=spacing_mm, backend=self.backend)

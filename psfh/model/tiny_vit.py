@@ -282,9 +282,14 @@ class TinyViTVisionEncoder(nn.Module):
             nn.Conv2d(config.output_channels, config.output_channels, 3, padding=1, bias=False),
             LayerNorm2d(config.output_channels),
         )
+        self.set_batchnorm_folding(config.fold_batchnorm)
+
+    def set_batchnorm_folding(self, enabled: bool) -> None:
+        """Fold BatchNorm into the convolutions at inference (the default), or not: the seed's
+        unoptimised design (psfh.cli.benchmark) and the ONNX export run it unfolded."""
         for module in self.modules():
             if isinstance(module, ConvBN):
-                module.fold_batchnorm = config.fold_batchnorm
+                module.fold_batchnorm = enabled
 
     def get_input_embeddings(self) -> nn.Module:
         """What transformers / peft ask a vision encoder for (SamModel.get_input_embeddings)."""
@@ -319,3 +324,10 @@ class TinyViTVisionEncoder(nn.Module):
         """pixel_values: B x 3 x S x S -> ``last_hidden_state`` B x 256 x S/4 x S/4."""
         return self.forward_from(self.forward_prefix(pixel_values, 0), 0)
 
+
+def set_batchnorm_folding(network: nn.Module, enabled: bool) -> None:
+    """Fold BatchNorm into the convolutions at inference in every TinyViT encoder of ``network``
+    (a SamModel, peft-wrapped or not), or not; a network without one is left as it is."""
+    for module in network.modules():
+        if isinstance(module, TinyViTVisionEncoder):
+            module.set_batchnorm_folding(enabled)

@@ -3,14 +3,14 @@ tested on, the bounds' flag rates, and on the test frames whether flags pick out
 
 Calibration uses the ground truth of the cross-validation frames (the package's folds.json) and
 the package's out-of-fold predictions: a per_image.csv with psfh.batch.evaluate's quality columns
-(``scripts/measure_views.py --mode oof``, or ``python -m psfh.evaluate --out-of-fold``). The
+(``python -m experiments.measure_views --mode oof``, or ``python -m psfh.evaluate --out-of-fold``). The
 flags are judged again from the rows' measures with the bounds of psfh.measure.quality as they are now,
 so a changed bound needs no new inference. For the model's self-agreement (ps_view_dice,
 flip_aop_gap) it tabulates candidate bounds: flagged fraction and the AoP error of flagged vs
 unflagged frames.
 The test frames are only scored, after the bounds are fixed.
 
-    python scripts/calibrate_quality.py --oof docs/results/views/oof/both --test docs/results/views/test/both \
+    python -m experiments.calibrate_quality --oof docs/results/views/oof/both --test docs/results/views/test/both \\
         --out docs/results/quality
 """
 
@@ -22,20 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-
-from psfh import quality  # noqa: E402
-from psfh.core.files import write_text_atomic  # noqa: E402
-from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.model.package import read_fold_assignment  # noqa: E402
-
-# An AoP off by more than this is a bad one: what the flag should catch (the scripts that rank
-# candidate checks count them the same way).
-BAD_AOP_ERROR_DEG = 15.0
+from experiments.common import BAD_AOP_ERROR_DEG, DEFAULT_DATA, DEFAULT_PACKAGE, checks_from_rows
+from psfh.core.files import write_text_atomic
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.measure import quality
+from psfh.model.package import read_fold_assignment
 
 # Candidate bounds of the self-agreement checks (None: that check off), tabulated together.
 DICE_CANDIDATES = (None, 0.78, 0.80, 0.82, 0.84, 0.86)
@@ -49,15 +42,6 @@ def image(data: Path, sample_id: str) -> np.ndarray:
 def ground_truth_checks(data: Path, ids) -> list[quality.QualityCheck]:
     """The image and anatomy checks of each id on its ground-truth label map."""
     return [quality.check(image(data, i), load_label_map(data / "label_mha" / f"{i}.mha")) for i in ids]
-
-
-def from_rows(rows: list[dict]) -> list[quality.QualityCheck]:
-    """Checks judged again (current bounds) from the measures of per_image.csv rows."""
-    checks = []
-    for row in rows:
-        measures = {key: float(row[key]) for key in quality.MEASURES if row.get(key) not in (None, "")}
-        checks.append(quality.QualityCheck(reasons=quality.judge(measures), measures=measures))
-    return checks
 
 
 def ranges(checks: list[quality.QualityCheck]) -> dict:
@@ -95,15 +79,6 @@ def split_errors(flagged: np.ndarray, errors: np.ndarray) -> dict:
     return out
 
 
-def rank_candidate(measure: np.ndarray, error: np.ndarray) -> str:
-    """How a candidate check's measure (one per frame, higher = more doubt) ranks the frames' AoP
-    errors (degrees): its Spearman correlation with them, and what flagging its worst 5 % would do."""
-    worst, bad = measure >= np.quantile(measure, 0.95), error > BAD_AOP_ERROR_DEG
-    return (f"Spearman {spearmanr(measure, error)[0]:+.2f}; worst 5 % ({worst.sum()} frames) mean error "
-            f"{error[worst].mean():.1f} / rest {error[~worst].mean():.1f} deg, {(worst & bad).sum()} of {bad.sum()} "
-            "bad ones caught")
-
-
 def self_agreement_table(checks, errors: np.ndarray) -> list[dict]:
     """For each pair of candidate bounds (ps_view_dice below, flip_aop_gap above), the model's
     self-agreement checks alone: how many frames they flag and those frames' AoP error."""
@@ -124,8 +99,8 @@ def self_agreement_table(checks, errors: np.ndarray) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
-    parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE)
     parser.add_argument("--oof", type=Path, required=True, help="folder with the out-of-fold per_image.csv")
     parser.add_argument("--test", type=Path, default=None, help="folder with the test frames' per_image.csv")
     parser.add_argument("--out", type=Path, required=True)
@@ -134,7 +109,7 @@ def main() -> int:
     cv_ids = sorted(read_fold_assignment(args.package))
     ground_truth = ground_truth_checks(args.data, cv_ids)
     oof_rows = list(csv.DictReader(open(args.oof / "per_image.csv")))
-    oof = from_rows(oof_rows)
+    oof = checks_from_rows(oof_rows)
     bounds = ("MIN_GREY_LEVELS", "MIN_DARK_FRACTION", "MIN_FH_SOLIDITY", "MIN_PS_SOLIDITY", "PS_TO_FH_AREA",
               "MAX_BORDER_PIXELS", "MIN_PS_FH_GAP", "MAX_PS_ELEVATION", "MAX_FLIP_AOP_GAP", "MIN_PS_VIEW_DICE",
               "MAX_STABILITY_GAP")
@@ -145,7 +120,7 @@ def main() -> int:
                               "self_agreement_bounds": self_agreement_table(oof, aop_errors(oof_rows))}}
     if args.test is not None:
         test_rows = list(csv.DictReader(open(args.test / "per_image.csv")))
-        test = from_rows(test_rows)
+        test = checks_from_rows(test_rows)
         report["test"] = {"source": str(args.test), **flag_summary(test, aop_errors(test_rows)),
                           "self_agreement_bounds": self_agreement_table(test, aop_errors(test_rows)),
                           "flagged_ids": {r["id"]: c.reasons for r, c in zip(test_rows, test) if not c.trusted}}

@@ -4,14 +4,14 @@ For packages whose adapters leave the image encoder frozen (the CPU recipe), the
 re-runs the decoder per fold, so evaluating many images and configurations is cheap once their
 embeddings are cached (psfh.training.embedding_cache, under $PSFH_CACHE or ~/.cache/psfh; missing
 ones are computed). The path after the encoder is PSFHModel's own
-(``fold_probabilities_from_embeddings``, then ``finish``: the ensemble, largest components and
+(``fold_probabilities_from_embeddings``, then ``prediction_from_members``: the ensemble, largest components and
 AoP that ``predict`` runs), scored as psfh.batch.evaluate scores.
 
     # out-of-fold: each image predicted only by the fold that did not train on it
-    python scripts/evaluate_from_cache.py --model runs/cpu --data ../shared/data/psfhs --oof \\
+    python -m experiments.evaluate_from_cache --model runs/cpu --data ../shared/data/psfhs --oof \\
         --out docs/results/previous/oof
     # ablations on held-out images: 5 folds vs each single fold, TTA on / off
-    python scripts/evaluate_from_cache.py --model runs/cpu --data ../shared/data/psfhs \\
+    python -m experiments.evaluate_from_cache --model runs/cpu --data ../shared/data/psfhs \\
         --ids-file docs/splits/test_ids.txt --out docs/results/previous/test_ablations
 """
 
@@ -19,28 +19,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.core.files import write_csv_atomic, write_text_atomic  # noqa: E402
-from psfh.io.images import load_image, load_label_map  # noqa: E402
-from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
-from psfh.model.package import read_fold_assignment  # noqa: E402
-from psfh.model.psfh_model import PSFHModel  # noqa: E402
-from psfh.training.embedding_cache import EmbeddingCache  # noqa: E402
-
+from experiments.common import DEFAULT_DATA
+from psfh.core.files import write_csv_atomic, write_text_atomic
+from psfh.io.dataset import find_samples, read_ids_file, select_samples
+from psfh.io.images import load_image, load_label_map
+from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize
+from psfh.model.package import read_fold_assignment
+from psfh.model.psfh_model import PSFHModel
+from psfh.training.embedding_cache import EmbeddingCache
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: $PSFH_CACHE or ~/.cache/psfh)")
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--ids-file", type=Path)
     parser.add_argument("--oof", action="store_true", help="each image by its own held-out fold only")
     parser.add_argument("--out", type=Path, required=True)
@@ -65,7 +61,7 @@ def main() -> None:
         for name, config in configs.items():
             folds, tta = ([fold_of[sample.id]], True) if args.oof else config
             members = model.fold_probabilities_from_embeddings(embeddings, folds, tta)
-            prediction = model.finish(members, label.shape, folds, tta, name=sample.id)
+            prediction = model.prediction_from_members(members, label.shape, folds, tta, name=sample.id)
             rows[name].append(score_label_map(sample.id, prediction.label_map, label))
 
     summaries = {}

@@ -2,45 +2,49 @@
 frame is made brighter, darker or zoomed out, against its AoP error.
 
 Out of fold (``--mode oof``): each frame with the one fold that did not train on it, its AoP on
-the frame itself taken from the members kept by scripts/cache_members.py. Test (``--mode all``):
+the frame itself taken from the members kept by experiments.cache_members. Test (``--mode all``):
 the fold the product uses for the check (the package's first). Rows are appended to
 ``OUT/stability.csv`` as they are made (a stopped run resumes); then, with both files, the table
-of candidate bounds: the other checks (judged again from scripts/measure_views.py's rows) plus
+of candidate bounds: the other checks (judged again from experiments.measure_views's rows) plus
 "stability gap above the bound", flagged frames, their AoP error and the bad AoPs caught. The
 bound (psfh.measure.quality.MAX_STABILITY_GAP) is chosen out of fold: among those at which the stability
 check alone flags at most 5 % of the frames (the issue's budget for the test frames), the one
-that catches the most AoPs off by over 15 deg, with the fewest flags on a tie.
+that catches the most bad AoPs (experiments.common.BAD_AOP_ERROR_DEG), with the fewest flags on a tie.
 
-    python scripts/measure_stability.py --mode oof    # 28 min, 2 threads -> docs/results/quality/stability/oof
-    python scripts/measure_stability.py --mode all    # 12 min -> docs/results/quality/stability/test
-    python scripts/measure_stability.py --table > docs/results/quality/stability/bounds.txt
+    python -m experiments.measure_stability --mode oof    # 28 min, 2 threads -> docs/results/quality/stability/oof
+    python -m experiments.measure_stability --mode all    # 12 min -> docs/results/quality/stability/test
+    python -m experiments.measure_stability --table > docs/results/quality/stability/bounds.txt
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+from scipy.stats import spearmanr
 
-import numpy as np  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+from experiments.common import (
+    BAD_AOP_ERROR_DEG,
+    DEFAULT_DATA,
+    DEFAULT_PACKAGE,
+    ROOT,
+    VIEW_ROWS,
+    checks_from_rows,
+    load_members,
+    members_folder,
+)
+from psfh.io.dataset import find_samples, select_samples
+from psfh.io.images import as_uint8, load_image
+from psfh.measure import stability
+from psfh.model.package import read_fold_assignment
+from psfh.model.psfh_model import PSFHModel
 
-from cache_members import load_members, members_folder  # noqa: E402
-from calibrate_quality import BAD_AOP_ERROR_DEG, from_rows  # noqa: E402
-from psfh import stability  # noqa: E402
-from psfh.io.dataset import find_samples, select_samples  # noqa: E402
-from psfh.io.images import as_uint8, load_image  # noqa: E402
-from psfh.model.psfh_model import PSFHModel  # noqa: E402
-from psfh.model.package import read_fold_assignment  # noqa: E402
-
-# Per --mode: its title, the rows of scripts/measure_views.py it measures, and the folder of its stability.csv.
-MODES = {"oof": ("out of fold", "docs/results/views/oof/both/per_image.csv", "docs/results/quality/stability/oof"),
-         "all": ("test", "docs/results/views/test/both/per_image.csv", "docs/results/quality/stability/test")}
+# Per --mode: its title (a VIEW_ROWS key: the rows it measures) and the folder of its stability.csv.
+MODES = {"oof": ("out of fold", "docs/results/quality/stability/oof"),
+         "all": ("test", "docs/results/quality/stability/test")}
 COLUMNS = ("id", "aop_error", "fold", "aop_frame", *(f"aop_{k.replace(' ', '_')}" for k in stability.PERTURBATIONS),
            "stability_gap")
 BOUNDS_DEG = (8, 10, 12, 14, 16, 18, 20, 22, 25)
@@ -50,10 +54,10 @@ def measure(args) -> None:
     model = PSFHModel.from_pretrained(args.package, device="cpu")
     fold_of = read_fold_assignment(args.package)
     folder = members_folder(args.package, args.mode)
-    _, rows_file, default_out = MODES[args.mode]
+    title, default_out = MODES[args.mode]
     out = (args.out or ROOT / default_out) / "stability.csv"
     done = {row["id"] for row in csv.DictReader(open(out))} if out.exists() else set()
-    rows = [r for r in csv.DictReader(open(ROOT / rows_file)) if r["aop_error"] != "" and r["id"] not in done]
+    rows = [r for r in csv.DictReader(open(ROOT / VIEW_ROWS[title])) if r["aop_error"] != "" and r["id"] not in done]
     samples = select_samples(find_samples(args.data), [r["id"] for r in rows])
     image_path = {sample.id: sample.image_path for sample in samples}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +71,7 @@ def measure(args) -> None:
             members, folds = load_members(folder, row["id"])
             fold = fold_of[row["id"]] if args.mode == "oof" else model.folds[0]
             # The fold's AoP on the frame as given: its identity view, from the kept members.
-            frame = model.finish(members[[folds.index(fold)]][:, [0]], image.shape[:2], [fold], False, image=image)
+            frame = model.prediction_from_members(members[[folds.index(fold)]][:, [0]], image.shape[:2], [fold], False, image=image)
             perturbed = stability.perturbed_aops(model, image, fold)
             gap = stability.aop_gap(frame.aop.angle_deg, perturbed)
             writer.writerow({"id": row["id"], "aop_error": row["aop_error"], "fold": fold,
@@ -80,10 +84,10 @@ def measure(args) -> None:
 def table() -> None:
     print(f"the other checks plus 'stability gap above the bound'; AoP error over {BAD_AOP_ERROR_DEG:.0f} deg = bad")
     frames = {}
-    for title, rows_file, folder in MODES.values():
-        view_rows = list(csv.DictReader(open(ROOT / rows_file)))
+    for title, folder in MODES.values():
+        view_rows = list(csv.DictReader(open(ROOT / VIEW_ROWS[title])))
         # The shipped checks, judged again from the rows' measures with the bounds as they are now.
-        checks = {r["id"]: not c.trusted for r, c in zip(view_rows, from_rows(view_rows))}
+        checks = {r["id"]: not c.trusted for r, c in zip(view_rows, checks_from_rows(view_rows))}
         rows = list(csv.DictReader(open(ROOT / folder / "stability.csv")))
         frames[title] = np.array([(float(r["aop_error"]), checks[r["id"]], float(r["stability_gap"] or "nan"))
                                   for r in rows])
@@ -107,8 +111,8 @@ def table() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
-    parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE)
     parser.add_argument("--mode", choices=tuple(MODES))
     parser.add_argument("--out", type=Path, help="folder of stability.csv (default: the one --table reads)")
     parser.add_argument("--table", action="store_true", help="print the bounds table from both stability.csv files")

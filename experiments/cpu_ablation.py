@@ -7,9 +7,9 @@ frames (early stopping with ``--patience``), then predicts those frames exactly 
 ``PSFHModel.predict`` does after its encoder pass (both flip views, soft ensemble, largest
 components) and scores them with psfh.batch.evaluate's scoring (Dice, HD, ASD, both AoP definitions).
 
-    python scripts/cpu_ablation.py --data ../shared/data/psfhs --variant a_decoder_lora \\
+    python -m experiments.cpu_ablation --data ../shared/data/psfhs --variant a_decoder_lora \\
         --out docs/results/ablation
-    python scripts/cpu_ablation.py --table docs/results/ablation     # the markdown table
+    python -m experiments.cpu_ablation --table docs/results/ablation     # the markdown table
 
 Variants (VARIANTS below): a) the former CPU recipe (decoder LoRA) to convergence; b) the whole
 mask decoder trainable (the CPU recipe now); c) a) plus shifts of embedding and label together on the embedding grid;
@@ -24,23 +24,20 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from accelerate import Accelerator
 
-import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-
-from psfh.core.files import write_text_atomic  # noqa: E402
-from psfh.io.dataset import find_samples, id_sort_key, load_arrays  # noqa: E402
-from psfh.core.files import write_csv_atomic  # noqa: E402
-from psfh.model.lora import make_lora_config  # noqa: E402
-from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
-from psfh.model.package import read_fold_assignment  # noqa: E402
-from psfh.model.psfh_model import PSFHModel  # noqa: E402
-from psfh.training.embedding_cache import EmbeddingCache, cache_root  # noqa: E402
-from psfh.training.loop import train_fold  # noqa: E402
-from psfh.training.recipe import preset  # noqa: E402
-from psfh.training.sources import CachedEmbeddingSource  # noqa: E402
+from experiments.common import DEFAULT_DATA, DEFAULT_PACKAGE, ROOT
+from psfh.core.files import cache_root, write_csv_atomic, write_text_atomic
+from psfh.io.dataset import find_samples, id_sort_key, load_arrays
+from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize
+from psfh.model.lora import make_lora_config
+from psfh.model.package import fold_name, read_fold_assignment
+from psfh.model.psfh_model import PSFHModel
+from psfh.training.embedding_cache import EmbeddingCache
+from psfh.training.loop import train_fold
+from psfh.training.recipe import preset
+from psfh.training.sources import CachedEmbeddingSource
 
 # name -> (what it is, recipe overrides). The decoder-LoRA variants keep the learning rate they
 # were run with (5e-4, the CPU preset's before b won).
@@ -62,7 +59,7 @@ def run_variant(args) -> None:
     description, overrides = VARIANTS[args.variant]
     out = args.out / args.variant
     folds = read_fold_assignment(args.package)
-    held_out = f"fold_{args.fold}"
+    held_out = fold_name(args.fold)
     # Training frames: every --train-stride-th of the other folds (neighbouring frames of an exam
     # are near-duplicates, and each frame costs an encoder pass per view); validation: all of the fold.
     training = set(sorted((i for i in folds if folds[i] != held_out), key=id_sort_key)[:: args.train_stride])
@@ -86,7 +83,7 @@ def run_variant(args) -> None:
     for n in val.tolist():
         views = torch.stack([embeddings[view][n] for view in embeddings]).float()
         members = model.fold_probabilities_from_embeddings(views, [held_out], tta=True)
-        prediction = model.finish(members, labels[n].shape, [held_out], True, name=ids[n])
+        prediction = model.prediction_from_members(members, labels[n].shape, [held_out], True, name=ids[n])
         rows.append(score_label_map(ids[n], prediction.label_map, labels[n]))
     write_csv_atomic(out / "per_image.csv", SCORE_COLUMNS, rows)
     summary = {**summarize(rows), "variant": args.variant, "description": description, "fold": held_out,
@@ -116,8 +113,8 @@ def table(folder: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
-    parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE)
     parser.add_argument("--variant", choices=sorted(VARIANTS))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=12)

@@ -1,14 +1,14 @@
 """Which TTA views to fuse, and how the model's self-agreement tracks its errors (issues 10, 12).
 
-From the members kept by ``scripts/cache_members.py`` (no encoder pass here), each frame is
-finished as :meth:`PSFHModel.finish` does with three view choices: ``both`` (the package's flip
+From the members kept by ``python -m experiments.cache_members`` (no encoder pass here), each frame is
+finished as :meth:`PSFHModel.prediction_from_members` does with three view choices: ``both`` (the package's flip
 TTA, the product today), ``identity`` (the frame as given) and ``flip`` (the mirror image only);
 each label map is scored against the ground truth (:func:`psfh.measure.metrics.score_label_map`) and
 carries the quality check's cells of psfh.batch.evaluate (the self-agreement measures, flip_aop_gap and
 ps_view_dice, are always the two views').
 
-    python scripts/measure_views.py --mode oof --out docs/results/views/oof
-    python scripts/measure_views.py --mode all --ids-file docs/splits/test_ids.txt --out docs/results/views/test
+    python -m experiments.measure_views --mode oof --out docs/results/views/oof
+    python -m experiments.measure_views --mode all --ids-file docs/splits/test_ids.txt --out docs/results/views/test
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from cache_members import load_members, members_folder  # noqa: E402
-from psfh import quality  # noqa: E402
-from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.batch.evaluate import ROW_COLUMNS, quality_cells  # noqa: E402
-from psfh.core.files import write_csv_atomic, write_text_atomic  # noqa: E402
-from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.measure.metrics import score_label_map, summarize  # noqa: E402
-from psfh.model.psfh_model import PSFHModel  # noqa: E402
+from experiments.common import DEFAULT_DATA, DEFAULT_PACKAGE, kept_samples, load_members, members_folder
+from psfh.batch.evaluate import ROW_COLUMNS, quality_cells
+from psfh.core.files import write_csv_atomic, write_text_atomic
+from psfh.io.dataset import read_ids_file
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.measure import quality
+from psfh.measure.metrics import score_label_map, summarize
+from psfh.model.psfh_model import PSFHModel
 
 VIEW_CHOICES = {"both": [0, 1], "identity": [0], "flip": [1]}
 SELF_AGREEMENT = ("flip_aop_gap", "ps_view_dice")
@@ -38,8 +35,8 @@ SELF_AGREEMENT = ("flip_aop_gap", "ps_view_dice")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
-    parser.add_argument("--package", type=Path, default=ROOT / "models" / "psfh-lite-medsam")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--package", type=Path, default=DEFAULT_PACKAGE)
     parser.add_argument("--mode", choices=("oof", "all"), required=True)
     parser.add_argument("--ids-file", type=Path, default=None, help="default: every frame with kept members")
     parser.add_argument("--out", type=Path, required=True)
@@ -47,17 +44,16 @@ def main() -> int:
 
     model = PSFHModel.from_pretrained(args.package, device="cpu", folds=[])
     folder = members_folder(args.package, args.mode)
-    kept = {p.stem for p in folder.glob("*.safetensors")}
-    wanted = read_ids_file(args.ids_file) if args.ids_file else sorted(kept)
-    samples = [s for s in select_samples(find_samples(args.data), [i for i in wanted if i in kept])]
+    wanted = read_ids_file(args.ids_file) if args.ids_file else sorted(p.stem for p in folder.glob("*.safetensors"))
+    samples = kept_samples(args.data, folder, wanted)
     rows = {choice: [] for choice in VIEW_CHOICES}
     for sample in samples:
         members, folds = load_members(folder, sample.id)
         image = as_uint8(load_image(sample.image_path))
         target = load_label_map(sample.label_path)
-        both = model.finish(members, image.shape[:2], folds, True, image=image)
+        both = model.prediction_from_members(members, image.shape[:2], folds, True, image=image)
         for choice, views in VIEW_CHOICES.items():
-            prediction = both if choice == "both" else model.finish(members[:, views], image.shape[:2], folds, False,
+            prediction = both if choice == "both" else model.prediction_from_members(members[:, views], image.shape[:2], folds, False,
                                                                      image=image)
             # The model's self-agreement is the two views' (both's), whichever views are fused.
             measures = {**quality.measure(image, prediction.label_map, aop=prediction.aop),

@@ -1,56 +1,49 @@
 """How the PS-elevation check's bound was chosen (issue 12; psfh.measure.quality.MAX_PS_ELEVATION): is the
 predicted pubic symphysis' long axis steeper than experts draw it?
 
-The PS long axis's elevation (psfh.measure.quality.ps_elevation) is its angle with the image rows, folded
-into 0-90 deg so that mirrored exams and the axis's direction do not matter. Its distribution on
-the expert outlines of the 978 cross-validation frames is the anatomy; on the package's
-predictions (out of fold, and the 100 test frames) a steep axis may be a tilted, wrong PS, which is
-where most out-of-fold AoP error comes from (scripts/aop_error_sources.py). For each bound: how
-many frames the other checks (judged again from the rows' measures) plus "elevation above the
-bound" flag, their AoP error against the rest's, and how many of the frames with errors over 15
-deg they catch; and the share of expert outlines the bound alone would flag. The rows are
-scripts/measure_views.py's (both views).
+The PS long axis's elevation (psfh.measure.quality.ps_elevation) is its angle with the image
+rows, folded into 0-90 deg so that mirrored exams and the axis's direction do not matter. Its
+distribution on the expert outlines of the 978 cross-validation frames is the anatomy; on the
+package's predictions (out of fold, and the 100 test frames) a steep axis may be a tilted, wrong
+PS, which is where most out-of-fold AoP error comes from (docs/results/quality/aop_error_sources.txt).
+For each bound: how many frames the other checks (judged again from the rows' measures) plus
+"elevation above the bound" flag, their AoP error against the rest's, and how many of the bad
+AoPs (experiments.common.BAD_AOP_ERROR_DEG) they catch; and the share of expert outlines the
+bound alone would flag. The rows are experiments.measure_views's (both views).
 
-    python scripts/ps_elevation_check.py > docs/results/quality/ps_elevation.txt
+    python -m experiments.ps_elevation_check > docs/results/quality/ps_elevation.txt
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from calibrate_quality import BAD_AOP_ERROR_DEG, from_rows  # noqa: E402
-from psfh import quality  # noqa: E402
-from psfh.io.dataset import find_samples, read_ids_file  # noqa: E402
-from psfh.io.images import load_label_map  # noqa: E402
+from experiments.common import BAD_AOP_ERROR_DEG, DEFAULT_DATA, ROOT, TEST_IDS_FILE, VIEW_ROWS, checks_from_rows
+from psfh.io.dataset import find_samples, read_ids_file
+from psfh.io.images import load_label_map
+from psfh.measure import quality
 
 BOUNDS_DEG = (30, 32, 34, 36, 38, 40, 45, 50)
-# The rows scripts/measure_views.py wrote: the AoP error and the checks' measures per frame.
-SETS = {"out of fold": "docs/results/views/oof/both/per_image.csv",
-        "test": "docs/results/views/test/both/per_image.csv"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
-    test_ids = set(read_ids_file(ROOT / "docs/splits/test_ids.txt"))
+    test_ids = set(read_ids_file(ROOT / TEST_IDS_FILE))
     expert = np.array([e for e in (quality.ps_elevation(load_label_map(s.label_path))
                                    for s in find_samples(args.data) if s.id not in test_ids) if e is not None])
     print(f"expert outlines ({len(expert)} cross-validation frames): PS elevation percentiles "
           f"1/5/50/95/99/max = {' / '.join(f'{v:.1f}' for v in np.percentile(expert, [1, 5, 50, 95, 99, 100]))} deg")
     frames = {}
-    for title, rows_file in SETS.items():
+    for title, rows_file in VIEW_ROWS.items():
         rows = [row for row in csv.DictReader(open(ROOT / rows_file)) if row["aop_error"] != ""]
         # The other checks: the rows judged again without their elevation.
-        others = from_rows([{**row, "ps_elevation": ""} for row in rows])
+        others = checks_from_rows([{**row, "ps_elevation": ""} for row in rows])
         frames[title] = np.array([(float(row["aop_error"]), not check.trusted, float(row["ps_elevation"] or "nan"))
                                   for row, check in zip(rows, others)])
     print(f"the other checks plus 'PS elevation above the bound'; AoP error over {BAD_AOP_ERROR_DEG:.0f} deg = bad")

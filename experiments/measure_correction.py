@@ -11,8 +11,8 @@ instead of the full ensemble.
 
     python -m psfh.evaluate --data ../shared/data/psfhs --ids-file docs/splits/test_ids.txt \\
         --out runs/eval/shipped-test --save-label-maps
-    python scripts/measure_correction.py --automatic runs/eval/shipped-test/label_maps \\
-        --out docs/results/correction_test
+    python -m experiments.measure_correction --automatic runs/eval/shipped-test/label_maps \\
+        --out docs/results/correction/test
 """
 
 from __future__ import annotations
@@ -23,19 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from psfh.io.dataset import find_samples, read_ids_file, select_samples  # noqa: E402
-from psfh.core.files import write_csv_atomic, write_text_atomic  # noqa: E402
-from psfh.io.images import as_uint8, load_image, load_label_map  # noqa: E402
-from psfh.core.labels import FH, PS  # noqa: E402
-from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize  # noqa: E402
-from psfh.model.psfh_model import ImageEmbeddings, Prediction, PSFHModel  # noqa: E402
-from psfh.measure.aop import measure_aop  # noqa: E402
+from experiments.common import DEFAULT_DATA, ROOT, TEST_IDS_FILE
+from psfh.core.files import write_csv_atomic, write_text_atomic
+from psfh.core.labels import FH, PS
+from psfh.io.dataset import find_samples, read_ids_file, select_samples
+from psfh.io.images import as_uint8, load_image, load_label_map
+from psfh.measure.aop import measure_aop
+from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize
+from psfh.model.psfh_model import ImageEmbeddings, Prediction, PSFHModel
 
 CONDITIONS = {"automatic": (), "ps_box": ("ps",), "fh_box": ("fh",), "both_boxes": ("ps", "fh")}
 KEYS = ("dice_ps", "dice_fh", "dice_all", "hd_all", "aop_error_mean", "aop_error_median", "aop_challenge_error_mean")
@@ -49,8 +47,8 @@ def jittered_box(label: np.ndarray, value: int, jitter: int, rng: np.random.Gene
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "psfhs")
-    parser.add_argument("--ids-file", type=Path, default=ROOT / "docs" / "splits" / "test_ids.txt")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--ids-file", type=Path, default=ROOT / TEST_IDS_FILE)
     parser.add_argument("--model", default=None, help="the package (default: the embedded one)")
     parser.add_argument("--automatic", type=Path, required=True, help="the package's label maps, <id>.png")
     parser.add_argument("--jitter", type=int, default=5)
@@ -75,7 +73,7 @@ def main() -> int:
         with torch.inference_mode():
             base = model.base_model.get_image_embeddings(model.preprocess(loaded.pixels, sample.id))
         automatic = Prediction(label_map=automatic_map, probabilities=np.zeros(0), disagreement=np.zeros(0),
-                               aop=measure_aop(automatic_map), fold_aop={}, folds=[], tta=True)
+                               aop=measure_aop(automatic_map), fold_aop_deg={}, folds=[], tta=True)
         embeddings = ImageEmbeddings(image=as_uint8(loaded), name=sample.id, folds=[], tta=True,
                                      precision="fp32", per_fold={}, base=base, automatic=automatic)
         for name, structures in CONDITIONS.items():

@@ -8,30 +8,26 @@
 3. The whole 10-member ensemble on an example frame, merged and unmerged, and how far apart the
    answers are.
 
-    python scripts/profile_encoder.py --threads 2
+    python -m experiments.profile_encoder --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from psfh.model.merged_folds import MergedFoldWeights  # noqa: E402
-from psfh.model.psfh_model import PSFHModel  # noqa: E402
-from psfh.model.tiny_vit import TinyViTBlock  # noqa: E402
-
+from experiments.common import ROOT
+from psfh.model.merged_folds import MergedFoldWeights
+from psfh.model.psfh_model import PSFHModel
+from psfh.model.tiny_vit import TinyViTBlock
 
 def median_seconds(run, repeats: int) -> float:
     run()  # warm-up: first calls pick kernels and allocate

@@ -48,19 +48,11 @@ from PIL import Image
 
 from psfh.batch.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
 from psfh.core.errors import PSFHInputError
+from psfh.core.files import write_text_atomic
 from psfh.core.options import first_folds
 from psfh.io.dicom import is_dicom, modality_note, read_dicom_info
-from psfh.io.images import (
-    DICOM_EXTENSIONS,
-    PILLOW_EXTENSIONS,
-    SUPPORTED_EXTENSIONS,
-    LoadedImage,
-    as_uint8,
-    image_extension,
-    image_name,
-    load_image,
-    save_label_map,
-)
+from psfh.io.images import (DICOM_EXTENSIONS, PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8,
+                            image_extension, image_name, load_image, save_label_map)
 from psfh.io.sequence import VIDEO_EXTENSIONS, is_sequence, read_sequence
 from psfh.measure import quality, stability
 from psfh.model.prompts import STRUCTURE_NAMES
@@ -100,8 +92,8 @@ AOP_EXPLAINED = (
     "women, not a prediction or advice for anyone."
 )
 # Under a trusted AoP: the check misses most wrong outlines (model card, "Trust"), and its most
-# common miss on unseen exams is a head outline that stops where the skull turns faint (exam
-# 04964-04983: AoPs 16.5 deg too small on average).
+# common miss on unseen exams is a head outline that stops where the skull turns faint, which
+# makes the AoP too small (the test exam 04964-04983 in the model card's "Trust").
 PASSED_CHECK_CAVEAT = (
     "The quality check found nothing wrong, which does not make the result right: it misses most wrong "
     "outlines (model card, \"Trust\"). Look at the outlines before the number: where the skull's edge is "
@@ -270,8 +262,9 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
     or None, report, Analysis).
 
     The encoder's work is kept in the Analysis (with the base embedding box prompts need), so
-    corrections in the page run no encoder pass. ``stability_check`` (without boxes) adds
-    :mod:`psfh.measure.stability`'s measure to the automatic result, which Undo and Reset come back to.
+    corrections in the page run no encoder pass. ``stability_check`` adds
+    :mod:`psfh.measure.stability`'s measure to the automatic result, which Undo and Reset come back to
+    (not with ``boxes``: the library refuses it for a corrected result, a bad-input error).
     Thread-safe: PSFHModel switches adapters under its lock, and each request writes into its own
     folder. Bad input raises gr.Error with psfh's message.
     """
@@ -286,7 +279,7 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
         progress(0.2, desc=f"Segmenting with {len(folds or model.folds)} fold(s){' and flip TTA' if tta else ''}")
         embeddings = model.embed(loaded, folds=folds, tta=bool(tta), for_prompts=True)
         prediction = model.decode(embeddings, boxes=boxes)
-        if stability_check and not boxes:
+        if stability_check:  # refused with boxes, by psfh.measure.stability
             progress(0.7, desc="Stability check: one fold on the frame made brighter, darker and zoomed out")
             prediction = embeddings.automatic = stability.checked(model, prediction, embeddings.image)
         progress(0.9, desc="Writing the label maps")
@@ -638,7 +631,7 @@ def show_correction(analysis: Analysis, status: str):
     label_png, label_mha = write_downloads(prediction, analysis.spatial)
     report = prediction.report()
     report_file = label_png.parent / f"{prediction.name or 'image'}_report.json"
-    report_file.write_text(json.dumps(report, indent=2))
+    write_text_atomic(report_file, json.dumps(report, indent=2))
     aop = prediction.aop_deg
     return (analysis, overlay_picture(analysis), None if aop is None else round(aop, 1), aop_markdown(prediction),
             str(label_png), str(label_mha), report, str(report_file), status)
@@ -652,7 +645,7 @@ def show_result(analysis: Analysis | None):
     overlay = overlay_picture(analysis)
     heatmap = render_disagreement(analysis.image, prediction.disagreement)
     report_file = _output_folder() / f"{prediction.name or 'image'}_report.json"
-    report_file.write_text(json.dumps(prediction.report(), indent=2))
+    write_text_atomic(report_file, json.dumps(prediction.report(), indent=2))
     status = f"Done: **{prediction.name or 'image'}**."
     status += "".join(f"\n- {note}" for note in analysis.notes)
     corrected = corrected_text(prediction)

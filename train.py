@@ -77,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke runs)")
     p.add_argument("--ids-file", type=Path, default=None, help="train only on these ids (one per line), e.g. to keep a test set out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    p.add_argument("--soup", choices=("default", "kept", "none"), default="default",
+                   help="after the folds, add their soup (one adapter, the mean of the folds' weight changes: "
+                        "psfh.model.soup) and make it what predictions use (default), add it beside the "
+                        "ensemble (kept), or not (none)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
 
@@ -172,6 +176,8 @@ def _main(argv=None) -> int:
         write_fold_assignment(out, {i: fold_names[assignment[i]] for i in cv_ids}, test_ids)
         if set(done) == set(fold_names):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            if args.soup != "none" and len(done) > 1:
+                _add_soup(out, make_default=args.soup == "default")
         print(f"package written to {out} with folds {done}")
     return 0
 
@@ -188,6 +194,15 @@ def _make_source(config, model, ids, images, labels, progress: bool):
                            model.config.pixel_std, augmentation, ids=ids)
     embeddings = EmbeddingCache(model, config.cache_dir).build(ids, list(images), progress=progress)
     return CachedEmbeddingSource(embeddings, labels_t, shift_cells=config.shift_cells)
+
+
+def _add_soup(out: Path, make_default: bool) -> None:
+    """The fold soup from the saved folds (each fold's best epoch), written beside them."""
+    package = PSFHModel.from_pretrained(out, device="cpu")
+    soup = package.add_soup()
+    if make_default:
+        package.config.default_adapters = [soup]
+    package.save_pretrained(out, folds=[soup], with_base=False)
 
 
 def _save_fold(model: PSFHModel, fold: str, result, out: Path) -> None:

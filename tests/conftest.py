@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data set, the examples, tiny-random packages.
+"""Shared fixtures: the real data set, the examples, tiny-random packages, and the embedded package
+(loaded once per run) with its cached predictions of the examples.
 
 Tests that need the full PSFHS data set read it from $PSFH_DATA (default ../shared/data/psfhs
 beside the repository) and call :func:`require_data`: on a fresh clone without it they are
@@ -9,6 +10,7 @@ instead, so CI never skips them. Everything else runs from examples/ and generat
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,45 @@ def lite_medsam_base():
     from psfh.model.package import PackageConfig, load_base
 
     return load_base(PackageConfig.load(EMBEDDED), EMBEDDED)
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The real embedded package (models/psfh-lite-medsam, every fold), loaded once per run.
+
+    Shared by every test that uses it: a test must not change its weights or settings, or must
+    put them back before it ends (PSFHModel.predict itself changes nothing)."""
+    from psfh.model.psfh_model import PSFHModel
+
+    return PSFHModel.from_pretrained(device="cpu")
+
+
+class ExamplePredictions(Mapping):
+    """The embedded package's prediction of each example frame (examples/image_mha) with the
+    package defaults (every fold, flip TTA), by id ("03811"), each made at most once per run, on
+    first use. Read them only: they are shared."""
+
+    def __init__(self, model):
+        self.model = model
+        self.paths = {path.stem: path for path in sorted((EXAMPLES / "image_mha").glob("*.mha"))}
+        self._cache = {}
+
+    def __getitem__(self, sample_id):
+        if sample_id not in self._cache:
+            self._cache[sample_id] = self.model.predict(self.paths[sample_id])
+        return self._cache[sample_id]
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self):
+        return len(self.paths)
+
+
+@pytest.fixture(scope="session")
+def example_predictions(embedded):
+    """:class:`ExamplePredictions` of the session's embedded package."""
+    return ExamplePredictions(embedded)
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ from psfh.io.images import as_uint8, load_image, load_label_map
 from psfh.measure import quality
 from psfh.measure.aop import AoPMeasurement
 from psfh.measure.hsd import HSDMeasurement
-from psfh.model.psfh_model import PSFHModel
 from psfh.render.overlay import HSD_COLOUR
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "image_mha"
@@ -105,10 +104,10 @@ def assert_api_result_matches(result, expected):
     label_png, label_mha, aop, report = result
     np.testing.assert_array_equal(load_label_map(label_png), expected.label_map)
     np.testing.assert_array_equal(load_label_map(label_mha), expected.label_map)
-    angle = expected.reported_aop_deg
+    angle = expected.aop_deg
     assert aop == (None if angle is None else round(angle, 1))
     wanted = expected.report()
-    for key in ("name", "image_size", "aop", "aop_reported_deg", "quality", "fold_aop_deg", "view_aop_deg",
+    for key in ("name", "image_size", "aop", "aop_deg", "quality", "fold_aop_deg", "view_aop_deg",
                 "area_pixels", "mean_disagreement", "folds", "tta"):
         assert report[key] == wanted[key], key
 
@@ -165,7 +164,7 @@ def test_eight_threads_calling_the_handler_never_mix_adapters(model, images):
         np.testing.assert_array_equal(result.label_map, expected.label_map)
         np.testing.assert_array_equal(result.probabilities, expected.probabilities)
         np.testing.assert_array_equal(result.disagreement, expected.disagreement)
-        assert result.fold_aop == expected.fold_aop
+        assert result.fold_aop_deg == expected.fold_aop_deg
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -271,18 +270,17 @@ def test_show_result_draws_and_describes_a_run(model, images):
 
 def test_fold_spread_and_unmeasured_aop_texts():
     prediction = types.SimpleNamespace(
-        fold_aop={"fold_0": AoPMeasurement(100.0), "fold_1": AoPMeasurement(110.0),
-                  "fold_2": AoPMeasurement(None, "no fetal head found")},
-        aop=AoPMeasurement(None, "no pubic symphysis found"), view_aop={}, quality=None, hsd=None)
+        fold_aop_deg={"fold_0": 100.0, "fold_1": 110.0, "fold_2": None},
+        aop=AoPMeasurement(None, "no pubic symphysis found"), view_aop_deg={}, quality=None, hsd=None)
     table = app.fold_markdown(prediction)
     assert "100.0\N{DEGREE SIGN} to 110.0\N{DEGREE SIGN}" in table and "SD 7.1\N{DEGREE SIGN}" in table
-    assert "not measured (no fetal head found)" in table and "mirror image" not in table
+    assert "| fold_2 | not measured |" in table and "mirror image" not in table
     # With flip views: each fold's AoP on the frame and its mirror image, and their mean gap.
-    prediction.view_aop = {"fold_0": [98.0, 102.0], "fold_1": [105.0, 115.0], "fold_2": [None, None]}
+    prediction.view_aop_deg = {"fold_0": [98.0, 102.0], "fold_1": [105.0, 115.0], "fold_2": [None, None]}
     prediction.quality = types.SimpleNamespace(measures={"flip_aop_gap": 7.0})
     table = app.fold_markdown(prediction)
     assert "| fold_1 | 110.0\N{DEGREE SIGN} | 105.0\N{DEGREE SIGN} | 115.0\N{DEGREE SIGN} |" in table
-    assert "| fold_2 | not measured (no fetal head found) | - | - |" in table
+    assert "| fold_2 | not measured | - | - |" in table
     assert "7.0\N{DEGREE SIGN} apart on average" in table
     text = app.aop_markdown(prediction)
     assert "not measured\nNo pubic symphysis found." in text
@@ -387,10 +385,9 @@ def test_clicks_outside_the_image_or_before_a_run_are_explained(model, images):
         app.correct_click(model, None, "Fetal head (FH)", (1, 1))
 
 
-def test_the_embedded_package_starts(monkeypatch, images):
+def test_the_embedded_package_starts(monkeypatch, images, embedded):
     """The default app (no PSFH_MODEL) starts offline; until its folds are trained it says so."""
     monkeypatch.delenv("PSFH_MODEL", raising=False)
-    embedded = PSFHModel.from_pretrained(device="cpu")
     assert isinstance(app.build_demo(embedded), gr.Blocks)
     if embedded.folds:
         *_, analysis = app.run_segment(embedded, str(images[0]), False, 1)
@@ -445,12 +442,6 @@ def dicoms(tmp_path_factory):
     return files
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    """The real embedded package: its AoPs pass the quality check, so HSDs and curves are reported."""
-    return PSFHModel.from_pretrained(device="cpu")
-
-
 def with_hsd(prediction, distance_mm, trusted=True):
     """The prediction with a measured HSD (a 20-pixel line), trusted or flagged."""
     quality = None if trusted else types.SimpleNamespace(trusted=False, reasons=["a made-up reason"], measures={})
@@ -493,7 +484,7 @@ def test_a_dicom_with_pixel_spacing_gives_the_hsd_in_mm(embedded, dicoms):
     assert prediction.spacing_mm == fx.PIXEL_SPACING_MM and prediction.trusted
     assert prediction.hsd.distance_mm is not None
     assert f"HSD {prediction.hsd.distance_mm:.1f} mm" in app.show_result(analysis)[1]
-    assert report["hsd_reported_mm"] == pytest.approx(prediction.hsd.distance_mm)
+    assert report["hsd_mm"] == pytest.approx(prediction.hsd.distance_mm)
 
 
 def test_a_dicom_that_is_not_ultrasound_runs_with_a_note(model, dicoms):

@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 from dicom_fixtures import FRAME_TIME_MS, PIXEL_SPACING_MM, write_cine, write_single_frame
 
+import psfh.cli.cine
 from psfh.batch import cine
 from psfh.cli.cine import main as cine_main
 from psfh.cli.predict import main as predict_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def embedded():
-    from psfh.model.psfh_model import PSFHModel
-
-    return PSFHModel.from_pretrained(device="cpu")
 
 
 def frame_row(index: int, aop: float | None, time_s: float | None = None) -> dict:
@@ -59,7 +53,7 @@ def test_a_clip_without_a_trusted_frame_has_no_maximum():
 
 def test_cine_dicom_through_the_command_line(embedded, tmp_path, monkeypatch, capsys):
     clip = write_cine(tmp_path / "labour.dcm", count=3)
-    monkeypatch.setattr(cine, "load_model", lambda model, device, backend="torch": embedded)
+    monkeypatch.setattr(psfh.cli.cine, "load_model", lambda model, device, backend="torch": embedded)
     code = cine_main([str(clip), "--out", str(tmp_path / "out"), "--fast"])
     assert code == 0, capsys.readouterr().err
     folder = tmp_path / "out" / "labour"
@@ -82,7 +76,7 @@ def test_cine_dicom_through_the_command_line(embedded, tmp_path, monkeypatch, ca
 def test_a_broken_clip_fails_alone(embedded, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    monkeypatch.setattr(cine, "load_model", lambda model, device, backend="torch": embedded)
+    monkeypatch.setattr(psfh.cli.cine, "load_model", lambda model, device, backend="torch": embedded)
     assert cine_main([str(broken), "--out", str(tmp_path / "out"), "--fast"]) == 1
     assert "broken.mp4" in capsys.readouterr().err
 
@@ -96,7 +90,7 @@ def test_hsd_in_mm_from_a_dicoms_spacing(embedded, tmp_path):
     assert prediction.hsd.distance_mm == pytest.approx(expected, rel=1e-6)
     report = prediction.report()
     assert report["pixel_spacing_mm"] == list(PIXEL_SPACING_MM)
-    assert report["hsd_reported_mm"] == (prediction.hsd.distance_mm if prediction.trusted else None)
+    assert report["hsd_mm"] == (prediction.hsd.distance_mm if prediction.trusted else None)
     # A spacing given by the caller wins over the file's; a bad one is refused before the encoder runs.
     given = embedded.predict(path, folds=["fold_0"], tta=False, spacing_mm=(0.1, 0.1))
     assert given.hsd.distance_mm == pytest.approx(0.1 * given.hsd.distance_px)
@@ -116,7 +110,7 @@ def test_predict_cli_writes_hsd_for_a_dicom_and_points_clips_to_cine(embedded, t
     assert code == 1  # the clip is an error row
     with open(tmp_path / "out" / "aop.csv", newline="") as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
-    assert "psfh.batch.cine" in rows["clip"]["error"]
+    assert "python -m psfh.cine" in rows["clip"]["error"]
     still = rows["still"]
     assert still["error"] == "" and still["label_map"].endswith("still.mha")  # .mha keeps the spacing
     assert still["pixel_spacing_mm"] == "0.21 x 0.23" and float(still["hsd_px"]) > 0

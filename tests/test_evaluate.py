@@ -51,7 +51,7 @@ class GroundTruthModel:
         label = load_label_map(Path(image).parents[1] / "label_mha" / Path(image).name)
         one_hot = np.stack([label == value for value in (0, 1, 2)]).astype(np.float32)
         return Prediction(label_map=label, probabilities=one_hot, disagreement=np.zeros(label.shape, np.float32),
-                          aop=measure_aop(label), fold_aop={}, folds=list(folds or self.folds), tta=bool(tta))
+                          aop=measure_aop(label), fold_aop_deg={}, folds=list(folds or self.folds), tta=bool(tta))
 
 
 def test_evaluate_cli_writes_rows_and_summary(tiny_package, labelled, tmp_path):

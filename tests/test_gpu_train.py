@@ -42,6 +42,7 @@ def dry_run(tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow  # the dry run trains both variants (minutes on 2 cores)
 def test_dry_run_trains_both_variants_and_packs_at_most_8_files(dry_run):
     result, out = dry_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -56,6 +57,7 @@ def test_dry_run_trains_both_variants_and_packs_at_most_8_files(dry_run):
         assert all(f["epochs"] == 1 and f["best_epoch"] == 1 for f in folds.values())
 
 
+@pytest.mark.slow  # the dry run trains both variants (minutes on 2 cores)
 @pytest.mark.parametrize("variant,scope", [("paper", "all"), ("last_stage", "last_stage")])
 def test_packed_variant_installs_as_a_package_that_predicts(dry_run, tmp_path, variant, scope):
     _, out = dry_run

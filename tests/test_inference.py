@@ -66,7 +66,7 @@ def test_predict_accepts_arrays_and_images_of_every_kind(model, make):
     assert result.probabilities.shape == (3,) + GRAY.shape
     assert np.allclose(result.probabilities.sum(axis=0), 1, atol=1e-4)
     assert 0 <= result.disagreement.min() and result.disagreement.max() <= 0.9 + 1e-6
-    assert set(result.fold_aop) == set(model.folds) and result.timings["total"] > 0
+    assert set(result.fold_aop_deg) == set(model.folds) and result.timings["total"] > 0
 
 
 def test_intensity_scale_does_not_change_the_answer(model):

@@ -195,13 +195,12 @@ def test_a_package_can_borrow_the_base_of_a_package_beside_it(tiny_package, tmp_
         PSFHModel.from_pretrained(borrower, device="cpu")
 
 
-def test_the_shipped_package_predicts_what_it_predicted_when_it_was_made():
+def test_the_shipped_package_predicts_what_it_predicted_when_it_was_made(example_predictions):
     """A refactor must not change the answers: the embedded package's full ensemble on an example
     gives the label map recorded from it (tests/golden, written by `python -m psfh.predict`)."""
     from psfh.io.images import load_label_map
 
-    model = PSFHModel.from_pretrained(device="cpu")
-    prediction = model.predict(ROOT / "examples" / "image_mha" / "03811.mha")
+    prediction = example_predictions["03811"]  # PSFHModel.from_pretrained().predict(examples/image_mha/03811.mha)
     recorded = load_label_map(Path(__file__).parent / "golden" / "shipped_package_03811_labels.mha")
     np.testing.assert_array_equal(prediction.label_map, recorded)
     assert prediction.aop.angle_deg == pytest.approx(125.252, abs=1e-3)  # the recorded aop.csv value

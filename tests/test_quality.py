@@ -192,21 +192,14 @@ def bad_inputs() -> dict[str, np.ndarray]:
     }
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    from psfh.model.psfh_model import PSFHModel
-
-    return PSFHModel.from_pretrained(device="cpu")
-
-
 @pytest.mark.parametrize("name", list(bad_inputs()))
 def test_bad_inputs_are_flagged_and_their_aop_withheld(embedded, name):
     # One fold, one view keeps the test quick; the checks look at the image and the label map only.
     prediction = embedded.predict(bad_inputs()[name], folds=["fold_0"], tta=False)
     assert not prediction.trusted, (name, prediction.quality.measures)
-    assert prediction.reported_aop_deg is None and prediction.quality.reasons
+    assert prediction.aop_deg is None and prediction.quality.reasons
     report = prediction.report()
-    assert report["quality"]["trusted"] is False and report["aop_reported_deg"] is None
+    assert report["quality"]["trusted"] is False and report["aop_deg"] is None
 
 
 def test_a_cropped_frame_is_flagged_as_unsure(embedded):
@@ -214,13 +207,13 @@ def test_a_cropped_frame_is_flagged_as_unsure(embedded):
     # model's views then disagree on where the anatomy is (its flip TTA needed: both views).
     ultrasound = as_uint8(load_image(EXAMPLES / "image_mha" / "03970.mha"))
     prediction = embedded.predict(ultrasound[100:, 80:].copy(), folds=["fold_0"], tta=True)
-    assert not prediction.trusted and prediction.reported_aop_deg is None
+    assert not prediction.trusted and prediction.aop_deg is None
     assert any("unsure" in reason for reason in prediction.quality.reasons), prediction.quality.reasons
     assert prediction.quality.measures["flip_aop_gap"] > quality.MAX_FLIP_AOP_GAP
     whole = embedded.predict(ultrasound, folds=["fold_0"], tta=True)
     assert whole.trusted and whole.quality.measures["flip_aop_gap"] < quality.MAX_FLIP_AOP_GAP
-    assert set(whole.view_aop) == {"fold_0"} and len(whole.view_aop["fold_0"]) == 2
-    assert whole.report()["view_aop_deg"] == {"fold_0": whole.view_aop["fold_0"]}
+    assert set(whole.view_aop_deg) == {"fold_0"} and len(whole.view_aop_deg["fold_0"]) == 2
+    assert whole.report()["view_aop_deg"] == {"fold_0": whole.view_aop_deg["fold_0"]}
 
 
 def test_a_blank_frame_is_refused(embedded):
@@ -232,4 +225,4 @@ def test_a_blank_frame_is_refused(embedded):
 def test_real_frames_are_trusted(embedded, sample_id):
     prediction = embedded.predict(EXAMPLES / "image_mha" / f"{sample_id}.mha", folds=["fold_0"], tta=False)
     assert prediction.trusted, prediction.quality.reasons
-    assert prediction.reported_aop_deg == prediction.aop.angle_deg is not None
+    assert prediction.aop_deg == prediction.aop.angle_deg is not None

@@ -14,7 +14,7 @@ from psfh.core.errors import PSFHInputError
 from psfh.io.images import as_uint8, load_image, load_label_map
 from psfh.measure import quality, stability
 from psfh.measure.aop import AoPMeasurement
-from psfh.model.psfh_model import Prediction, PSFHModel
+from psfh.model.psfh_model import Prediction
 
 FRAME = EXAMPLES / "image_mha" / "03970.mha"
 
@@ -42,9 +42,9 @@ def test_aop_gap_and_the_reference_angle():
     # A perturbed frame without an AoP counts 90 degrees: the model lost the anatomy.
     assert stability.aop_gap(120.0, {"a": None, "b": 126.0}) == pytest.approx(48.0)
     assert stability.aop_gap(None, {"a": 110.0}) is None and stability.aop_gap(120.0, {}) is None
-    with_views = types.SimpleNamespace(view_aop={"fold_0": [101.0, 99.0]}, fold_aop={"fold_0": AoPMeasurement(100.0)})
+    with_views = types.SimpleNamespace(view_aop_deg={"fold_0": [101.0, 99.0]}, fold_aop_deg={"fold_0": 100.0})
     assert stability.reference_aop(with_views, "fold_0") == 101.0  # the frame as given, not the flip
-    without = types.SimpleNamespace(view_aop={}, fold_aop={"fold_0": AoPMeasurement(100.0)})
+    without = types.SimpleNamespace(view_aop_deg={}, fold_aop_deg={"fold_0": 100.0})
     assert stability.reference_aop(without, "fold_0") == 100.0
     assert stability.reference_aop(without, "fold_3") is None
 
@@ -66,8 +66,8 @@ def test_a_fragile_aop_is_flagged_with_its_reason():
     empty = np.zeros(image.shape, np.float32)
     prediction = Prediction(
         label_map=labels, probabilities=np.stack([empty] * 3), disagreement=empty, aop=AoPMeasurement(119.0),
-        fold_aop={}, folds=["fold_2", "fold_4"], tta=True, timings={"encoder": 1.0},
-        view_aop={"fold_2": [120.0, 118.0]}, quality=quality.check(image, labels))
+        fold_aop_deg={}, folds=["fold_2", "fold_4"], tta=True, timings={"encoder": 1.0},
+        view_aop_deg={"fold_2": [120.0, 118.0]}, quality=quality.check(image, labels))
     steady = ScriptedModel(image, {"brighter": 118.0, "darker": 123.0, "zoomed out": 121.0})
     kept = stability.checked(steady, prediction, image)
     fragile = ScriptedModel(image, {"brighter": 100.0, "darker": 140.0, "zoomed out": None})
@@ -76,17 +76,12 @@ def test_a_fragile_aop_is_flagged_with_its_reason():
     assert kept.quality.trusted and kept.quality.measures["stability_gap"] == pytest.approx(2.0)
     assert kept.quality.measures["grey_levels"] == prediction.quality.measures["grey_levels"]
     assert "stability_check" in kept.timings
-    assert kept.reported_aop_deg == 119.0
+    assert kept.aop_deg == 119.0
     assert flagged.quality.measures["stability_gap"] == pytest.approx((20 + 20 + 90) / 3)
-    assert not flagged.trusted and flagged.reported_aop_deg is None
+    assert not flagged.trusted and flagged.aop_deg is None
     assert any("the AoP is fragile" in reason for reason in flagged.quality.reasons)
     assert quality.judge(flagged.quality.measures) == flagged.quality.reasons
     assert "stability_gap" not in prediction.quality.measures  # the prediction given is left as it was
-
-
-@pytest.fixture(scope="module")
-def embedded():
-    return PSFHModel.from_pretrained(device="cpu")
 
 
 def test_predict_with_the_stability_check(embedded):

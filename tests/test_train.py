@@ -40,6 +40,7 @@ def small_dataset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # trains
 def test_two_fold_tiny_run_writes_a_package_that_loads_and_predicts(small_dataset, tmp_path):
     out = tmp_path / "package"
     assert train.main(tiny_args(small_dataset, out, "--recipe", "paper")) == 0
@@ -58,22 +59,63 @@ def test_two_fold_tiny_run_writes_a_package_that_loads_and_predicts(small_datase
     assert not (out / "checkpoints").exists(), "checkpoints are removed once every fold is done"
 
 
-def test_the_cpu_recipe_trains_the_whole_decoder_per_fold_over_one_shared_base(small_dataset, tmp_path):
-    """The CPU recipe (ablation variant b): every decoder weight trains, a full copy per fold, and
-    the package still loads onto one base, hot-swaps its folds and keeps the base for box prompts."""
-    out = tmp_path / "cpu"
+def test_the_cpu_preset_trains_the_whole_decoder():
     from psfh.training.recipe import preset
 
     assert preset("cpu").decoder == "whole" and preset("cpu").learning_rate == pytest.approx(1e-4)
+
+
+def test_a_decoder_lora_rank_with_the_cpu_recipe_is_refused_before_any_work(small_dataset, tmp_path):
     # A LoRA rank for a decoder without LoRA is refused before any work (exit status 2).
     assert train.main(tiny_args(small_dataset, tmp_path / "never", "--recipe", "cpu", "--decoder-rank", "8")) == 2
     assert not (tmp_path / "never").exists()
-    assert train.main(tiny_args(small_dataset, out, "--recipe", "cpu", "--cache-dir", str(tmp_path / "cache"))) == 0
-    config = json.loads((out / "psfh_config.json").read_text())
+
+
+# The CPU recipe (ablation variant b): every decoder weight trains, a full copy per fold, and the
+# package still loads onto one base, hot-swaps its folds and keeps the base for box prompts. One
+# run (module-scoped) serves the tests below.
+
+
+@pytest.fixture(scope="module")
+def cpu_run(small_dataset, tmp_path_factory) -> Path:
+    """The CPU recipe trained once on the 8 examples: the package folder."""
+    root = tmp_path_factory.mktemp("cpu_recipe")
+    out = root / "cpu"
+    assert train.main(tiny_args(small_dataset, out, "--recipe", "cpu", "--cache-dir", str(root / "cache"))) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def cpu_model(cpu_run):
+    """The CPU-recipe package loaded. Two epochs on 8 frames barely move the tiny model's outputs:
+    fold_1's own decoder copy (peft's ModulesToSaveWrapper) is pushed further, so that a fold
+    running another fold's copy would show."""
+    model = PSFHModel.from_pretrained(cpu_run, device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.base_model.mask_decoder.modules_to_save["fold_1"].parameters():
+            weight.add_(torch.randn_like(weight))
+    return model
+
+
+@pytest.fixture(scope="module")
+def cpu_fold_probabilities(cpu_model):
+    """Each fold's probabilities (one view) on one example frame."""
+    image = EXAMPLES / "image_mha" / "03811.mha"
+    return {fold: cpu_model.predict(image, folds=[fold], tta=False).probabilities for fold in cpu_model.folds}
+
+
+@pytest.mark.slow  # the module's CPU-recipe training run
+def test_the_cpu_recipe_package_records_a_whole_decoder_over_a_frozen_encoder(cpu_run):
+    config = json.loads((cpu_run / "psfh_config.json").read_text())
     assert config["training"]["recipe"]["decoder"] == "whole"
     assert config["trained"]["mask_decoder"].startswith("every weight") and config["trained"]["image_encoder"] == "frozen"
-    base = PSFHModel.from_pretrained(out, device="cpu", folds=[]).network.state_dict()
-    adapters = {fold: _adapter(out, fold) for fold in ("fold_0", "fold_1")}
+
+
+@pytest.mark.slow  # the module's CPU-recipe training run
+def test_the_cpu_recipe_stores_every_decoder_weight_per_fold_and_training_moved_them(cpu_run):
+    base = PSFHModel.from_pretrained(cpu_run, device="cpu", folds=[]).network.state_dict()
+    adapters = {fold: _adapter(cpu_run, fold) for fold in ("fold_0", "fold_1")}
     for fold, weights in adapters.items():
         decoder = {k: v for k, v in weights.items() if "mask_decoder" in k}
         # Every decoder weight is stored (no LoRA factors there), and training moved them.
@@ -82,31 +124,42 @@ def test_the_cpu_recipe_trains_the_whole_decoder_per_fold_over_one_shared_base(s
         original = {k.split("mask_decoder.", 1)[1]: v for k, v in base.items() if k.startswith("mask_decoder.")}
         assert stored.keys() == original.keys()
         assert any(not torch.equal(stored[k], original[k]) for k in stored), fold
-    model = PSFHModel.from_pretrained(out, device="cpu")
-    # Two epochs on 8 frames barely move the tiny model's outputs: push fold_1's own decoder copy
-    # (peft's ModulesToSaveWrapper) further, so that a fold running another fold's copy would show.
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for weight in model.base_model.mask_decoder.modules_to_save["fold_1"].parameters():
-            weight.add_(torch.randn_like(weight))
-    image = EXAMPLES / "image_mha" / "03811.mha"
-    folds = {fold: model.predict(image, folds=[fold], tta=False).probabilities for fold in model.folds}
+
+
+@pytest.mark.slow  # the module's CPU-recipe training run
+def test_each_cpu_recipe_fold_runs_its_own_decoder_copy(cpu_fold_probabilities):
+    folds = cpu_fold_probabilities
     assert np.abs(folds["fold_0"] - folds["fold_1"]).max() > 0.02, "each fold runs its own decoder copy"
+
+
+@pytest.mark.slow  # the module's CPU-recipe training run
+def test_the_onnx_export_merges_each_cpu_recipe_folds_decoder_copy(cpu_run, cpu_model, cpu_fold_probabilities, tmp_path):
     # The ONNX export merges each fold's copy into its decoder file: the same probabilities.
-    export_onnx(model, tmp_path / "onnx", model.folds, progress=False)
-    exported = PSFHModel.from_pretrained(out, device="cpu", backend="onnxruntime", export_dir=tmp_path / "onnx")
-    for fold, reference in folds.items():
+    image = EXAMPLES / "image_mha" / "03811.mha"
+    export_onnx(cpu_model, tmp_path / "onnx", cpu_model.folds, progress=False)
+    exported = PSFHModel.from_pretrained(cpu_run, device="cpu", backend="onnxruntime", export_dir=tmp_path / "onnx")
+    for fold, reference in cpu_fold_probabilities.items():
         assert np.abs(exported.predict(image, folds=[fold], tta=False).probabilities - reference).max() <= 1e-3, fold
+
+
+@pytest.mark.slow  # the module's CPU-recipe training run
+def test_box_prompts_of_the_cpu_recipe_package_run_the_bases_decoder(cpu_run, cpu_model):
     # Box prompts run the base's decoder, not a fold's copy: the same logits as the base alone.
-    embeddings = model.embed(image, for_prompts=True)
-    box = prompts.box_to_input((60, 60, 200, 220), embeddings.size, model.config.input_size)
-    with model._adapters_off():
-        from_package = prompts.box_mask_logits(model.base_model, embeddings.base, box)
-    base_alone = PSFHModel.from_pretrained(out, device="cpu", folds=[])
+    embeddings = cpu_model.embed(EXAMPLES / "image_mha" / "03811.mha", for_prompts=True)
+    box = prompts.box_to_input((60, 60, 200, 220), embeddings.size, cpu_model.config.input_size)
+    with cpu_model._adapters_off():
+        from_package = prompts.box_mask_logits(cpu_model.base_model, embeddings.base, box)
+    base_alone = PSFHModel.from_pretrained(cpu_run, device="cpu", folds=[])
     assert torch.allclose(from_package, prompts.box_mask_logits(base_alone.base_model, embeddings.base, box))
-    assert model.decode(embeddings, boxes={"fh": (60, 60, 200, 220)}).label_map.shape == (256, 256)
 
 
+@pytest.mark.slow  # the module's CPU-recipe training run
+def test_a_box_correction_on_the_cpu_recipe_package_gives_a_label_map(cpu_model):
+    embeddings = cpu_model.embed(EXAMPLES / "image_mha" / "03811.mha", for_prompts=True)
+    assert cpu_model.decode(embeddings, boxes={"fh": (60, 60, 200, 220)}).label_map.shape == (256, 256)
+
+
+@pytest.mark.slow  # trains
 def test_training_one_fold_only(small_dataset, tmp_path):
     out = tmp_path / "one"
     assert train.main(tiny_args(small_dataset, out, "--fold", "1", "--epochs", "1")) == 0
@@ -123,6 +176,7 @@ def _adapter(out: Path, fold: str = "fold_0") -> dict[str, torch.Tensor]:
     return load_file(str(out / fold / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow  # trains
 def test_a_killed_and_resumed_run_ends_with_the_same_adapters(small_dataset, tmp_path):
     args = ["--fold", "0", "--epochs", "6", "--recipe", "paper"]
     straight = tmp_path / "straight"
@@ -176,6 +230,7 @@ def test_label_values_outside_0_1_2_stop_the_run_naming_the_file(small_dataset, 
     assert not (tmp_path / "out" / "psfh_config.json").exists()
 
 
+@pytest.mark.slow  # trains
 def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
     """Training on cached embeddings (frozen LiteMedSAM encoder; decoder in its LoRA form) can fit 4 real images."""
     from accelerate import Accelerator
@@ -203,6 +258,7 @@ def test_overfitting_four_real_images_reaches_dice_above_0_9(tmp_path):
     assert result.history[0]["val_score"] < best["val_score"]
 
 
+@pytest.mark.slow  # trains
 def test_a_time_budget_fits_the_epochs_after_the_first_and_records_them(small_dataset, tmp_path, capsys):
     out = tmp_path / "budget"
     # 0.0001 minutes: whatever the first epoch takes, only that one fits; --epochs 5 is the cap only.
@@ -245,6 +301,7 @@ def test_training_leaves_the_shared_base_batchnorm_statistics_alone(lite_medsam_
     lite_medsam_base.eval()
 
 
+@pytest.mark.slow  # trains
 def test_every_training_epoch_puts_the_frozen_statistics_back(small_dataset, tmp_path, monkeypatch):
     import psfh.training.loop as loop
 

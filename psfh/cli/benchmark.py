@@ -14,10 +14,14 @@ Designs, each measured in its own process so that peak memory is its own:
   one batch, BatchNorm folded into the convolutions;
 - ``psfh-1fold``: the fast setting of the same package: one fold adapter, both flip views
   (``predict(image, folds=[first fold])``); its "ensemble" column is that 2-member ensemble;
-- ``psfh-bf16``: the same under bf16 autocast;
+- ``psfh-soup`` / ``psfh-soup-noflip``: the package's fold soup (one adapter, the mean of the
+  folds' weight changes: psfh.model.soup; made in memory when the package has none), with both
+  flip views / the identity view alone;
+- ``psfh-bf16``: the ensemble (``psfh``) under bf16 autocast;
 - ``psfh-onnxruntime`` / ``psfh-openvino``: the same package with its encoder and fold decoders
   run from its ONNX export (psfh.model.onnx_export; made once in a process of its own before the timing, so
-  that its cost is not in the peak memory) by onnxruntime / OpenVINO, fp32;
+  that its cost is not in the peak memory) by onnxruntime / OpenVINO, fp32; ``psfh-soup-openvino``:
+  the soup x flip from the same export on OpenVINO;
 - ``cli``: ``python -m psfh.predict`` on ``--cli-images`` images (throughput of the batch command
   line, start-up and file writing included; ``--cli-backend`` chooses its backend).
 Latency is per image (median and p95 over ``--repeats``), throughput is images/s over
@@ -43,12 +47,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psfh.core.files import write_text_atomic
 from psfh.core.options import BACKENDS
 from psfh.model.package import fold_name
 
 ROOT = Path(__file__).resolve().parents[2]
-DESIGNS = ("one-model", "seed", "psfh", "psfh-1fold", "psfh-bf16", "psfh-onnxruntime", "psfh-openvino", "cli")
-ONNX_DESIGNS = {"psfh-onnxruntime": "onnxruntime", "psfh-openvino": "openvino"}
+DESIGNS = ("one-model", "seed", "psfh", "psfh-1fold", "psfh-soup", "psfh-soup-noflip", "psfh-bf16", "psfh-onnxruntime",
+           "psfh-openvino", "psfh-soup-openvino", "cli")
+ONNX_DESIGNS = {"psfh-onnxruntime": "onnxruntime", "psfh-openvino": "openvino", "psfh-soup-openvino": "openvino"}
+# The soup designs: the fold soup alone (psfh.model.soup), with the flip view or without.
+SOUP_DESIGNS = {"psfh-soup": True, "psfh-soup-noflip": False, "psfh-soup-openvino": True}
 
 
 def _load_model(args):
@@ -63,10 +71,12 @@ def _load_model(args):
     backend = ONNX_DESIGNS.get(args.design, "torch")
     package = args.model or get_base(args.base).default_package
     if package:
-        model = PSFHModel.from_pretrained(package, device=args.device, backend=backend)
+        model = PSFHModel.from_pretrained(package, device=args.device)
         if model.folds:
             set_batchnorm_folding(model.network, fold_batchnorm)
-            return model
+            if args.design in SOUP_DESIGNS and model.soup is None:
+                model.add_soup()
+            return model.use_backend(backend)
     torch.manual_seed(0)
     folds = [fold_name(k) for k in range(5)]
     model = PSFHModel.from_base(args.base, folds, make_lora_config(0, 16), device=args.device)
@@ -75,6 +85,8 @@ def _load_model(args):
         for name, parameter in model.network.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.01)
+    if args.design in SOUP_DESIGNS:
+        model.add_soup()
     return model.use_backend(backend)  # the ONNX designs time the export of these random adapters
 
 
@@ -176,16 +188,19 @@ def run_design(args) -> dict:
             result["throughput_ips"] = len(images) / (time.perf_counter() - start)
     else:
         result["weights_mb"] = _weights_mb(model.network)
-        if model.runtime is not None:  # the sessions hold their own copies of the weights
-            result["weights_mb"] += sum(f.stat().st_size for f in model.runtime.folder.glob("*.onnx")) / 2**20
+        if model.export_folder is not None:  # the sessions hold their own copies of the weights
+            result["weights_mb"] += sum(f.stat().st_size for f in model.export_folder.glob("*.onnx")) / 2**20
         result["one_pass_s"] = _time(lambda: model.fold_probabilities(pixels, model.folds[:1], False, precision),
                                      args.repeats, args.device)
-        folds = model.folds[:1] if args.design == "psfh-1fold" else None
-        result["ensemble_s"] = _time(lambda: model.fold_probabilities(pixels, folds, True, precision),
+        # What one prediction of the design runs: the 5 folds, the first fold, or the soup; x flip or not.
+        folds = ([model.soup] if args.design in SOUP_DESIGNS else model.folds[:1] if args.design == "psfh-1fold"
+                 else model.folds)
+        tta = SOUP_DESIGNS.get(args.design, True)
+        result["ensemble_s"] = _time(lambda: model.fold_probabilities(pixels, folds, tta, precision),
                                      args.repeats, args.device)
         start = time.perf_counter()
         for image in images:
-            model.fold_probabilities(model.preprocess(image), folds, True, precision)
+            model.fold_probabilities(model.preprocess(image), folds, tta, precision)
         result["throughput_ips"] = len(images) / (time.perf_counter() - start)
     result["peak_memory_mb"] = _peak_memory_mb(args.device)
     return result
@@ -203,7 +218,7 @@ def _run_cli(args) -> dict:
         inputs.mkdir()
         for i in range(args.cli_images):
             shutil.copy(files[i % len(files)], inputs / f"{i:03d}.mha")
-        command = [sys.executable, "-m", "psfh.batch.predict", str(inputs), "--out", str(Path(folder) / "out"),
+        command = [sys.executable, "-m", "psfh.predict", str(inputs), "--out", str(Path(folder) / "out"),
                    "--device", args.device, "--backend", args.cli_backend] + (["--model", args.model] if args.model else [])
         start = time.perf_counter()
         run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
@@ -236,7 +251,7 @@ def write_report(results: list[dict], args, out: Path) -> str:
     by = {r["design"]: r for r in results}
     seed, one = by.get("seed"), by.get("one-model")
     lines = [
-        f"| design | one pass, s (median / p95) | 10-pass ensemble, s (median / p95) | throughput, images/s "
+        f"| design | one pass, s (median / p95) | prediction (its members x views), s (median / p95) | throughput, images/s "
         f"({args.images} images) | weights in memory, MB | peak memory (RSS), MB | x one model's peak | "
         f"speed-up vs seed |",
         "|---|---|---|---|---|---|---|---|",
@@ -259,9 +274,8 @@ def write_report(results: list[dict], args, out: Path) -> str:
               f"{f' --model {args.model}' if args.model else ''} --designs {' '.join(args.designs)}"
               f"{f' --cli-images {args.cli_images} --cli-backend {args.cli_backend}' if 'cli' in args.designs else ''}`\n\n")
     section = header + table + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
     existing = out.read_text() if out.exists() else "# Performance\n\nWritten by `python -m psfh.benchmark`.\n"
-    out.write_text(existing.rstrip() + "\n\n" + section)
+    write_text_atomic(out, existing.rstrip() + "\n\n" + section)
     return section
 
 

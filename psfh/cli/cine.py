@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psfh.batch.cine
 from psfh.batch.cine import analyse_clip, fast_options, write_clip
-from psfh.cli.common import add_model_arguments, add_spacing_argument, load_model, run_cli
+from psfh.cli.common import add_model_arguments, add_spacing_argument, chosen_adapters, load_model, run_cli
 from psfh.core.errors import PSFHInputError
 from psfh.io.images import image_name
 from psfh.io.sequence import read_sequence
@@ -16,7 +16,7 @@ from psfh.measure.hsd import check_spacing
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m psfh.cine", description=psfh.batch.cine.__doc__,
+    parser = argparse.ArgumentParser(prog="psfh-cine", description=psfh.batch.cine.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clips", nargs="+", type=Path, metavar="CLIP",
                         help="multi-frame DICOMs, videos (.mp4 .avi .mov .mkv) or folders of frames")
@@ -37,10 +37,12 @@ def _main(argv: list[str] | None) -> int:
 
     args = build_parser().parse_args(argv)
     check_spacing(args.spacing_mm)  # bad arguments end the command (exit 2), before the model loads
-    if args.fast and (args.folds or args.no_tta):
-        raise PSFHInputError("--fast chooses the folds and the TTA itself: give neither --folds nor --no-tta")
+    if args.fast and (args.folds or args.no_tta or args.ensemble):
+        raise PSFHInputError("--fast chooses the adapters and the TTA itself: give none of --folds, --ensemble, "
+                             "--no-tta")
     model = load_model(args.model, args.device, args.backend)
-    options = fast_options(model) if args.fast else {"folds": args.folds, "tta": False if args.no_tta else None}
+    options = (fast_options(model) if args.fast
+               else {"folds": chosen_adapters(args, model), "tta": False if args.no_tta else None})
     failed = 0
     for clip in args.clips:
         try:

@@ -30,8 +30,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --folds, --no-tta, --precision, --device, --backend (predict, evaluate, cine)."""
     parser.add_argument("--model", default=None,
                         help="model package folder or hub repo id (default: the embedded package)")
-    parser.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
-                        help="names of the fold adapters to ensemble, e.g. fold_0 fold_2 (default: all)")
+    parser.add_argument("--folds", nargs="+", default=None, metavar="ADAPTER",
+                        help="the adapters to use, e.g. fold_0 fold_2, or soup (default: the package's default: "
+                             "its fold soup when it ships one as default, else every fold)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="every fold adapter: the full fold ensemble (with the per-fold AoP spread and the "
+                             "fold-disagreement map), instead of the package's default")
     parser.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation "
                         "(default: the package's setting)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -46,6 +50,13 @@ def add_spacing_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacing-mm", nargs=2, type=float, default=None, metavar=("ROW", "COL"),
                         help="pixel spacing in mm (row, column) for the head-symphysis distance in mm "
                              "(default: the file's own, when it has one)")
+
+
+def chosen_adapters(args: argparse.Namespace, model) -> list[str] | None:
+    """The adapters --folds / --ensemble ask for (None: the package's default), for ``model``."""
+    if args.ensemble and args.folds:
+        raise PSFHInputError("--ensemble uses every fold: give --folds or --ensemble, not both")
+    return model.folds if args.ensemble else args.folds
 
 
 def load_model(model: str | None, device: str | None = None, backend: str = "torch"):

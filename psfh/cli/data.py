@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m psfh.data", description=psfh.io.dataset.__doc__,
+    parser = argparse.ArgumentParser(prog="psfh-data", description=psfh.io.dataset.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a labelled data set and summarise it")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psfh.batch.evaluate
 from psfh.batch.evaluate import ROWS_NAME, SUMMARY_NAME, evaluate, score_predictions, write_rows, write_summary
-from psfh.cli.common import add_model_arguments, load_model, run_cli
+from psfh.cli.common import add_model_arguments, chosen_adapters, load_model, run_cli
 from psfh.core.errors import PSFHInputError
 from psfh.io.dataset import find_samples, read_ids_file, select_samples
 
@@ -39,7 +39,7 @@ def _summary_text(summary: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m psfh.evaluate", description=psfh.batch.evaluate.__doc__,
+    parser = argparse.ArgumentParser(prog="psfh-evaluate", description=psfh.batch.evaluate.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="labelled data set folder (either layout)")
     parser.add_argument("--out", required=True, type=Path, help="folder for per_image.csv and summary.json")
@@ -65,7 +65,7 @@ def _main(argv: list[str] | None) -> int:
     ids = read_ids_file(args.ids_file) if args.ids_file else None
     samples = select_samples(find_samples(args.data), ids, args.limit)
     if args.predictions is not None:
-        model_options = [flag for flag, given in (("--model", args.model), ("--folds", args.folds),
+        model_options = [flag for flag, given in (("--model", args.model), ("--folds", args.folds), ("--ensemble", args.ensemble),
                                                   ("--out-of-fold", args.out_of_fold),
                                                   ("--save-label-maps", args.save_label_maps)) if given]
         if model_options:
@@ -76,7 +76,7 @@ def _main(argv: list[str] | None) -> int:
         rows, summary = score_predictions(samples, args.predictions)
     else:
         model = load_model(args.model, args.device, args.backend)
-        rows, summary = evaluate(model, samples, folds=args.folds, tta=False if args.no_tta else None,
+        rows, summary = evaluate(model, samples, folds=chosen_adapters(args, model), tta=False if args.no_tta else None,
                                  precision=args.precision, out_of_fold=args.out_of_fold,
                                  label_map_dir=args.out / "label_maps" if args.save_label_maps else None)
         summary.update(model=args.model or summary["model"])

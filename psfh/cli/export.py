@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m psfh.export", description=psfh.model.onnx_export.__doc__,
+    parser = argparse.ArgumentParser(prog="psfh-export", description=psfh.model.onnx_export.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="package folder or hub repo id (default: the embedded package)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the ONNX files and manifest.json")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import psfh.batch.predict
 from psfh.batch.predict import CSV_NAME, predict_paths
-from psfh.cli.common import add_model_arguments, add_spacing_argument, load_model, run_cli
+from psfh.cli.common import add_model_arguments, add_spacing_argument, chosen_adapters, load_model, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m psfh.predict", description=psfh.batch.predict.__doc__,
+    parser = argparse.ArgumentParser(prog="psfh-predict", description=psfh.batch.predict.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     model = load_model(args.model, args.device, args.backend)
-    rows = predict_paths(model, args.inputs, args.out, folds=args.folds,
+    rows = predict_paths(model, args.inputs, args.out, folds=chosen_adapters(args, model),
                          tta=False if args.no_tta else None, precision=args.precision, spacing_mm=args.spacing_mm,
                          stability_check=args.stability_check)
     failed = sum(1 for row in rows if row["error"])

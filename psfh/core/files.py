@@ -1,7 +1,10 @@
 """Writing result files: atomically (a crash never leaves half of one), with CSV cells alike everywhere.
 
 Every file psfh writes for a user or a resumable run (label maps, CSV and JSON results, configs,
-weights, checkpoints, cached embeddings, packs) goes through :func:`atomic_target`:
+weights, checkpoints, cached embeddings, packs, ONNX exports, the demo's downloads) goes through
+:func:`atomic_target`, with one deliberate exception: the batch CLI's ``aop.csv``
+(:mod:`psfh.batch.predict`) is a log, written row by row and flushed as each image finishes, so
+that an interrupted run keeps the rows of the images done (an atomic write would lose them all):
 
     with atomic_target(path) as temporary:
         save_file(tensors, str(temporary))      # any writer that takes a path

@@ -17,8 +17,9 @@ BACKGROUND, PS, FH = 0, 1, 2
 LABEL_VALUES = (BACKGROUND, PS, FH)
 # Output channel order of the model and the package config's ``classes``.
 CLASSES = ("background", "pubic_symphysis", "fetal_head")
-# The two structures, by value: the short names tables and summaries use.
-STRUCTURES = {PS: "PS", FH: "FH"}
+# The two structures' label values, and the short names tables and summaries use for them.
+STRUCTURE_VALUES = (PS, FH)
+SHORT_NAMES = {PS: "PS", FH: "FH"}
 VALUES_TEXT = "0 (background), 1 (pubic symphysis), 2 (fetal head)"
 
 # Full (8-) connectivity: diagonal neighbours join a component (MONAI's default too).
@@ -74,7 +75,7 @@ def largest_components(label_map: np.ndarray) -> np.ndarray:
     """
     labels = check_label_map(label_map)
     kept = np.zeros_like(labels)
-    for value in STRUCTURES:
+    for value in STRUCTURE_VALUES:
         kept[largest_component(labels == value)] = value
     return kept
 
@@ -82,4 +83,4 @@ def largest_components(label_map: np.ndarray) -> np.ndarray:
 def structure_areas(label_map: np.ndarray) -> dict[str, int]:
     """Pixels per structure: {"pubic_symphysis": n, "fetal_head": n} (the report's names)."""
     labels = np.asarray(label_map)
-    return {CLASSES[value]: int((labels == value).sum()) for value in STRUCTURES}
+    return {CLASSES[value]: int((labels == value).sum()) for value in STRUCTURE_VALUES}

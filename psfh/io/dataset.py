@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from psfh.core.errors import PSFHInputError
 from psfh.core.files import atomic_target
-from psfh.core.labels import STRUCTURES, check_label_map
+from psfh.core.labels import SHORT_NAMES, check_label_map
 from psfh.io.images import (
     LABEL_EXTENSIONS,
     SUPPORTED_EXTENSIONS,
@@ -160,10 +160,10 @@ def validate_samples(samples: list[Sample], progress: bool = True) -> dict:
     if not samples:
         raise PSFHInputError("no samples to check")
     sizes: Counter = Counter()
-    fractions = {name: [] for name in STRUCTURES.values()}
+    fractions = {name: [] for name in SHORT_NAMES.values()}
     for _, image, label in _valid_pairs(samples, progress, "checking"):
         sizes[image.pixels.shape] += 1
-        for value, name in STRUCTURES.items():
+        for value, name in SHORT_NAMES.items():
             fractions[name].append(float(np.mean(label == value)))
     return {
         "count": len(samples),

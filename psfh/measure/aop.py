@@ -27,7 +27,7 @@ points down; angles are unsigned, so this does not change them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
@@ -36,13 +36,34 @@ from psfh.core.labels import FH, PS, check_label_map, largest_component
 
 Point = tuple[float, float]
 
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the AoP and HSD measurements share: the first field is the value, None when it cannot
+    be measured, with the ``reason`` then; the other fields are the points of its construction."""
+
+    @property
+    def measured(self) -> bool:
+        """True when the value (the first field) was measured."""
+        return getattr(self, fields(self)[0].name) is not None
+
+    def to_dict(self) -> dict:
+        """JSON-able copy, in field order: Python floats, None, text, and points as ``[x, y]`` lists."""
+        return {item.name: _json_value(getattr(self, item.name)) for item in fields(self)}
+
+
+def _json_value(value):
+    if value is None or isinstance(value, str):
+        return value
+    return [float(v) for v in value] if np.ndim(value) else float(value)
+
 # A point closer than this (in pixels) to the inside of the head's hull counts as inside: on
 # the hull boundary the tangent is undefined.
 _INSIDE_TOLERANCE_PX = 1e-6
 
 
 @dataclass(frozen=True)
-class AoPMeasurement:
+class AoPMeasurement(Measurement):
     """An AoP and its construction, or the reason there is none.
 
     Points are ``(x, y)`` = ``(column, row)`` pixel coordinates (floats, pixel centres).
@@ -60,25 +81,6 @@ class AoPMeasurement:
     ps_superior: Point | None = None
     ps_inferior: Point | None = None
     tangent_point: Point | None = None
-
-    @property
-    def measured(self) -> bool:
-        """True when an angle was measured."""
-        return self.angle_deg is not None
-
-    def to_dict(self) -> dict:
-        """JSON-able copy: floats, None, and points as ``[x, y]`` lists."""
-
-        def point(p: Point | None) -> list[float] | None:
-            return None if p is None else [float(p[0]), float(p[1])]
-
-        return {
-            "angle_deg": None if self.angle_deg is None else float(self.angle_deg),
-            "reason": self.reason,
-            "ps_superior": point(self.ps_superior),
-            "ps_inferior": point(self.ps_inferior),
-            "tangent_point": point(self.tangent_point),
-        }
 
 
 def mask_points(mask: np.ndarray) -> np.ndarray:

@@ -27,15 +27,16 @@ Fidelity: on the 1078 PSFHS ground-truth maps this reproduces the OpenCV 4 refer
 algorithms for steps 1 and 2, written out below in numpy because OpenCV is not a dependency: the
 polygons have only 9-28 vertices, so a different simplification or fit moves the angle.
 scikit-image's ``approximate_polygon`` breaks distance ties differently and lacks OpenCV's final
-clean-up pass; its ``EllipseModel`` (Halir-Flusser) minimises another criterion and, with
-OpenCV's polygons, agrees within 1 deg on 98 % of maps (median 0.12, max 4.3 deg). It stays
-available as ``fitter="skimage"``.
+clean-up pass; its ``EllipseModel`` (Halir-Flusser) minimises another criterion, so with
+OpenCV's polygons it agrees with the reference only as another fitter does (how closely: model
+card, "Model"; ``tests/test_aop_challenge.py`` checks a sample). It stays available as
+``fitter="skimage"``.
 
 Where the challenge has no answer this returns None: a class is missing, its polygon has fewer
 than 6 vertices, the fit degenerates, or the apex lies inside the head ellipse (the square root's
 argument is negative; the challenge code then goes on with slope 0 and reports a meaningless
 angle). The PS ends use exact radians where the challenge code uses 0.01745 rad/deg (the
-reference does too; the difference is at most 0.011 deg on the ground truth).
+reference does too; the difference on the ground truth is in the model card, "Model").
 
 Coordinates: every point is ``(x, y)`` = ``(column, row)`` of the label map, in pixels, measured
 at pixel centres, as in :mod:`psfh.measure.aop`. The y axis points down.

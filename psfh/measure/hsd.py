@@ -35,7 +35,7 @@ import numpy as np
 
 from psfh.core.errors import PSFHInputError
 from psfh.core.labels import FH, PS, check_label_map, largest_component
-from psfh.measure.aop import Point, inside_convex_hull, mask_points, ps_axis_ends
+from psfh.measure.aop import Measurement, Point, inside_convex_hull, mask_points, ps_axis_ends
 
 # Grid-line crossings closer than this (in pixels of ray length) are one crossing: the ray
 # passes through a pixel corner there and touches the diagonal neighbours only at a point.
@@ -44,7 +44,7 @@ MISSES_HEAD = "the perpendicular from the symphysis' inferior end misses the fet
 
 
 @dataclass(frozen=True)
-class HSDMeasurement:
+class HSDMeasurement(Measurement):
     """An HSD and its construction, or the reason there is none.
 
     Points are ``(x, y)`` = ``(column, row)`` pixel coordinates (floats, pixel centres).
@@ -64,28 +64,6 @@ class HSDMeasurement:
     reason: str | None = None
     apex: Point | None = None
     skull_point: Point | None = None
-
-    @property
-    def measured(self) -> bool:
-        """True when a distance was measured."""
-        return self.distance_px is not None
-
-    def to_dict(self) -> dict:
-        """JSON-able copy: floats, None, and points as ``[x, y]`` lists."""
-
-        def point(p: Point | None) -> list[float] | None:
-            return None if p is None else [float(p[0]), float(p[1])]
-
-        def number(value: float | None) -> float | None:
-            return None if value is None else float(value)
-
-        return {
-            "distance_px": number(self.distance_px),
-            "distance_mm": number(self.distance_mm),
-            "reason": self.reason,
-            "apex": point(self.apex),
-            "skull_point": point(self.skull_point),
-        }
 
 
 def check_spacing(spacing_mm) -> np.ndarray | None:

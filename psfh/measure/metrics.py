@@ -23,13 +23,14 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
 from psfh.core.errors import PSFHInputError
-from psfh.core.labels import FH, PS, check_label_map
+from psfh.core.labels import FH, PS, SHORT_NAMES, STRUCTURE_VALUES, check_label_map
 from psfh.measure.aop import measure_aop
 from psfh.measure.aop_challenge import challenge_aop
 
-# The three structures scored, in the channel order of :func:`structure_one_hot`.
-STRUCTURES = ("ps", "fh", "all")
-METRIC_KEYS = tuple(f"{metric}_{structure}" for metric in ("dice", "hd", "asd") for structure in STRUCTURES)
+# What is scored, in the channel order of :func:`structure_one_hot`: each structure, by its short
+# name in lower case ("ps", "fh"), and the two together ("all").
+SCORED_REGIONS = (*(SHORT_NAMES[value].lower() for value in STRUCTURE_VALUES), "all")
+METRIC_KEYS = tuple(f"{metric}_{region}" for metric in ("dice", "hd", "asd") for region in SCORED_REGIONS)
 # One scored image (score_label_map), the columns of psfh.batch.evaluate's per_image.csv.
 SCORE_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error",
                  "aop_challenge_pred", "aop_challenge_true", "aop_challenge_error", "seconds")
@@ -85,7 +86,7 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str
 
     diagonal = math.hypot(*prediction.shape)
     metrics = {}
-    for structure, pred_has, target_has, both in zip(STRUCTURES, in_pred, in_target, in_both):
+    for structure, pred_has, target_has, both in zip(SCORED_REGIONS, in_pred, in_target, in_both):
         if both:
             values = next(measured)
         elif not pred_has and not target_has:

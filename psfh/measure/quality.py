@@ -1,21 +1,22 @@
 """When not to trust a result: checks on the input frame and on the segmentation, with reasons.
 
 Each check compares one measure with a bound calibrated on data the model was not tested on: the
-ground truth of the 978 cross-validation frames and the package's out-of-fold predictions
-(``scripts/calibrate_quality.py``; never the 100 test frames). A failed check says why in plain
+ground truth of the cross-validation frames and the package's out-of-fold predictions
+(``python -m experiments.calibrate_quality``; never the held-out test frames). A failed check says why in plain
 words; a result with any failed check is flagged "check this result" and its AoP is withheld
 (the number is still computed and reported beside the flag, so nothing is hidden from a
 reviewer).
 
 Input: an ultrasound frame has many grey levels and a dark background around the ultrasound
-sector (PSFHS frames: at least 205 levels and 8.8 % black pixels); a label map, a drawing or
-text has few levels, a photograph or noise no dark background.
+sector (the PSFHS frames' ranges: model card, "Trust"); a label map, a drawing or text has few
+levels, a photograph or noise no dark background.
 Result: the fetal head is a smooth, convex (elliptical) skull outline, the pubic symphysis a
-compact structure a tenth of the head's size, apart from the head (in the 978 expert label maps
-they never touch: 2 px apart at least), and neither is cut off by the image border. A PS that
+compact structure a tenth of the head's size, apart from the head (in the expert label maps
+they never touch), and neither is cut off by the image border. A PS that
 touches the head is the model's typical gross error: a bright band on top of the skull taken for
 the symphysis; such a band, or a PS tilted along the skull's curve, also shows as a PS long axis
-steeper than experts draw it (``ps_elevation``: median 13.8 deg from the image rows).
+steeper than experts draw it (``ps_elevation``, the axis's angle from the image rows; the
+experts' distribution is in the model card, "Trust").
 Model: each fold segments the frame and its mirror image; where the two disagree on the pubic
 symphysis (``ps_view_dice``, the mean over folds of the Dice between the two views' PS) or on
 the angle (``flip_aop_gap``, the mean over folds of |AoP(identity view) - AoP(flipped view)|),
@@ -38,8 +39,9 @@ from scipy.spatial import ConvexHull, QhullError
 from psfh.core.labels import FH, PS, check_label_map, largest_component
 from psfh.measure.aop import AoPMeasurement, measure_aop
 
-# Bounds, from scripts/calibrate_quality.py (docs/results/quality/calibration.json): each but the PS
-# elevation is beyond every ground-truth frame and flags about 1 % of out-of-fold predictions or fewer.
+# Bounds, from `python -m experiments.calibrate_quality` (docs/results/quality/calibration.json): each
+# but the PS elevation lies beyond every ground-truth frame and flags few out-of-fold predictions
+# (how many: model card, "Trust").
 MIN_GREY_LEVELS = 32
 MIN_DARK_FRACTION = 0.02
 MIN_FH_SOLIDITY = 0.90
@@ -50,14 +52,14 @@ MAX_BORDER_PIXELS = 0
 MIN_PS_FH_GAP = 1.5
 MAX_FLIP_AOP_GAP = 25.0
 MIN_PS_VIEW_DICE = 0.82
-# The one bound inside the experts' range (3.9 % of the 978 expert outlines are steeper; their 99th
-# percentile is 39.4 deg): the smallest that catches the most out-of-fold AoPs off by over 15 deg
-# (scripts/ps_elevation_check.py, docs/results/quality/ps_elevation.txt; 13 of 37 with it, 8 without).
+# The one bound inside the experts' range (some expert outlines are steeper): the smallest that
+# catches the most out-of-fold AoPs off by over 15 deg (`python -m experiments.ps_elevation_check`;
+# the table of bounds and catches is docs/results/quality/ps_elevation.txt, the choice the model card's "Trust").
 MAX_PS_ELEVATION = 34.0
 # psfh.measure.stability: the mean AoP change when the frame is made brighter, darker or zoomed out (one
-# fold; only when that check ran). Out of fold (scripts/measure_stability.py), among the bounds at
-# which it flags at most 5 % of frames alone, the one that catches the most AoPs off by over 15
-# deg with the fewest flags: 16 of 37 caught with the other checks (13 without), 30 of 245 flagged.
+# fold; only when that check ran). Out of fold, among the bounds at which it flags at most 5 % of
+# frames alone, the one that catches the most AoPs off by over 15 deg, with the fewest flags on a
+# tie (`python -m experiments.measure_stability`; docs/results/quality/stability/bounds.txt, the model card's "Trust").
 MAX_STABILITY_GAP = 20.0
 
 # Every measure a check can hold (the model's only when views / folds were given; the stability gap
@@ -120,7 +122,8 @@ def ps_elevation(label_map: np.ndarray, aop: AoPMeasurement | None = None) -> fl
     """Angle in degrees (0-90) between the PS long axis, as the AoP measures it (superior end to
     apex), and the image rows, folded so that mirrored frames and the axis's direction do not
     matter; None when the label map (H x W) has no PS axis (no PS or no FH). ``aop``: the label
-    map's :func:`psfh.measure.aop.measure_aop`, when the caller has it (at 1024 x 768 it takes ~0.1 s)."""
+    map's :func:`psfh.measure.aop.measure_aop`, when the caller has it, so that a large map's AoP
+    is not measured twice (its cost: docs/PERFORMANCE.md, "One-off measurements")."""
     measurement = measure_aop(label_map) if aop is None else aop
     if measurement.ps_superior is None or measurement.ps_inferior is None:
         return None
@@ -201,7 +204,7 @@ def check_corrected(image: np.ndarray, label_map: np.ndarray, corrected: set[int
     """The image and anatomy checks of a label map in which a user re-segmented the structures
     ``corrected`` (label values) with box prompts. The PS elevation is not judged on a PS the user
     boxed: that check looks for the model's misplaced PS, and a steep PS a user placed is the
-    patient's anatomy (3.9 % of expert outlines are as steep). Its measure is still reported.
+    patient's anatomy (some expert outlines are as steep). Its measure is still reported.
     ``aop``: as in :func:`measure`."""
     m = measure(image, label_map, aop=aop)
     judged = {k: v for k, v in m.items() if not (k == "ps_elevation" and PS in corrected)}

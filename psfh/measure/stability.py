@@ -6,11 +6,15 @@ view would show it: brighter (gamma 0.6), darker (gamma 1.6; the black backgroun
 both) and zoomed out (10 % black margin on every side, so the anatomy is smaller on the model's
 input). One fold segments each of the three (no flip), and the measure is the mean over them of
 |AoP(perturbed) - AoP(frame)| with the same fold on the frame as given (90 deg where the
-perturbed frame has no AoP). Out of fold, wrong AoPs move more: the bound and its catch rate are in
-``scripts/measure_stability.py`` and the model card.
+perturbed frame has no AoP). Out of fold, wrong AoPs move more: the bound is
+:data:`psfh.measure.quality.MAX_STABILITY_GAP`, its calibration ``python -m
+experiments.measure_stability`` and its catch rate the model card's "Trust".
 
-Cost: three more passes of one fold (about 1.8 s each on 2 CPU threads), which is why it is
-optional (``predict(..., stability_check=True)``, the CLI's ``--stability-check``).
+Cost: three more passes of one fold (timed in the model card's "Trust"), which is why it is
+optional (``predict(..., stability_check=True)``, the CLI's ``--stability-check``). It judges the
+model's own result only: a structure a user re-segmented with a box is the user's outline, so a
+box-corrected result is refused (:func:`refuse_corrected`, which ``PSFHModel.predict`` and the
+demo ask too).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from psfh.core.errors import PSFHInputError
 from psfh.measure import quality
 
 PERTURBATIONS = ("brighter", "darker", "zoomed out")
@@ -63,6 +68,13 @@ def reference_aop(prediction, fold: str) -> float | None:
     return prediction.fold_aop_deg.get(fold)
 
 
+def refuse_corrected(boxes) -> None:
+    """Raise PSFHInputError when ``boxes`` (box prompts, or a prediction's ``corrected``) is not
+    empty: the check judges the model's own result, and a boxed structure is the user's."""
+    if boxes:
+        raise PSFHInputError("stability_check judges the model's own result; it does not apply with box prompts")
+
+
 def checked(model, prediction, image: np.ndarray):
     """``prediction`` (the model's own, uncorrected) with the stability gap among its quality
     measures and judged with them; the first of its folds runs the three perturbed frames.
@@ -72,7 +84,10 @@ def checked(model, prediction, image: np.ndarray):
         prediction: its :class:`psfh.model.psfh_model.Prediction` of ``image``, with its quality check (as
             predict and decode make it).
         image: the H x W uint8 frame as the model saw it (``ImageEmbeddings.image``).
+    Raises:
+        PSFHInputError: ``prediction`` was corrected with box prompts (:func:`refuse_corrected`).
     """
+    refuse_corrected(prediction.corrected)
     start = time.perf_counter()
     fold = prediction.folds[0]
     gap = aop_gap(reference_aop(prediction, fold), perturbed_aops(model, image, fold))

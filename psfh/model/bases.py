@@ -178,11 +178,13 @@ def _hub_builder(hub_id: str) -> Callable[[int], SamModel]:
 
 
 BASES: dict[str, BaseSpec] = {
-    # The last TinyViT stage: 2 blocks at 64 x 64 tokens, 320 dims, after ~85 % of the encoder's cost.
+    # The last TinyViT stage: 2 blocks at 64 x 64 tokens, 320 dims, after most of the encoder's cost,
+    # which the folds then share (docs/PERFORMANCE.md, "One-off measurements").
     "lite-medsam": BaseSpec("lite-medsam", build_lite_medsam, 256, weights="package",
                             default_package=EMBEDDED_PACKAGE_DIR,
                             last_stage_lora_targets=r"vision_encoder\.layers\.3\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))",
-                            # its convolutions run ~15 % faster channels-last (measured, psfh.cli.benchmark)
+                            # its convolutions run faster channels-last
+                            # (docs/PERFORMANCE.md, "One-off measurements")
                             channels_last=True),
     "tiny-random": BaseSpec("tiny-random", build_tiny_random, 64, weights="random"),
 }

@@ -2,8 +2,9 @@
 
 peft runs an unmerged LoRA linear layer as ``base(x) + scale * B(A(x))``: two more matrix
 products, a multiply and an add per layer. With LoRA on every attention ``qkv`` of the TinyViT's
-stages 1-3 (the shipped package) that was about 16 % of a fold's encoder time on 2 CPU cores
-(`python scripts/profile_encoder.py`, docs/PERFORMANCE.md). peft's ``merge_adapter`` /
+stages 1-3 (the shipped package) that is a noticeable share of a fold's encoder time on CPU
+(``python -m experiments.profile_encoder``; the share and the time saved: docs/PERFORMANCE.md,
+"Merged fold weights"). peft's ``merge_adapter`` /
 ``unmerge_adapter`` would add the product to the shared base weights and later subtract it,
 leaving rounding drift in the base after every pass; here each fold's merged weight
 ``W + scale * B @ A`` is made once, kept beside the base (4.5 MiB per fold for LiteMedSAM) and put in

@@ -53,11 +53,12 @@ class _Session:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # errors only: its notes on graph rewrites are not for users
-            # No arena: it kept every activation size it ever saw (9 GB peak for the 5-fold ensemble).
+            # No arena: it kept every activation size it ever saw, so the ensemble's peak memory
+            # grew to several times the model's (docs/PERFORMANCE.md, "One-off measurements").
             options.enable_cpu_mem_arena = False
             # No memory pattern either: each session would keep its planned activation buffers
-            # between calls (without them the shipped package's ensemble peaked at 1786 MB, with
-            # them 2038 MB, at the same speed; docs/PERFORMANCE.md, the 19:59 and 15:02 runs).
+            # between calls; without them the ensemble's peak memory is lower at the same speed
+            # (docs/PERFORMANCE.md, the notes on issue 13).
             options.enable_mem_pattern = False
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -76,9 +77,8 @@ class _Session:
                 output = request.infer({0: array})[0].copy()
                 # Each compiled file keeps its own activation buffers; the ensemble runs its files
                 # one after another, so handing them back after each call keeps only one file's at
-                # a time: the shipped package's ensemble peaked at 3494 MB without this and 2358 MB
-                # with it, at the same speed (docs/PERFORMANCE.md, the 15:02 and 19:59 runs of
-                # 2026-11-28). OpenVINO allocates them again on the next call.
+                # a time: a lower peak memory at the same speed (docs/PERFORMANCE.md, the notes on
+                # issue 13). OpenVINO allocates them again on the next call.
                 compiled.release_memory()
                 return output
 

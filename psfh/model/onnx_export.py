@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from psfh.core.errors import PSFHInputError
-from psfh.core.files import cache_root, write_text_atomic
+from psfh.core.files import atomic_target, cache_root, write_text_atomic
 from psfh.model import inference
 from psfh.model.onnx_backends import EXPORT_FORMAT, OnnxEnsemble, read_manifest
 from psfh.model.package import base_key
@@ -117,7 +117,8 @@ def with_weights(traced, state: dict[str, torch.Tensor], path: Path) -> None:
     state_dict under the traced module's names), then optimised (constant folding, fusions).
 
     Every fold shares the graph of one trace; only the weights differ, so one trace per kind of
-    file serves all folds (tracing costs ~20 s a file, this ~2 s).
+    file serves all folds (tracing is the slow step: docs/PERFORMANCE.md, "One-off measurements").
+    The file is written atomically (:func:`psfh.core.files.atomic_target`).
     """
     import onnx
     import onnxscript.optimizer
@@ -129,7 +130,8 @@ def with_weights(traced, state: dict[str, torch.Tensor], path: Path) -> None:
         tensor = state.get(initializer.name)
         if tensor is not None:
             initializer.CopyFrom(numpy_helper.from_array(tensor.detach().cpu().numpy(), initializer.name))
-    onnx.save(onnxscript.optimizer.optimize(model), str(path))
+    with atomic_target(path, suffix=".onnx") as temporary:  # the suffix: onnx picks the format by it
+        onnx.save(onnxscript.optimizer.optimize(model), str(temporary))
 
 
 def file_sha256(path: Path) -> str:
@@ -147,7 +149,7 @@ def export_onnx(model, out: str | Path, folds: list[str] | None = None, check_im
     Args:
         model: a :class:`psfh.model.psfh_model.PSFHModel` on the torch backend.
         out: the folder (created; files in it are replaced).
-        folds: the fold adapters to export (default: all the model has).
+        folds: the adapters to export (default: all the model has, the soup too).
         check_images: images (anything ``model.predict`` reads) to check on; default: the
             repository's examples, else one random image.
     Returns:
@@ -159,7 +161,7 @@ def export_onnx(model, out: str | Path, folds: list[str] | None = None, check_im
 
     if getattr(model, "runtime", None) is not None:
         raise PSFHInputError("export from a model on the torch backend (from_pretrained(..., backend='torch'))")
-    folds = resolve_folds(model.folds, folds)
+    folds = resolve_folds(model.adapters, folds)
     from psfh.io.images import load_image
 
     # Read the check's images first: a bad one is refused now, not after minutes of export.
@@ -281,7 +283,7 @@ def find_or_make_export(model) -> Path:
     import sys
     import tempfile
 
-    key = source_key(model, model.folds)
+    key = source_key(model, model.adapters)
     candidates = ([Path(model.source) / "onnx"] if model.source else []) + [cache_root() / "onnx" / key]
     for folder in candidates:
         try:
@@ -296,7 +298,7 @@ def find_or_make_export(model) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
-        export_onnx(model, staging, model.folds, progress=False)
+        export_onnx(model, staging, model.adapters, progress=False)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)  # whole or absent: a stopped export leaves no half folder behind
     finally:

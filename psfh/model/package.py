@@ -57,6 +57,10 @@ class PackageConfig:
         trained: plain-words record of what was trained (and what stayed frozen).
         tta: test-time augmentation used by default.
         training: recipe, data and timing of the run that made the folds (free form).
+        soup: how the package's fold soup (the adapter ``soup/``, :mod:`psfh.model.soup`) was made;
+            empty when it has none.
+        default_adapters: the adapters a prediction uses when the caller names none (empty: all
+            folds, the ensemble).
     """
 
     FILENAME = "psfh_config.json"
@@ -74,6 +78,8 @@ class PackageConfig:
     trained: dict = field(default_factory=dict)
     tta: dict = field(default_factory=lambda: {"horizontal_flip": True})
     training: dict = field(default_factory=dict)
+    soup: dict = field(default_factory=dict)
+    default_adapters: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -258,11 +264,15 @@ def base_key(model, purpose: str) -> str:
 
 
 def package_key(folder: Path) -> str:
-    """``<folder name>-<16 hex>``: a hash of a package folder's weight and config files (names and
-    bytes), the key of anything computed from the whole package (its folds' predictions)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
+    """``<folder name>-<16 hex>``: a hash of what the fold adapters' predictions depend on: the base's
+    weight files, each fold adapter's files and the config's preprocessing. The key of anything
+    computed from the folds (their kept predictions); a soup or a new default leaves it unchanged."""
+    folder = Path(folder)
+    config = PackageConfig.load(folder)
+    digest = hashlib.sha256(json.dumps([config.base, config.input_size, config.pixel_mean, config.pixel_std]).encode())
+    files = [path for sub in ("base", *config.folds) for path in (folder / sub).rglob("*")]
+    for path in sorted(files):
         if path.is_file() and path.suffix in (".safetensors", ".json"):
             digest.update(str(path.relative_to(folder)).encode())
             digest.update(path.read_bytes())
-    return f"{Path(folder).name}-{digest.hexdigest()[:16]}"
+    return f"{folder.name}-{digest.hexdigest()[:16]}"

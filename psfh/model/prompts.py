@@ -8,11 +8,11 @@ reaches Dice PS 0.893 / FH 0.949 on PSFHS (FACTS.md), below the fine-tuned ensem
 where that is right. So a box can be used two ways (:func:`box_outline`): "ensemble_first" keeps
 the ensemble's structure, trimmed to the box, where it lies in the box, and lets the
 box-prompted decoder draw it only where the ensemble put it elsewhere; "sam" always takes the
-box-prompted decoder's mask. Chosen per structure on the 245 out-of-fold frames with jittered
-ground-truth boxes (scripts/measure_correction.py, model_card.md): the PS by "ensemble_first"
-(Dice PS 0.875 -> 0.888, AoP error 8.10 -> 7.48 deg; "sam" 0.872, 7.92), the head by "sam"
-(AoP error 8.10 -> 7.91 deg; "ensemble_first" 8.07, Dice FH 0.952 vs 0.949). The corrected
-structure replaces the ensemble's; the other structure is kept.
+box-prompted decoder's mask. Chosen per structure (:data:`DEFAULT_POLICY`) on the out-of-fold
+frames with jittered ground-truth boxes, by the AoP error: the PS by "ensemble_first", the head
+by "sam" (``python -m experiments.measure_correction``; the table is in the model card's
+"Correcting a structure with a box"). The corrected structure replaces the ensemble's; the other
+structure is kept.
 """
 
 from __future__ import annotations

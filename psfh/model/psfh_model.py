@@ -47,6 +47,7 @@ from psfh.model.package import (
     resolve_package,
     save_base_weights,
 )
+from psfh.model.soup import SOUP, add_soup, describe_soup, store_compactly
 
 
 @dataclass
@@ -264,8 +265,8 @@ class PSFHModel:
                 export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.model.onnx_backends`);
                 these load the model on the CPU unless ``device`` says otherwise.
             export_dir: the ONNX export to run (``python -m psfh.export``). Default: the package's
-                own ``onnx/`` folder when it matches the weights, else one made once (about 3 minutes on
-                2 cores for the embedded package) and kept under ``~/.cache/psfh/onnx``, keyed by the weights.
+                own ``onnx/`` folder when it matches the weights, else one made once (minutes: docs/PERFORMANCE.md,
+                "One-off measurements") and kept under ``~/.cache/psfh/onnx``, keyed by the weights.
         """
         check_backend(backend)
         folder = resolve_package(path_or_repo_id, revision=revision, cache_dir=cache_dir)
@@ -282,6 +283,11 @@ class PSFHModel:
         network = PeftModel.from_pretrained(base_model, str(folder / folds[0]), adapter_name=folds[0])
         for fold in folds[1:]:
             network.load_adapter(str(folder / fold), adapter_name=fold)
+        soup = config.soup.get("adapter")
+        if soup and (folder / soup / ADAPTER_WEIGHTS).is_file():
+            network.load_adapter(str(folder / soup), adapter_name=soup)
+        elif soup:
+            config = replace(config, soup={}, default_adapters=[a for a in config.default_adapters if a != soup])
         network.set_adapter(folds[0])
         if device is None:
             device = default_device() if backend == "torch" else "cpu"
@@ -304,14 +310,19 @@ class PSFHModel:
             self._runtime = None  # an export is made from (and checked against) the torch model
         folder = Path(export_dir) if export_dir else find_or_make_export(self)
         runtime = OnnxEnsemble(folder, backend)
-        missing = [fold for fold in self.folds if fold not in runtime.folds]
+        missing = [adapter for adapter in self.adapters if adapter not in runtime.folds]
         if missing or runtime.manifest["input_size"] != self.config.input_size:
             raise PSFHInputError(f"{folder}: the export holds folds {runtime.folds} at input size "
-                                 f"{runtime.manifest['input_size']}; this model needs {self.folds} at "
+                                 f"{runtime.manifest['input_size']}; this model needs {self.adapters} at "
                                  f"{self.config.input_size}")
         with self._lock:
             self._runtime = runtime
         return self
+
+    @property
+    def export_folder(self) -> Path | None:
+        """The ONNX export the encoder and decoders run from; None on the torch backend."""
+        return None if self._runtime is None else self._runtime.folder
 
     @property
     def backend(self) -> str:
@@ -319,24 +330,31 @@ class PSFHModel:
         return "torch" if self._runtime is None else self._runtime.backend
 
     # ----------------------------------------------------------------------------- saving
-    def save_pretrained(self, folder: str | os.PathLike, folds: list[str] | None = None) -> Path:
-        """Write the package (config, embedded base weights, fold adapters) to ``folder``.
+    def save_pretrained(self, folder: str | os.PathLike, folds: list[str] | None = None,
+                        with_base: bool = True) -> Path:
+        """Write the package (config, embedded base weights, fold adapters, the soup) to ``folder``.
 
-        ``folds`` selects the adapters to write (None: all; []: none, config and base only).
+        ``folds`` selects the adapters to write (None: all, the soup too; []: none, config and base
+        only); ``with_base=False`` leaves the base weights out (adding an adapter to a package).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        folds = self.config.folds if folds is None else list(folds)
-        if self.config.embedded_base:
+        adapters = self.adapters if folds is None else list(folds)
+        if self.config.embedded_base and with_base:
             save_base_weights(self.network, folder)  # a saved package is whole, even if this one borrows its base
-        if folds:
+        if adapters:
             had_readme = (folder / "README.md").exists()
             # peft writes each named adapter to folder/<name>/ (the package layout)
-            self.network.save_pretrained(str(folder), selected_adapters=folds)
+            self.network.save_pretrained(str(folder), selected_adapters=adapters)
             if not had_readme:
                 # peft writes a placeholder card; the package's card is model_card.md (push_to_hub)
                 (folder / "README.md").unlink(missing_ok=True)
-        replace(self.config, base_package=None).save(folder)
+            if self.soup in adapters:
+                store_compactly(folder / self.soup)
+        config = replace(self.config, base_package=None)
+        if not (self.soup and (folder / self.soup / ADAPTER_WEIGHTS).is_file()):  # no soup written, none claimed
+            config = replace(config, soup={}, default_adapters=[a for a in config.default_adapters if a != self.soup])
+        config.save(folder)
         if self.source is not None and (self.source / FOLDS_FILE).is_file() and self.source != folder:
             shutil.copy2(self.source / FOLDS_FILE, folder / FOLDS_FILE)
         return folder
@@ -360,6 +378,43 @@ class PSFHModel:
     def folds(self) -> list[str]:
         """The names of the fold adapters loaded."""
         return list(self.config.folds)
+
+    @property
+    def soup(self) -> str | None:
+        """The fold soup's adapter name (:mod:`psfh.model.soup`), None when the model has none."""
+        name = self.config.soup.get("adapter")
+        return name if name and isinstance(self.network, PeftModel) and name in self.network.peft_config else None
+
+    @property
+    def adapters(self) -> list[str]:
+        """Every adapter a prediction can use: the folds, then the soup when there is one."""
+        return self.folds + ([self.soup] if self.soup else [])
+
+    @property
+    def default_adapters(self) -> list[str]:
+        """The adapters a prediction uses when the caller names none: the package's choice
+        (``default_adapters`` in its config), else all folds (the ensemble)."""
+        chosen = [name for name in self.config.default_adapters if name in self.adapters]
+        return chosen or self.folds
+
+    def members(self, folds: list[str] | None = None) -> list[str]:
+        """The adapters a prediction with ``folds`` uses (None: :attr:`default_adapters`), checked:
+        PSFHInputError for an unknown name or a package without fold adapters."""
+        return resolve_folds(self.adapters, self.default_adapters if folds is None else folds)
+
+    def add_soup(self, folds: list[str] | None = None, weights: list[float] | None = None) -> str:
+        """Add the soup of ``folds`` (default: all) as this model's soup adapter, replacing any
+        it had (:func:`psfh.model.soup.add_soup`); ``save_pretrained`` writes it. -> its name."""
+        folds = self.members(folds)
+        with self._lock:
+            if SOUP in self.network.peft_config:
+                self.network.set_adapter(folds[0])
+                self.network.delete_adapter(SOUP)
+            add_soup(self.network, folds, weights, SOUP)
+            self.network.set_adapter(folds[0])
+            self.config = replace(self.config, soup=describe_soup(folds, weights))
+            self.__dict__.pop("_merged_encoder", None)  # merged weights are made per adapter: start again
+        return SOUP
 
     @property
     def default_tta(self) -> bool:
@@ -388,7 +443,7 @@ class PSFHModel:
     def fold_probabilities(self, pixel_values: torch.Tensor, folds: list[str] | None = None, tta: bool = True,
                            precision: str = "fp32") -> torch.Tensor:
         """Class probabilities of every fold and TTA view: 1 x 3 x S x S -> F x V x 3 x S x S."""
-        folds = resolve_folds(self.folds, folds)
+        folds = self.members(folds)
         with self._lock, self._autocast(precision):
             embeddings = self._encode(inference.tta_views(pixel_values, tta), folds)
             return self._decode_folds(embeddings, folds, tta)
@@ -407,7 +462,7 @@ class PSFHModel:
         (V x C x g x g: identity, then the horizontal flip), e.g. an embedding cache."""
         if adapts_encoder(self.config.lora):
             raise PSFHInputError("this package adapts the image encoder: embeddings differ per fold")
-        folds = resolve_folds(self.folds, folds)
+        folds = self.members(folds)
         shared = view_embeddings[: 2 if tta else 1].to(self.device)
         with self._lock:
             return self._decode_folds({fold: shared for fold in folds}, folds, tta)
@@ -456,7 +511,7 @@ class PSFHModel:
 
     def _fold_encoder(self, fold: str):
         """Context: the encoder as ``fold`` adapts it, its LoRA merged into plain weights when it
-        can be (psfh.model.merged_folds: 15-20 % of a fold's encoder time saved), else peft's unmerged
+        can be (faster: psfh.model.merged_folds, docs/PERFORMANCE.md), else peft's unmerged
         layers: with gradients on (the merged weights carry none to the adapters) or for an
         adapter kind that does not merge exactly. Call under the lock."""
         self.network.set_adapter(fold)
@@ -497,7 +552,7 @@ class PSFHModel:
             check_spacing(spacing_mm)  # a bad spacing is refused before the encoder runs
             spacing_mm = tuple(float(v) for v in spacing_mm)
         tta = self.default_tta if tta is None else bool(tta)
-        folds = resolve_folds(self.folds, folds)
+        folds = self.members(folds)
         pixel_values = self.preprocess(loaded.pixels, loaded.name or "image")
         timings = {"load_and_preprocess": time.perf_counter() - start}
         start = time.perf_counter()
@@ -587,8 +642,8 @@ class PSFHModel:
         Raises:
             PSFHInputError: unreadable or invalid input, unknown folds, a package without folds, bad boxes.
         """
-        if stability_check and boxes:
-            raise PSFHInputError("stability_check judges the model's own result; it does not apply with box prompts")
+        if stability_check:
+            stability.refuse_corrected(boxes)  # before the encoder runs
         embeddings = self.embed(image, folds, tta, precision, for_prompts=bool(boxes), spacing_mm=spacing_mm)
         prediction = self.decode(embeddings, boxes)
         return stability.checked(self, prediction, embeddings.image) if stability_check else prediction

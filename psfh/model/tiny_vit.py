@@ -54,8 +54,9 @@ class ConvBN(nn.Sequential):
 
     In eval mode the BatchNorm is folded into the convolution (one conv instead of a conv and a
     normalisation pass over a 256 x 256 x 256 activation): same result up to float rounding,
-    ~20 % faster. The folded weights are cached and recomputed whenever any source tensor
-    changes (training steps, ``load_state_dict``), so they can never go stale.
+    faster (docs/PERFORMANCE.md, "One-off measurements"). The folded weights are cached and
+    recomputed whenever any source tensor changes (training steps, ``load_state_dict``), so they
+    can never go stale.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, pad: int = 0,
@@ -165,8 +166,8 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=3)
         # 1 x heads x N x N: with a 4-D mask torch's CPU flash kernel runs; with the 3-D heads x N x N
-        # mask it fell back to the math path (the same numbers within 2e-6, up to 2x slower per
-        # call: `python scripts/profile_encoder.py`, docs/PERFORMANCE.md).
+        # mask it fell back to the slower math path, with the same numbers up to float rounding
+        # (`python -m experiments.profile_encoder`; docs/PERFORMANCE.md, "Attention on the fast kernel").
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype).unsqueeze(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from monai.losses import DiceCELoss
 
-from psfh.core.labels import STRUCTURES
+from psfh.core.labels import STRUCTURE_VALUES
 
 
 def segmentation_loss(ce_weight: float = 0.2, dice_weight: float = 0.8,
@@ -21,7 +21,7 @@ def segmentation_loss(ce_weight: float = 0.2, dice_weight: float = 0.8,
     return DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=ce_weight, lambda_dice=dice_weight, weight=weight)
 
 
-def dice_per_class(logits: torch.Tensor, labels: torch.Tensor, classes=tuple(STRUCTURES)) -> torch.Tensor:
+def dice_per_class(logits: torch.Tensor, labels: torch.Tensor, classes=STRUCTURE_VALUES) -> torch.Tensor:
     """Hard Dice of argmax(logits) per image and class: B x C x H x W, B x H x W -> B x len(classes).
 
     Used for per-epoch validation (no connected-component filtering; a class absent from both

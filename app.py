@@ -14,8 +14,8 @@ to Gradio components. Importing it launches nothing:
     demo = create_app("path/to/package")   # or build_demo(PSFHModel.from_pretrained(...))
 
 API: the Run button is the endpoint "/segment" (image file, tta, n_folds, stability_check: on
-unless False) -> (label map PNG, label map MHA, AoP in degrees or None, report dict); "/correct"
-takes image, tta and n_folds plus a box per structure to re-segment (ps_box, fh_box: [x0, y0,
+unless False, mode: "default", "soup" or "ensemble" of n_folds folds) -> (label map PNG, label
+map MHA, AoP in degrees or None, report dict); "/correct" takes image, tta and n_folds plus a box per structure to re-segment (ps_box, fh_box: [x0, y0,
 x1, y1] in image pixels, or None) and returns the same; the Cine clip tab's Run is "/clip"
 (clip file: a multi-frame DICOM or a video, fast) -> (frames CSV, summary dict); see README.md
 for gradio_client calls.
@@ -25,7 +25,7 @@ around it on the overlay. The structure is re-segmented from the kept embeddings
 prompt; no encoder pass), the AoP and downloads follow; Undo and Reset go back.
 
 The Cine clip tab: every frame segmented (psfh.batch.cine.analyse_clip; one encoder pass per frame,
-view and fold, so "fast" is one fold without the flip), the AoP curve with flagged frames left
+view and adapter, so "fast" is the fold soup x flip), the AoP curve with flagged frames left
 out and marked, its maximum, and a slider to scrub through the frames' overlays (kept from the
 run: scrubbing runs no model).
 """
@@ -57,6 +57,7 @@ from psfh.io.sequence import VIDEO_EXTENSIONS, is_sequence, read_sequence
 from psfh.measure import quality, stability
 from psfh.model.prompts import STRUCTURE_NAMES
 from psfh.model.psfh_model import ImageEmbeddings, Prediction, PSFHModel
+from psfh.model.soup import SOUP
 from psfh.render.overlay import display_scale, render_disagreement, render_segmentation
 
 log = logging.getLogger("psfh.app")
@@ -230,6 +231,9 @@ def _output_folder() -> Path:
     return folder
 
 
+# The demo's "Model" choice and the /segment API's mode: the package's default, the soup, the ensemble.
+MODES = ("default", "soup", "ensemble")
+
 def chosen_folds(model: PSFHModel, n_folds) -> list[str] | None:
     """The fold names for the number of folds asked (the slider's or the API's value; None: all)."""
     if n_folds is None:
@@ -245,6 +249,30 @@ def chosen_folds(model: PSFHModel, n_folds) -> list[str] | None:
         raise _user_error(error, None) from None
 
 
+def chosen_members(model: PSFHModel, mode: str | None, n_folds) -> list[str] | None:
+    """The adapters a request uses. ``mode``: "soup" (the package's fold soup), "ensemble" (the
+    first ``n_folds`` folds; None: all), "default" (the package's default); None: as before the
+    soup, ``n_folds`` folds when given, else the default."""
+    if mode is None:
+        return chosen_folds(model, n_folds)
+    if mode == "default":
+        return None
+    if mode == "soup":
+        if model.soup is None:
+            raise gr.Error("this model package has no fold soup: choose the ensemble", print_exception=False)
+        return [model.soup]
+    if mode == "ensemble":
+        return chosen_folds(model, n_folds) or model.folds
+    raise gr.Error(f"mode must be one of {', '.join(MODES)}, not {mode!r}", print_exception=False)
+
+
+def members_text(folds: list[str]) -> str:
+    """What made a result, in words: the fold soup, or an ensemble of named folds."""
+    if folds == [SOUP]:
+        return "the fold soup (one adapter: the mean of the folds' weight changes)"
+    return f"{len(folds)} fold(s) ({', '.join(folds)})"
+
+
 def write_downloads(prediction: Prediction, spatial: dict | None) -> tuple[Path, Path]:
     """The label map as PNG and MHA in a new request folder; both say which structures a user
     corrected (PNG text chunk, MHA header key ``psfh_corrected_by_user``)."""
@@ -257,7 +285,7 @@ def write_downloads(prediction: Prediction, spatial: dict | None) -> tuple[Path,
 
 
 def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: int | None = None,
-                progress=None, boxes: dict | None = None, stability_check: bool = False):
+                progress=None, boxes: dict | None = None, stability_check: bool = False, mode: str | None = None):
     """The "/segment" (and "/correct") handler: file -> (label map PNG, label map MHA, AoP deg
     or None, report, Analysis).
 
@@ -273,10 +301,10 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
     progress = no_progress if progress is None else progress
     progress(0.05, desc="Reading the image")
     path = check_upload(image)
-    folds = chosen_folds(model, n_folds)
+    folds = chosen_members(model, mode, n_folds)
     try:
         loaded, warned = read_image(path)
-        progress(0.2, desc=f"Segmenting with {len(folds or model.folds)} fold(s){' and flip TTA' if tta else ''}")
+        progress(0.2, desc=f"Segmenting with {members_text(model.members(folds))}{' and flip TTA' if tta else ''}")
         embeddings = model.embed(loaded, folds=folds, tta=bool(tta), for_prompts=True)
         prediction = model.decode(embeddings, boxes=boxes)
         if stability_check:  # refused with boxes, by psfh.measure.stability
@@ -416,8 +444,9 @@ def describe_clip(clip: str | None) -> str:
 def run_clip(model: PSFHModel, clip: str | None, fast: bool = True, progress=None):
     """The "/clip" handler: clip file -> (frames CSV, summary dict, ClipView).
 
-    Every frame is segmented by :func:`psfh.batch.cine.analyse_clip` (``fast``: one fold without the
-    flip view, :func:`psfh.batch.cine.fast_options`; else all folds and the package's TTA), with
+    Every frame is segmented by :func:`psfh.batch.cine.analyse_clip` (``fast``: the fold soup x
+    flip, or one fold without the flip view when the package has no soup,
+    :func:`psfh.batch.cine.fast_options`; else all folds and the package's TTA), with
     ``progress`` told after each frame. frames.csv, summary.json, aop_curve.svg and the label
     maps (also zipped) go into a new request folder; the summary dict is summary.json's.
     Bad input raises gr.Error naming the file and the problem.
@@ -481,11 +510,10 @@ def clip_markdown(view: ClipView) -> str:
         if len(flagged) > MAX_FLAGGED_LISTED:
             lines.append(f"- and {len(flagged) - MAX_FLAGGED_LISTED} more (frames.csv lists them all)")
     per_frame = result.summary()["seconds_per_frame"]
-    mode = ("fast mode: one fold, no flip view, one encoder pass a frame" if view.fast else
-            "for long clips, the fast mode (one fold, no flip view) runs one encoder pass a frame instead of "
-            "one per fold and view")
-    lines += ["", f"**Time:** {result.seconds:.1f} s, **{per_frame:.2f} s per frame**; {len(result.folds)} fold(s) "
-                  f"({', '.join(result.folds)}), flip TTA {'on' if result.tta else 'off'} ({mode})."]
+    mode = ("fast mode" if view.fast else
+            "for long clips, the fast mode runs one adapter instead of one per fold")
+    lines += ["", f"**Time:** {result.seconds:.1f} s, **{per_frame:.2f} s per frame**; made by "
+                  f"{members_text(result.folds)}, flip TTA {'on' if result.tta else 'off'} ({mode})."]
     lines += [f"- {note}" for note in view.notes]
     return "\n".join(lines) + f"\n\n{DISCLAIMER}"
 
@@ -600,6 +628,9 @@ def fold_markdown(prediction: Prediction) -> str:
         spread = (f"Spread over {len(angles)} folds: {angles.min():.1f}\N{DEGREE SIGN} to "
                   f"{angles.max():.1f}\N{DEGREE SIGN} (range {np.ptp(angles):.1f}\N{DEGREE SIGN}), "
                   f"SD {angles.std(ddof=1):.1f}\N{DEGREE SIGN}.")
+    elif len(prediction.folds) == 1:
+        spread = ("One member: the per-fold AoP spread and the folds' disagreement map come with the fold "
+                  "ensemble (Options: Model).")
     else:
         spread = "A spread needs at least two folds with a measured AoP."
     gap = prediction.quality.measures.get("flip_aop_gap") if prediction.quality else None
@@ -614,7 +645,7 @@ def timing_markdown(analysis: Analysis) -> str:
     steps = ", ".join(f"{step.replace('_', ' ')} {seconds:.2f} s"
                       for step, seconds in prediction.timings.items() if step != "total")
     return (f"**Time:** {analysis.wall_s:.2f} s for the request; the model took "
-            f"{prediction.timings.get('total', 0.0):.2f} s ({steps}). {len(prediction.folds)} fold(s), "
+            f"{prediction.timings.get('total', 0.0):.2f} s ({steps}). Made by {members_text(prediction.folds)}, "
             f"flip TTA {'on' if prediction.tta else 'off'}.")
 
 
@@ -666,21 +697,25 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
     clip_examples = sorted(CLIP_EXAMPLES.glob("*.dcm")) if CLIP_EXAMPLES.is_dir() else []
 
     def segment(image: str | None, tta: bool, n_folds: float, stability_check: bool = STABILITY_CHECK_DEFAULT,
-                progress=gr.Progress()):
+                mode: str = "default", progress=gr.Progress()):
         """Segment PS and FH in one image and measure the AoP.
 
         Args:
             image: the ultrasound image (.png .jpg .bmp .tif .mha .nii.gz .nrrd, or a single-frame
                 DICOM .dcm, whose pixel spacing gives the HSD in mm).
             tta: horizontal-flip test-time augmentation.
-            n_folds: how many of the fold adapters to ensemble (1 to all, the first ones).
+            n_folds: how many of the fold adapters to ensemble (1 to all, the first ones), with
+                mode "ensemble".
             stability_check: also segment the frame made brighter, darker and zoomed out with the
-                first fold, and flag the result when its AoP moves too much (three more passes).
+                first member, and flag the result when its AoP moves too much (three more passes).
+            mode: "default" (the package's choice), "soup" (the fold soup: one adapter, two encoder
+                passes with the flip) or "ensemble" (n_folds folds: the per-fold spread and the
+                disagreement map come with it).
         Returns:
             The label map as PNG and as MHA (0 background, 1 PS, 2 FH), the AoP in degrees
             (None when it cannot be measured; the report says why) and the JSON report.
         """
-        return run_segment(model, image, tta, n_folds, progress, stability_check=bool(stability_check))
+        return run_segment(model, image, tta, n_folds, progress, stability_check=bool(stability_check), mode=mode)
 
     with gr.Blocks(title="psfh: angle of progression", analytics_enabled=False,
                    delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
@@ -706,6 +741,12 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                         with gr.Accordion("Options", open=True):
                             tta = gr.Checkbox(default_tta, label="Flip test-time augmentation (twice the time)",
                                               elem_id="tta")
+                            default_mode = "soup" if model.soup and model.default_adapters == [model.soup] else "ensemble"
+                            mode = gr.Radio([("Fold soup: one adapter, the folds' mean (fast)", "soup"),
+                                             ("Fold ensemble: every fold (per-fold spread, disagreement map)",
+                                              "ensemble")],
+                                            value=default_mode, label="Model", visible=model.soup is not None,
+                                            elem_id="mode")
                             if n_folds > 1:
                                 fold_count = gr.Slider(1, n_folds, value=n_folds, step=1, precision=0,
                                                        label="Folds in the ensemble (fewer is faster)",
@@ -752,7 +793,7 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                     "Every frame of a clip is segmented and measured: the AoP over time, its maximum and the frame "
                     "where it occurs. Frames the quality check flags are left out of the curve and marked (grey "
                     "ticks). Then scrub through the frames to see each one's overlay. Each frame costs one encoder "
-                    "pass per fold and flip view: the **fast** mode (one fold, no flip) is the one for long clips.")
+                    "pass per adapter and flip view: the **fast** mode (one adapter) is the one for long clips.")
                 with gr.Row():
                     with gr.Column(scale=2):
                         clip_upload = gr.File(
@@ -763,9 +804,10 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                         if clip_examples:
                             gr.Examples([[str(path)] for path in clip_examples], inputs=[clip_upload],
                                         label="Example (a cine made of PSFHS frames)")
-                        clip_fast = gr.Checkbox(True, label="Fast: one fold, no flip view (one encoder pass a "
-                                                "frame); off: all folds and the package's flip setting",
-                                                elem_id="clip-fast")
+                        fast_text = ("the fold soup with the flip view (two encoder passes a frame)" if model.soup
+                                     else "one fold, no flip view (one encoder pass a frame)")
+                        clip_fast = gr.Checkbox(True, label=f"Fast: {fast_text}; off: all folds and the package's "
+                                                            "flip setting", elem_id="clip-fast")
                         clip_run = gr.Button("Run clip", variant="primary", elem_id="clip-run")
                         clip_status = gr.Markdown(elem_id="clip-status")
                         clip_summary = gr.Markdown(elem_id="clip-summary")
@@ -791,7 +833,7 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
         upload.change(lambda image: (*describe_upload(image), *[None] * len(results)), inputs=upload,
                       outputs=[preview, status, *results], api_visibility="private", concurrency_limit=4)
         shown = [overlay, aop_text, heatmap, fold_table, timing, report_file, status, correction_status]
-        run.click(segment, inputs=[upload, tta, fold_count, stability_box],
+        run.click(segment, inputs=[upload, tta, fold_count, stability_box, mode],
                   outputs=[label_png, label_mha, aop_value, report, analysis], api_name="segment",
                   concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
                   ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private", concurrency_limit=4)
@@ -848,8 +890,9 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
 
             Args:
                 clip: a multi-frame DICOM (.dcm) or a video (.mp4 .avi .mov .mkv).
-                fast: one fold without the flip view (one encoder pass a frame; for long
-                    clips); False: all folds and the package's flip setting.
+                fast: the fold soup x flip (two encoder passes a frame; one fold without the
+                    flip view in a package without a soup; for long clips); False: all folds and
+                    the package's flip setting.
             Returns:
                 frames.csv (one row per frame: time, AoP, whether it is in the curve, the
                 quality check, HSD in mm, areas) and the summary: the maximum AoP, its frame

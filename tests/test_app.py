@@ -119,8 +119,10 @@ def test_api_has_the_segment_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert list(endpoints) == ["/segment", "/correct", "/clip"]  # the page's other events are private
     segment = endpoints["/segment"]
-    assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds", "stability_check"]
+    assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds", "stability_check",
+                                                                    "mode"]
     assert segment["parameters"][3]["parameter_default"] is app.STABILITY_CHECK_DEFAULT
+    assert segment["parameters"][4]["parameter_default"] == "ensemble"  # a package without a soup
     assert [r["component"] for r in segment["returns"]] == ["File", "File", "Number", "Json"]
     clip = endpoints["/clip"]
     assert [p["parameter_name"] for p in clip["parameters"]] == ["clip", "fast"]
@@ -600,7 +602,7 @@ def test_a_clip_is_run_summarised_and_scrubbed(model, dicoms):
 def test_the_full_mode_uses_every_fold_and_the_flip(model, dicoms):
     _, summary, view = app.run_clip(model, str(dicoms["cine"]), False)
     assert summary["folds"] == model.folds and summary["tta"] == model.default_tta
-    assert "fast mode (one fold, no flip view) runs one encoder pass" in app.clip_markdown(view)
+    assert "the fast mode runs one adapter instead of one per fold" in app.clip_markdown(view)
 
 
 def test_a_clip_with_trusted_frames_gives_its_maximum_and_hsd(embedded, dicoms):

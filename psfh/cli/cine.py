@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("clips", nargs="+", type=Path, metavar="CLIP",
                         help="multi-frame DICOMs, videos (.mp4 .avi .mov .mkv) or folders of frames")
     parser.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per clip)")
-    parser.add_argument("--fast", action="store_true", help="one fold, no flip: for long clips")
+    parser.add_argument("--fast", action="store_true", help="the fold soup x flip (one fold, no flip, without a soup): for long clips")
     parser.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each clip")
     add_spacing_argument(parser)
     add_model_arguments(parser)

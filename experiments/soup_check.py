@@ -1,9 +1,9 @@
 """The fold soup against the fold ensemble, on the same frames, paired, with exam-block intervals.
 
 Out of fold, honestly: a frame held out by fold k is predicted by the soup of the OTHER folds
-(leave-one-fold-out soups: none of them saw it), beside fold k itself (the package's own
+(leave-one-fold-out soups, exact: none of them saw it), beside fold k itself (the package's own
 out-of-fold answer, kept by experiments.cache_members --mode oof). On the 100 test frames the
-soup of all folds is set against the full ensemble (5 folds x flip) and fold_0 x flip, as
+package's soup (as it ships) is set against the full ensemble (5 folds x flip) and fold_0 x flip, as
 psfh-evaluate scored them (the committed docs/results/test_gpu_paper*/per_image.csv). Each soup
 variant is fused by psfh's own functions (experiments.common.fused_label_map) and scored by
 psfh.measure.metrics, as psfh-evaluate scores; differences are paired per frame, with 95 %
@@ -61,7 +61,10 @@ def cache(args) -> None:
         todo = [s for s in group if not (out / f"{s.id}.safetensors").is_file()]
         if not todo:
             continue
-        model.add_soup([fold for fold in model.folds if fold != held_out])
+        if held_out is not None:
+            model.add_soup([fold for fold in model.folds if fold != held_out])
+        elif model.soup is None:  # the test frames: the package's own soup, as it ships, else one made here
+            model.add_soup()
         for sample in todo:
             pixels = model.preprocess(load_image(sample.image_path).pixels, sample.id)
             members = model.fold_probabilities(pixels, [SOUP], tta=True)

@@ -107,9 +107,10 @@ def embedded():
 
 
 class ExamplePredictions(Mapping):
-    """The embedded package's prediction of each example frame (examples/image_mha) with the
-    package defaults (every fold, flip TTA), by id ("03811"), each made at most once per run, on
-    first use. Read them only: they are shared."""
+    """The embedded package's prediction of each example frame (examples/image_mha) by its full
+    fold ensemble (every fold, the package's flip TTA; named, since the package's default is its
+    soup), by id ("03811"), each made at most once per run, on first use. Read them only: they
+    are shared."""
 
     def __init__(self, model):
         self.model = model
@@ -118,7 +119,7 @@ class ExamplePredictions(Mapping):
 
     def __getitem__(self, sample_id):
         if sample_id not in self._cache:
-            self._cache[sample_id] = self.model.predict(self.paths[sample_id])
+            self._cache[sample_id] = self.model.predict(self.paths[sample_id], folds=self.model.folds)
         return self._cache[sample_id]
 
     def __iter__(self):

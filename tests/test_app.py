@@ -265,7 +265,7 @@ def test_show_result_draws_and_describes_a_run(model, images):
         assert "not measured" in aop_text and prediction.aop.reason[1:] in aop_text
     assert "not a medical device" in aop_text.lower() and "120" in aop_text
     assert all(fold in fold_table for fold in model.folds)
-    assert timing.startswith("**Time:**") and "3 fold(s), flip TTA on" in timing
+    assert timing.startswith("**Time:**") and "Made by 3 fold(s) (fold_0, fold_1, fold_2), flip TTA on" in timing
     assert json.loads(Path(report_file).read_text()) == json.loads(json.dumps(prediction.report()))
     assert "Done" in status and correction == ""
 
@@ -553,7 +553,7 @@ class ProgressRecorder:
 def test_the_handlers_tell_the_progress_bar(model, images):
     progress = ProgressRecorder()
     app.run_segment(model, str(images[0]), False, 1, progress)
-    assert [desc for _, desc in progress.calls][:2] == ["Reading the image", "Segmenting with 1 fold(s)"]
+    assert [desc for _, desc in progress.calls][:2] == ["Reading the image", "Segmenting with 1 fold(s) (fold_0)"]
 
 
 def test_a_clip_is_run_summarised_and_scrubbed(model, dicoms):

@@ -62,7 +62,7 @@ def test_cine_dicom_through_the_command_line(embedded, tmp_path, monkeypatch, ca
     assert [row["name"] for row in rows] == ["labour_f0000", "labour_f0001", "labour_f0002"]
     assert [float(row["time_s"]) for row in rows] == pytest.approx([0.0, FRAME_TIME_MS / 1000, 2 * FRAME_TIME_MS / 1000])
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["frames"] == 3 and summary["folds"] == ["fold_0"] and summary["tta"] is False
+    assert summary["frames"] == 3 and summary["folds"] == ["soup"] and summary["tta"] is True  # fast: the soup x flip
     assert summary["pixel_spacing_mm"] == list(PIXEL_SPACING_MM)
     trusted = [row for row in rows if row["in_curve"] == "True"]
     assert trusted, rows  # real ultrasound frames: the curve is not empty

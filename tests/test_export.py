@@ -116,6 +116,7 @@ def test_bad_backend_requests_get_clear_errors(tiny_package, tiny_export, tmp_pa
         read_manifest(broken)
 
 
+@pytest.mark.slow  # exports in a subprocess (~1 min on 2 cores); the tests above export in process
 def test_the_export_command_line_writes_and_checks_an_export(tiny_package, tmp_path):
     out = tmp_path / "onnx"
     run = subprocess.run([sys.executable, "-m", "psfh.export", "--model", str(tiny_package), "--out", str(out),
@@ -171,6 +172,7 @@ def test_the_shipped_package_exports_exactly(embedded, tmp_path, example_images)
     assert np.abs(inference.undo_tta(torch.from_numpy(members), True)[:, 0] - reference).max() <= PROBABILITY_TOLERANCE
 
 
+@pytest.mark.slow  # exports in a subprocess (~1 min on 2 cores); the tests above export in process
 def test_the_batch_command_line_runs_on_an_onnx_backend(tiny_package, tmp_path, example_images):
     """`python -m psfh.predict --backend onnxruntime`: the export is made once into the cache, and
     the label maps and AoPs match the torch backend's."""

@@ -50,6 +50,23 @@ def test_the_soup_changes_each_weight_by_the_folds_mean_change(model):
             assert torch.allclose(parameter, expected, atol=1e-6)
 
 
+def test_a_rank_cap_keeps_the_best_approximation_of_the_mean_change(model):
+    add_soup(model.network, FOLDS, name="exact")
+    add_soup(model.network, FOLDS, name="capped", max_rank=3)
+    truncated = 0
+    for layer in lora_layers(model.network, "capped"):
+        exact = layer.get_delta_weight("exact")
+        u, s, vh = torch.linalg.svd(exact, full_matrices=False)
+        rank = layer.lora_A["capped"].weight.shape[0]
+        assert rank == min(3, layer.lora_A["exact"].weight.shape[0])
+        best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        assert torch.allclose(layer.get_delta_weight("capped"), best, atol=1e-5)
+        truncated += rank < layer.lora_A["exact"].weight.shape[0]
+    assert truncated > 0
+    with pytest.raises(PSFHInputError, match="max_rank must be at least 1"):
+        add_soup(model.network, FOLDS, name="none", max_rank=0)
+
+
 def test_a_soup_of_one_fold_predicts_as_that_fold(model):
     model.add_soup(["fold_1"])
     pixels = model.preprocess(IMAGE)

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", nargs="+", default=None, metavar="FOLD", help="folds to soup (default: all)")
     parser.add_argument("--default", action="store_true",
                         help="make the soup the package's default (predictions that name no folds use it)")
+    parser.add_argument("--max-rank", type=int, default=None,
+                        help="keep at most this LoRA rank per layer (truncated SVD of the mean change; smaller "
+                             "file); default: exact, the folds' ranks summed")
     parser.add_argument("--overwrite", action="store_true", help="replace a soup the package already has")
     return parser
 
@@ -43,7 +46,7 @@ def _main(argv: list[str] | None) -> int:
     from psfh.model.psfh_model import PSFHModel
 
     model = PSFHModel.from_pretrained(args.package, device="cpu")
-    name = model.add_soup(args.folds)
+    name = model.add_soup(args.folds, max_rank=args.max_rank)
     if args.default:
         model.config.default_adapters = [name]
     model.save_pretrained(args.package, folds=[name], with_base=False)

@@ -402,17 +402,19 @@ class PSFHModel:
         PSFHInputError for an unknown name or a package without fold adapters."""
         return resolve_folds(self.adapters, self.default_adapters if folds is None else folds)
 
-    def add_soup(self, folds: list[str] | None = None, weights: list[float] | None = None) -> str:
+    def add_soup(self, folds: list[str] | None = None, weights: list[float] | None = None,
+                 max_rank: int | None = None) -> str:
         """Add the soup of ``folds`` (default: all) as this model's soup adapter, replacing any
-        it had (:func:`psfh.model.soup.add_soup`); ``save_pretrained`` writes it. -> its name."""
+        it had (:func:`psfh.model.soup.add_soup`; ``max_rank``: truncate each layer's change to
+        that rank, None: exact); ``save_pretrained`` writes it. -> its name."""
         folds = self.members(folds)
         with self._lock:
             if SOUP in self.network.peft_config:
                 self.network.set_adapter(folds[0])
                 self.network.delete_adapter(SOUP)
-            add_soup(self.network, folds, weights, SOUP)
+            add_soup(self.network, folds, weights, SOUP, max_rank)
             self.network.set_adapter(folds[0])
-            self.config = replace(self.config, soup=describe_soup(folds, weights))
+            self.config = replace(self.config, soup=describe_soup(folds, weights, max_rank))
             self.__dict__.pop("_merged_encoder", None)  # merged weights are made per adapter: start again
         return SOUP
 

@@ -7,8 +7,11 @@ written exactly as one LoRA of rank ``sum_k r_k`` with scale 1::
     A = [w_1 s_1 A_1; ...; w_K s_K A_K]   (the folds' A stacked: (sum r_k) x in)
     B = [B_1, ..., B_K]                   (the folds' B side by side: out x (sum r_k))
 
-so ``B A = sum_k w_k s_k B_k A_k``. What peft keeps whole per fold (``modules_to_save``: the
-decoder's output tokens and the no-prompt embedding) becomes the weighted mean of the fold copies.
+so ``B A = sum_k w_k s_k B_k A_k``. With ``max_rank``, a layer whose summed rank is larger keeps
+the best rank-``max_rank`` approximation of that change instead (truncated SVD: ``B = U S``,
+``A = V^T``), which stores less where the folds' changes overlap. What peft keeps whole per fold
+(``modules_to_save``: the decoder's output tokens and the no-prompt embedding) becomes the
+weighted mean of the fold copies.
 A soup runs like one fold: one encoder pass per view instead of one per fold and view.
 
 In a package the soup is the adapter folder ``soup/`` (peft's files), its factors stored in
@@ -35,9 +38,9 @@ SOUP = "soup"  # the soup's adapter name, and its folder in a package
 STORED_DTYPE = torch.float16
 
 
-def soup_config(network: PeftModel, folds: list[str]):
+def soup_config(network: PeftModel, folds: list[str], max_rank: int | None = None):
     """The peft LoraConfig of the soup of ``folds``: theirs, with each rank the sum of the folds'
-    ranks and alpha equal to it (scale 1: the folds' scales go into the stacked A)."""
+    ranks (at most ``max_rank``) and alpha equal to it (scale 1: the folds' scales go into A)."""
     configs = [network.peft_config[fold] for fold in folds]
     first = configs[0]
     for fold, config in zip(folds, configs):
@@ -46,13 +49,16 @@ def soup_config(network: PeftModel, folds: list[str]):
         if not same:
             raise PSFHInputError(f"fold {fold!r} adapts other layers than {folds[0]!r} (or uses DoRA): "
                                  "only folds of one recipe can be souped")
-    rank = sum(config.r for config in configs)
-    rank_pattern = {pattern: sum(config.rank_pattern[pattern] for config in configs) for pattern in first.rank_pattern}
+    cap = (lambda rank: rank) if max_rank is None else (lambda rank: min(rank, max_rank))
+    rank = cap(sum(config.r for config in configs))
+    rank_pattern = {pattern: cap(sum(config.rank_pattern[pattern] for config in configs))
+                    for pattern in first.rank_pattern}
     return replace(first, r=rank, lora_alpha=rank, rank_pattern=rank_pattern, alpha_pattern=dict(rank_pattern),
                    use_rslora=False, inference_mode=True)
 
 
-def add_soup(network: PeftModel, folds: list[str], weights: list[float] | None = None, name: str = SOUP) -> None:
+def add_soup(network: PeftModel, folds: list[str], weights: list[float] | None = None, name: str = SOUP,
+             max_rank: int | None = None) -> None:
     """Add the soup of ``folds`` to ``network`` as the adapter ``name`` (see the module docstring).
 
     Args:
@@ -60,6 +66,7 @@ def add_soup(network: PeftModel, folds: list[str], weights: list[float] | None =
         folds: the adapters to soup (at least one).
         weights: one weight per fold (default: uniform, 1 / K each).
         name: the new adapter's name; it must not exist yet.
+        max_rank: keep at most this rank per layer (truncated SVD of its change); None: exact.
     """
     if not folds:
         raise PSFHInputError("a soup needs at least one fold adapter")
@@ -68,13 +75,19 @@ def add_soup(network: PeftModel, folds: list[str], weights: list[float] | None =
     weights = [1.0 / len(folds)] * len(folds) if weights is None else [float(w) for w in weights]
     if len(weights) != len(folds):
         raise PSFHInputError(f"{len(weights)} weights for {len(folds)} folds")
-    network.add_adapter(name, soup_config(network, folds))
+    if max_rank is not None and max_rank < 1:
+        raise PSFHInputError(f"max_rank must be at least 1, not {max_rank}")
+    network.add_adapter(name, soup_config(network, folds, max_rank))
     with torch.no_grad():
         for module in network.modules():
             if isinstance(module, LoraLayer) and name in module.lora_A:
                 stacked_a = torch.cat([w * module.scaling[fold] * module.lora_A[fold].weight
                                        for fold, w in zip(folds, weights)], dim=0)
                 side_by_side_b = torch.cat([module.lora_B[fold].weight for fold in folds], dim=1)
+                rank = module.lora_A[name].weight.shape[0]
+                if rank < stacked_a.shape[0]:  # the best rank-`rank` approximation of B A
+                    u, s, vh = torch.linalg.svd(side_by_side_b @ stacked_a, full_matrices=False)
+                    side_by_side_b, stacked_a = u[:, :rank] * s[:rank], vh[:rank]
                 module.lora_A[name].weight.copy_(stacked_a)
                 module.lora_B[name].weight.copy_(side_by_side_b)
                 module.scaling[name] = 1.0
@@ -93,10 +106,11 @@ def store_compactly(adapter_folder: Path) -> Path:
     return path
 
 
-def describe_soup(folds: list[str], weights: list[float] | None = None) -> dict:
+def describe_soup(folds: list[str], weights: list[float] | None = None, max_rank: int | None = None) -> dict:
     """The ``soup`` entry of psfh_config.json: what the soup was made from, and how."""
     weights = [1.0 / len(folds)] * len(folds) if weights is None else [float(w) for w in weights]
-    return {"adapter": SOUP, "folds": list(folds), "weights": weights,
-            "method": "weighted mean of the folds' LoRA weight changes, exact as LoRA factors of the summed "
-                      "rank; modules_to_save averaged",
+    method = ("weighted mean of the folds' LoRA weight changes, as LoRA factors of the summed rank"
+              + ("" if max_rank is None else f", truncated by SVD to rank {max_rank} where larger")
+              + "; modules_to_save averaged")
+    return {"adapter": SOUP, "folds": list(folds), "weights": weights, "max_rank": max_rank, "method": method,
             "stored_dtype": str(STORED_DTYPE).removeprefix("torch.")}

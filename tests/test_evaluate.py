@@ -14,6 +14,7 @@ import psfh.cli.evaluate
 from psfh.batch.evaluate import ROW_COLUMNS, evaluate
 from psfh.cli.evaluate import main
 from psfh.core.errors import PSFHInputError
+from psfh.core.options import resolve_folds
 from psfh.io.dataset import find_samples, select_samples
 from psfh.io.images import load_label_map
 from psfh.measure.aop import measure_aop
@@ -46,6 +47,9 @@ class GroundTruthModel:
     folds = ["truth"]
     source = None
     default_tta = True
+
+    def members(self, folds=None):
+        return resolve_folds(self.folds, folds)
 
     def predict(self, image, folds=None, tta=None, precision="fp32") -> Prediction:
         label = load_label_map(Path(image).parents[1] / "label_mha" / Path(image).name)

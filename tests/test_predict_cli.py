@@ -15,6 +15,7 @@ import psfh.cli.predict
 from psfh.batch.predict import CSV_COLUMNS, plan_outputs, predict_paths
 from psfh.cli.predict import main
 from psfh.core.errors import PSFHInputError
+from psfh.core.options import resolve_folds
 from psfh.io.images import load_image, load_label_map
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -125,6 +126,9 @@ class ConstantModel:
     """Stands in for PSFHModel where only the file handling is under test."""
 
     folds = ["only"]
+
+    def members(self, folds=None):
+        return resolve_folds(self.folds, folds)
 
     def predict(self, image, folds=None, tta=None, precision="fp32"):
         raise AssertionError("not reached: these items are refused before prediction")

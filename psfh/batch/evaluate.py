@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from psfh.core.errors import PSFHInputError
 from psfh.core.files import write_csv_atomic, write_text_atomic
-from psfh.core.options import check_precision, resolve_folds
+from psfh.core.options import check_precision
 from psfh.io.dataset import Sample, validate_samples
 from psfh.io.images import as_uint8, load_image, load_label_map, save_label_map
 from psfh.measure import quality
@@ -55,9 +55,9 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
     """Predict every sample with `model`, score it, and summarise.
 
     Args:
-        model: a PSFHModel (anything with ``.folds`` and ``.predict``; ``.source`` is recorded).
+        model: a PSFHModel (anything with ``.folds``, ``.members`` and ``.predict``; ``.source`` is recorded).
         samples: labelled pairs, e.g. from :func:`psfh.io.dataset.find_samples`.
-        folds: fold adapters to ensemble (default: all); tta, precision: as in ``model.predict``
+        folds: the adapters to use (default: the package's, ``model.members``); tta, precision: as in ``model.predict``
             (tta None: the package's setting, ``model.default_tta``).
         progress: show tqdm bars (checking, then evaluating) on stderr.
         out_of_fold: predict each sample with the one fold adapter that did not train on it
@@ -80,7 +80,7 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
             raise PSFHInputError("out-of-fold evaluation picks each image's fold itself: give no folds")
         fold_of = held_out_fold(model, [sample.id for sample in samples])
     else:
-        folds = resolve_folds(model.folds, folds)
+        folds = model.members(folds)
     validate_samples(list(samples), progress=progress)
     if label_map_dir is not None:
         Path(label_map_dir).mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from psfh.core.errors import PSFHInputError
 from psfh.core.files import format_cell
-from psfh.core.options import check_precision, resolve_folds
+from psfh.core.options import check_precision
 from psfh.io.images import (
     DICOM_EXTENSIONS,
     SITK_EXTENSIONS,
@@ -174,7 +174,7 @@ def predict_paths(model, inputs: Iterable[str | os.PathLike], out_dir: str | os.
     """
     check_precision(precision)
     check_spacing(spacing_mm)  # a bad --spacing-mm stops the run, not every row
-    folds = resolve_folds(model.folds, folds)
+    folds = model.members(folds)
     files, skipped = collect_inputs(inputs)
     _note_skipped(skipped)
     if not files:

@@ -18,6 +18,10 @@ import torch
 
 from psfh.core.errors import PSFHInputError
 from psfh.model.onnx_backends import OnnxEnsemble, read_manifest
+
+# Every test here exports (ONNX tracing: tens of seconds each on 2 cores, minutes for the real
+# base): the full suite's, not the quick tier's.
+pytestmark = pytest.mark.slow
 from psfh.model.onnx_export import PROBABILITY_TOLERANCE, export_onnx
 from psfh.model.psfh_model import PSFHModel
 

@@ -112,6 +112,7 @@ def test_shared_encoder_path_equals_running_every_fold_in_full(tiny_package, mon
     assert torch.allclose(shared, full, atol=1e-5)
 
 
+@pytest.mark.slow  # builds the real LiteMedSAM base and runs it in full per fold (~20 s)
 def test_last_stage_adapters_share_the_encoder_prefix_and_equal_full_passes(monkeypatch):
     """Adapters on the last TinyViT stage only: the earlier stages run once for all folds and
     views, and the answer is what a full encoder pass per fold gives."""
@@ -143,6 +144,7 @@ def test_last_stage_adapters_share_the_encoder_prefix_and_equal_full_passes(monk
     assert (shared[0] - shared[1]).abs().max() > 1e-3, "the two folds' last stages really differ"
 
 
+@pytest.mark.slow  # builds the real LiteMedSAM base and runs it in full per fold (~10 s)
 def test_paper_adapters_on_every_qkv_still_share_the_patch_embedding_and_stage_0(monkeypatch):
     """LoRA on every attention qkv leaves the convolutional stage 0 (half the encoder's cost) alone."""
     from conftest import EMBEDDED, randomise_adapters

@@ -11,6 +11,9 @@ from psfh.model.merged_folds import MergedFoldWeights
 from psfh.model.psfh_model import PSFHModel
 
 IMAGE = (np.random.default_rng(3).random((80, 96)) * 255).astype(np.uint8)
+# The real LiteMedSAM base with random folds, run merged and unmerged (~25 s on 2 cores): the full
+# suite's; the quick tier's golden test runs the shipped package through the merged path.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,9 @@ class RecordingModel:
     def __init__(self, model):
         self.model, self.folds, self.options = model, model.folds, []
 
+    def members(self, folds=None):
+        return self.model.members(folds)
+
     def predict(self, image, **options):
         self.options.append(options.get("stability_check"))
         return self.model.predict(image, **options)

@@ -15,8 +15,9 @@ to Gradio components. Importing it launches nothing:
 
 API: the Run button is the endpoint "/segment" (image file, tta, n_folds, stability_check: on
 unless False, mode: "default", "soup" or "ensemble" of n_folds folds) -> (label map PNG, label
-map MHA, AoP in degrees or None, report dict); "/correct" takes image, tta and n_folds plus a box per structure to re-segment (ps_box, fh_box: [x0, y0,
-x1, y1] in image pixels, or None) and returns the same; the Cine clip tab's Run is "/clip"
+map MHA, AoP in degrees or None, report dict); "/correct" takes image, tta and n_folds plus a
+box per structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
+returns the same; the Cine clip tab's Run is "/clip"
 (clip file: a multi-frame DICOM or a video, fast) -> (frames CSV, summary dict); see README.md
 for gradio_client calls.
 
@@ -77,7 +78,7 @@ OUTPUT_MAX_AGE_S = 3600
 # Requests that may run at once. Fold adapters are switched under PSFHModel's lock, so only the
 # forward passes queue up; reading, post-processing and drawing of other requests overlap them.
 CONCURRENCY = int(os.environ.get("PSFH_CONCURRENCY", "2"))
-# psfh.measure.stability's check, on in the page and the API unless unticked: three more passes of one fold
+# psfh.measure.stability's check, on in the page and the API unless unticked: three more passes of one adapter
 # per image, for a flag that catches more of the wrong AoPs (model card, "Trust").
 STABILITY_CHECK_DEFAULT = True
 
@@ -720,7 +721,8 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
     with gr.Blocks(title="psfh: angle of progression", analytics_enabled=False,
                    delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
         gr.Markdown(f"# {TITLE}\n{DISCLAIMER}")
-        gr.Markdown(f"Model `{source}`: base `{model.config.base}`, {n_folds} fold adapter(s), "
+        soup_text = " and their soup (the default)" if model.soup and model.default_adapters == [model.soup] else ""
+        gr.Markdown(f"Model `{source}`: base `{model.config.base}`, {n_folds} fold adapter(s){soup_text}, "
                     f"device `{model.device}`.")
         if not n_folds:
             gr.Markdown("\N{WARNING SIGN} This model package holds the base model only (no fold adapters): "
@@ -741,7 +743,8 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                         with gr.Accordion("Options", open=True):
                             tta = gr.Checkbox(default_tta, label="Flip test-time augmentation (twice the time)",
                                               elem_id="tta")
-                            default_mode = "soup" if model.soup and model.default_adapters == [model.soup] else "ensemble"
+                            soup_is_default = model.soup and model.default_adapters == [model.soup]
+                            default_mode = "soup" if soup_is_default else "ensemble"
                             mode = gr.Radio([("Fold soup: one adapter, the folds' mean (fast)", "soup"),
                                              ("Fold ensemble: every fold (per-fold spread, disagreement map)",
                                               "ensemble")],
@@ -757,7 +760,7 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                             stability_box = gr.Checkbox(
                                 STABILITY_CHECK_DEFAULT, elem_id="stability",
                                 label="Stability check: flag an AoP that moves when the frame is made brighter, "
-                                      "darker or zoomed out (three more passes of one fold)")
+                                      "darker or zoomed out (three more passes of one adapter)")
                         run = gr.Button("Run", variant="primary", elem_id="run")
                         status = gr.Markdown(elem_id="status")
                     with gr.Column(scale=3):

@@ -71,7 +71,8 @@ def measure(args) -> None:
             members, folds = load_members(folder, row["id"])
             fold = fold_of[row["id"]] if args.mode == "oof" else model.folds[0]
             # The fold's AoP on the frame as given: its identity view, from the kept members.
-            frame = model.prediction_from_members(members[[folds.index(fold)]][:, [0]], image.shape[:2], [fold], False, image=image)
+            frame = model.prediction_from_members(members[[folds.index(fold)]][:, [0]], image.shape[:2], [fold], False,
+                                                  image=image)
             perturbed = stability.perturbed_aops(model, image, fold)
             gap = stability.aop_gap(frame.aop.angle_deg, perturbed)
             writer.writerow({"id": row["id"], "aop_error": row["aop_error"], "fold": fold,

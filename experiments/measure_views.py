@@ -53,8 +53,8 @@ def main() -> int:
         target = load_label_map(sample.label_path)
         both = model.prediction_from_members(members, image.shape[:2], folds, True, image=image)
         for choice, views in VIEW_CHOICES.items():
-            prediction = both if choice == "both" else model.prediction_from_members(members[:, views], image.shape[:2], folds, False,
-                                                                     image=image)
+            prediction = both if choice == "both" else model.prediction_from_members(
+                members[:, views], image.shape[:2], folds, False, image=image)
             # The model's self-agreement is the two views' (both's), whichever views are fused.
             measures = {**quality.measure(image, prediction.label_map, aop=prediction.aop),
                         **{k: both.quality.measures[k] for k in SELF_AGREEMENT if k in both.quality.measures}}

@@ -135,7 +135,8 @@ def table(args) -> None:
         for row in rows:
             by_variant.setdefault(row["variant"], {})[row["id"]] = row
         reference = by_variant[REFERENCE[which]]
-        print(f"## {'Out of fold' if which == 'oof' else 'Test'}: {len(ids)} frames, {len(set(exams.values()))} exams\n")
+        title = "Out of fold" if which == "oof" else "Test"
+        print(f"## {title}: {len(ids)} frames, {len(set(exams.values()))} exams\n")
         print("| variant | " + " | ".join(METRICS) + " | frames AoP > 15 deg |")
         print("|---|" + "---|" * (len(METRICS) + 1))
         for name, per_id in by_variant.items():

@@ -122,7 +122,7 @@ def test_bad_soups_are_refused(model):
 
 def test_the_soup_command_adds_the_soup_and_leaves_the_folds(tiny_package, tmp_path, capsys):
     package = shutil.copytree(tiny_package, tmp_path / "package")
-    before = {path: path.read_bytes() for path in package.rglob("*") if path.is_file() and path.suffix == ".safetensors"}
+    before = {path: path.read_bytes() for path in package.rglob("*.safetensors")}
     assert soup_main([str(package), "--default"]) == 0
     assert "soup" in capsys.readouterr().out
     assert all(path.read_bytes() == content for path, content in before.items())  # base and folds untouched

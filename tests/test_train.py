@@ -136,7 +136,7 @@ def test_each_cpu_recipe_fold_runs_its_own_decoder_copy(cpu_fold_probabilities):
 def test_the_onnx_export_merges_each_cpu_recipe_folds_decoder_copy(cpu_run, cpu_model, cpu_fold_probabilities, tmp_path):
     # The ONNX export merges each fold's copy into its decoder file: the same probabilities.
     image = EXAMPLES / "image_mha" / "03811.mha"
-    export_onnx(cpu_model, tmp_path / "onnx", cpu_model.folds, progress=False)
+    export_onnx(cpu_model, tmp_path / "onnx", cpu_model.adapters, progress=False)  # with the soup: it loads with them
     exported = PSFHModel.from_pretrained(cpu_run, device="cpu", backend="onnxruntime", export_dir=tmp_path / "onnx")
     for fold, reference in cpu_fold_probabilities.items():
         assert np.abs(exported.predict(image, folds=[fold], tta=False).probabilities - reference).max() <= 1e-3, fold

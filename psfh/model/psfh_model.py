@@ -259,8 +259,9 @@ class PSFHModel:
         ``HF_HUB_OFFLINE=1``), or, with no argument, the embedded package.
 
         Args:
-            folds: the fold adapters to load (default: all; []: the base alone, e.g. to cache its
-                embeddings).
+            folds: the fold adapters to load (default: all, and the package's soup when it has one;
+                named folds come without the soup, which is made of them all; []: the base
+                alone, e.g. to cache its embeddings).
             backend: what runs the encoder and the fold decoders: "torch", or (CPU, fp32) an ONNX
                 export of the package run by "onnxruntime" or "openvino" (:mod:`psfh.model.onnx_backends`);
                 these load the model on the CPU unless ``device`` says otherwise.
@@ -272,6 +273,7 @@ class PSFHModel:
         folder = resolve_package(path_or_repo_id, revision=revision, cache_dir=cache_dir)
         refuse_pickle_weights(folder)
         config = PackageConfig.load(folder)
+        every_fold = folds is None
         folds = list(config.folds) if folds is None else (resolve_folds(config.folds, folds) if folds else [])
         config = replace(config, folds=folds)
         base_model = load_base(config, folder)
@@ -284,7 +286,7 @@ class PSFHModel:
         for fold in folds[1:]:
             network.load_adapter(str(folder / fold), adapter_name=fold)
         soup = config.soup.get("adapter")
-        if soup and (folder / soup / ADAPTER_WEIGHTS).is_file():
+        if soup and every_fold and (folder / soup / ADAPTER_WEIGHTS).is_file():
             network.load_adapter(str(folder / soup), adapter_name=soup)
         elif soup:
             config = replace(config, soup={}, default_adapters=[a for a in config.default_adapters if a != soup])
@@ -597,9 +599,9 @@ class PSFHModel:
             with self._lock, self._autocast(embeddings.precision):
                 members = self._decode_folds(embeddings.per_fold, embeddings.folds, embeddings.tta).cpu()
             timings = {**embeddings.timings, "decoder": time.perf_counter() - start}
-            embeddings.automatic = self.prediction_from_members(members, embeddings.size, embeddings.folds, embeddings.tta,
-                                               name=embeddings.name, timings=timings, image=embeddings.image,
-                                               spacing_mm=embeddings.spacing_mm)
+            embeddings.automatic = self.prediction_from_members(
+                members, embeddings.size, embeddings.folds, embeddings.tta, name=embeddings.name, timings=timings,
+                image=embeddings.image, spacing_mm=embeddings.spacing_mm)
         automatic = embeddings.automatic
         if not checked:
             return automatic
@@ -655,8 +657,9 @@ class PSFHModel:
         return self.network.disable_adapter() if isinstance(self.network, PeftModel) else nullcontext()
 
     def prediction_from_members(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
-               name: str | None = None, timings: dict[str, float] | None = None,
-               image: np.ndarray | None = None, spacing_mm: tuple[float, float] | None = None) -> Prediction:
+                                name: str | None = None, timings: dict[str, float] | None = None,
+                                image: np.ndarray | None = None,
+                                spacing_mm: tuple[float, float] | None = None) -> Prediction:
         """The ensemble's members -> a :class:`Prediction` at the image's H x W ``size``.
 
         ``members`` is F x V x 3 x S x S (:meth:`fold_probabilities`): they are averaged (soft

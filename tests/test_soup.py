@@ -100,6 +100,14 @@ def test_a_saved_soup_is_half_the_bytes_and_loads_back(model, tmp_path):
     assert torch.allclose(loaded.fold_probabilities(loaded.preprocess(IMAGE), [SOUP], tta=True), in_memory, atol=1e-3)
 
 
+def test_named_folds_load_without_the_soup_made_of_them_all(model, tmp_path):
+    model.add_soup()
+    model.config.default_adapters = [SOUP]
+    folder = model.save_pretrained(tmp_path / "package")
+    some = PSFHModel.from_pretrained(folder, device="cpu", folds=["fold_1"])
+    assert some.soup is None and some.adapters == ["fold_1"] and some.members() == ["fold_1"]
+
+
 def test_a_package_whose_soup_folder_is_gone_falls_back_to_the_folds(model, tmp_path):
     model.add_soup()
     model.config.default_adapters = [SOUP]

@@ -11,7 +11,7 @@ are skipped, so a stopped run resumes.
     python -m experiments.cache_members --ids-file docs/splits/oof_every4th_ids.txt --mode oof
     python -m experiments.cache_members --ids-file docs/splits/test_ids.txt --mode all
 
-The other experiments read them with experiments.common (members_folder, load_members, kept_frames).
+The other experiments read them with experiments.common (members_folder, load_members, kept_samples).
 """
 
 from __future__ import annotations

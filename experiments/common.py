@@ -1,21 +1,19 @@
 """What the experiments share, defined once: where the data and the package are, the ensemble
 members kept for labelled frames (``python -m experiments.cache_members``) and their fusion by
-psfh's own functions, what counts as a bad AoP, the quality checks judged again from a
-per_image.csv's rows, and how a candidate check is ranked against the AoP error.
+psfh's own functions, what counts as a bad AoP, and the quality checks judged again from a
+per_image.csv's rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from scipy.stats import spearmanr
 
 from psfh.core.files import cache_root
-from psfh.io.dataset import Sample, find_samples, read_ids_file, select_samples
+from psfh.io.dataset import Sample, find_samples, select_samples
 from psfh.measure import quality
 from psfh.model import inference
 from psfh.model.bases import EMBEDDED_PACKAGE_DIR
@@ -32,8 +30,6 @@ BAD_AOP_ERROR_DEG = 15.0
 # (out of fold) and the 100 held-out test frames.
 OOF_IDS_FILE = "docs/splits/oof_every4th_ids.txt"
 TEST_IDS_FILE = "docs/splits/test_ids.txt"
-# The frames members are kept for (experiments.cache_members): {title: (mode, ids file)}.
-KEPT_SETS = {"out of fold": ("oof", OOF_IDS_FILE), "test": ("all", TEST_IDS_FILE)}
 # experiments.measure_views's rows of each kept set with both views fused (the product): the
 # AoP error and the quality measures per frame, {title: per_image.csv under the repository}.
 VIEW_ROWS = {"out of fold": "docs/results/views/oof/both/per_image.csv",
@@ -58,21 +54,6 @@ def kept_samples(data: Path, folder: Path, ids: list[str]) -> list[Sample]:
     return select_samples(find_samples(data), [i for i in ids if (folder / f"{i}.safetensors").exists()])
 
 
-def kept_frames(data: Path, package: Path, mode: str, ids_file: str) -> Iterator[tuple[Sample, torch.Tensor]]:
-    """(sample, F x V x 3 x S x S members) of each frame of a kept set (a KEPT_SETS value), in data set order.
-
-    Raises:
-        SystemExit: no member of the set is kept for this package (the command that keeps them is named).
-    """
-    folder = members_folder(package, mode)
-    samples = kept_samples(data, folder, read_ids_file(ROOT / ids_file))
-    if not samples:
-        raise SystemExit(f"no members kept in {folder} for {ids_file}: run python -m experiments.cache_members "
-                         f"--ids-file {ids_file} --mode {mode} --package {package} first")
-    for sample in samples:
-        yield sample, load_members(folder, sample.id)[0]
-
-
 def fused_label_map(members: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Members (F x V x 3 x S x S) -> the product's H x W label map and 3 x H x W probabilities,
     fused by the functions :meth:`PSFHModel.prediction_from_members` calls (soft ensemble, largest components)."""
@@ -87,12 +68,3 @@ def checks_from_rows(rows: list[dict]) -> list[quality.QualityCheck]:
         measures = {key: float(row[key]) for key in quality.MEASURES if row.get(key) not in (None, "")}
         checks.append(quality.QualityCheck(reasons=quality.judge(measures), measures=measures))
     return checks
-
-
-def rank_candidate(measure: np.ndarray, error: np.ndarray) -> str:
-    """How a candidate check's measure (one per frame, higher = more doubt) ranks the frames' AoP
-    errors (degrees): its Spearman correlation with them, and what flagging its worst 5 % would do."""
-    worst, bad = measure >= np.quantile(measure, 0.95), error > BAD_AOP_ERROR_DEG
-    return (f"Spearman {spearmanr(measure, error)[0]:+.2f}; worst 5 % ({worst.sum()} frames) mean error "
-            f"{error[worst].mean():.1f} / rest {error[~worst].mean():.1f} deg, {(worst & bad).sum()} of {bad.sum()} "
-            "bad ones caught")

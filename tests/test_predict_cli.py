@@ -148,3 +148,10 @@ def test_model_without_folds_fails_up_front(tmp_path, capsys, monkeypatch):
     assert main([str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]) == 2
     assert "no fold adapters" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_ensemble_and_named_folds_together_are_refused(tiny_package, tmp_path, capsys):
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
+    assert main([str(tmp_path / "x.png"), "--model", str(tiny_package), "--device", "cpu", "--out",
+                 str(tmp_path / "out"), "--folds", "fold_0", "--ensemble"]) == 2
+    assert "give --folds or --ensemble, not both" in capsys.readouterr().err

@@ -9,7 +9,7 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "PSFHModel": "psfh.model.psfh_model",
-    "Prediction": "psfh.model.psfh_model",
+    "Prediction": "psfh.model.prediction",
     "ImageEmbeddings": "psfh.model.psfh_model",
     "measure_aop": "psfh.measure.aop",
     "AoPMeasurement": "psfh.measure.aop",

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from psfh.core.files import cache_root
 from psfh.io.dataset import Sample, find_samples, select_samples
 from psfh.measure import quality
+from psfh.measure.metrics import BAD_AOP_ERROR_DEG  # noqa: F401  (re-exported: what counts as a bad AoP)
 from psfh.model import inference
 from psfh.model.bases import EMBEDDED_PACKAGE_DIR
 from psfh.model.package import package_key
@@ -23,8 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "psfhs"  # the PSFHS copy beside the repository
 DEFAULT_PACKAGE = EMBEDDED_PACKAGE_DIR  # the shipped package
 
-# An AoP off by more than this is a bad one: what a quality flag should catch.
-BAD_AOP_ERROR_DEG = 15.0
 
 # The id lists of the measured frames (under the repository): every 4th cross-validation frame
 # (out of fold) and the 100 held-out test frames.

@@ -30,6 +30,9 @@ def _summary_text(summary: dict) -> str:
             f"HD PS {number('hd_ps', 2)} FH {number('hd_fh', 2)} all {number('hd_all', 2)}; "
             f"ASD all {number('asd_all', 2)}; AoP error mean {number('aop_error_mean', 2)} deg "
             f"(median {number('aop_error_median', 2)}, measured on {summary['aop_measured']}); "
+            f"PS axis error mean {number('ps_axis_error_deg_mean', 2)} deg (median {number('ps_axis_error_deg_median', 2)}); "
+            f"AoP error with the expert's PS {number('aop_error_expert_ps_mean', 2)} deg, "
+            f"with the expert's head {number('aop_error_expert_fh_mean', 2)} deg; "
             f"challenge-definition AoP error mean {number('aop_challenge_error_mean', 2)} deg "
             f"(median {number('aop_challenge_error_median', 2)}); "
             f"score {number('score', 4)}")

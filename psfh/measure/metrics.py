@@ -25,6 +25,7 @@ from monai.metrics import compute_average_surface_distance, compute_dice, comput
 from psfh.core.errors import PSFHInputError
 from psfh.core.labels import FH, PS, SHORT_NAMES, STRUCTURE_VALUES, check_label_map
 from psfh.measure.aop import measure_aop
+from psfh.measure.aop_error_sources import ERROR_SOURCE_COLUMNS, error_sources
 from psfh.measure.aop_challenge import challenge_aop
 
 # What is scored, in the channel order of :func:`structure_one_hot`: each structure, by its short
@@ -32,8 +33,10 @@ from psfh.measure.aop_challenge import challenge_aop
 SCORED_REGIONS = (*(SHORT_NAMES[value].lower() for value in STRUCTURE_VALUES), "all")
 METRIC_KEYS = tuple(f"{metric}_{region}" for metric in ("dice", "hd", "asd") for region in SCORED_REGIONS)
 # One scored image (score_label_map), the columns of psfh.batch.evaluate's per_image.csv.
-SCORE_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error",
+SCORE_COLUMNS = ("id", *METRIC_KEYS, "aop_pred", "aop_true", "aop_error", *ERROR_SOURCE_COLUMNS,
                  "aop_challenge_pred", "aop_challenge_true", "aop_challenge_error", "seconds")
+# An AoP off by more than this many degrees is a bad one (the share of them is summarized).
+BAD_AOP_ERROR_DEG = 15.0
 
 
 def structure_one_hot(label_map: np.ndarray) -> torch.Tensor:
@@ -107,8 +110,10 @@ def aop_error(predicted_deg: float | None, target_deg: float | None) -> float | 
 
 def score_label_map(sample_id: str, predicted, target, seconds: float | None = None) -> dict:
     """One row of SCORE_COLUMNS for a predicted H x W label map and its target: the segmentation
-    metrics and both AoP definitions (psfh.measure.aop's clinical one, psfh.measure.aop_challenge's ellipse one)
-    with their errors; ``seconds`` is the prediction's time, when known."""
+    metrics, both AoP definitions (psfh.measure.aop's clinical one, psfh.measure.aop_challenge's ellipse one)
+    with their errors, where the clinical AoP's error comes from (:mod:`psfh.measure.aop_error_sources`:
+    the PS axis error, the apex distance, the AoP with the expert's PS or head); ``seconds`` is the
+    prediction's time, when known."""
     aop_pred, aop_true = measure_aop(predicted).angle_deg, measure_aop(target).angle_deg
     challenge_pred, challenge_true = challenge_aop(predicted), challenge_aop(target)
     return {
@@ -117,6 +122,7 @@ def score_label_map(sample_id: str, predicted, target, seconds: float | None = N
         "aop_pred": aop_pred,
         "aop_true": aop_true,
         "aop_error": aop_error(aop_pred, aop_true),
+        **error_sources(predicted, target),
         "aop_challenge_pred": challenge_pred,
         "aop_challenge_true": challenge_true,
         "aop_challenge_error": aop_error(challenge_pred, challenge_true),
@@ -158,7 +164,10 @@ def summarize(rows: list[dict]) -> dict:
 
     * each metric key -> its mean over all rows;
     * ``aop_error_mean``, ``aop_error_median`` over rows with an AoP error (None if none);
-    * ``aop_measured``: how many rows have one; ``n``: how many rows;
+    * ``aop_measured``: how many rows have one; ``aop_error_over_15``: the share of those off by more
+      than :data:`BAD_AOP_ERROR_DEG`; ``n``: how many rows;
+    * with rows that hold the :data:`ERROR_SOURCE_COLUMNS`: each one's ``_mean``, ``_median`` and
+      ``_p90`` (90th percentile) over the rows that measure it (None if none);
     * with rows that hold ``aop_challenge_error`` (the challenge's ellipse definition,
       :mod:`psfh.measure.aop_challenge`): ``aop_challenge_error_mean``, ``_median``, ``aop_challenge_measured``;
     * ``score``: :func:`challenge_score` of the means (None when no AoP was measured, since the
@@ -175,6 +184,13 @@ def summarize(rows: list[dict]) -> dict:
     summary["aop_error_mean"] = float(np.mean(errors)) if errors else None
     summary["aop_error_median"] = float(statistics.median(errors)) if errors else None
     summary["aop_measured"] = len(errors)
+    summary["aop_error_over_15"] = float(np.mean(np.array(errors) > BAD_AOP_ERROR_DEG)) if errors else None
+    for key in ERROR_SOURCE_COLUMNS:
+        if any(key in row for row in rows):
+            values = [float(row[key]) for row in rows if row.get(key) is not None]
+            summary[f"{key}_mean"] = float(np.mean(values)) if values else None
+            summary[f"{key}_median"] = float(statistics.median(values)) if values else None
+            summary[f"{key}_p90"] = float(np.percentile(values, 90)) if values else None
     challenge = [float(row["aop_challenge_error"]) for row in rows if row.get("aop_challenge_error") is not None]
     if any("aop_challenge_error" in row for row in rows):
         summary["aop_challenge_error_mean"] = float(np.mean(challenge)) if challenge else None

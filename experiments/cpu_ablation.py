@@ -13,7 +13,16 @@ components) and scores them with psfh.batch.evaluate's scoring (Dice, HD, ASD, b
 
 Variants (VARIANTS below): a) the former CPU recipe (decoder LoRA) to convergence; b) the whole
 mask decoder trainable (the CPU recipe now); c) a) plus shifts of embedding and label together on the embedding grid;
-d) a) plus a loss that weighs the PS (class weights); cd) c) and d) together.
+d) a) plus a loss that weighs the PS (class weights); cd) c) and d) together; e) b) plus the PS
+second-moment (orientation) loss of psfh.training.loss (issue 25, lever d).
+
+Issue 25 ran b) and e) on a smaller budget, the same for both (every 8th training frame, fold_0's
+every-4th out-of-fold frames for validation and scoring):
+
+    python -m experiments.cpu_ablation --variant b_whole_decoder --train-stride 8 --val-ids docs/splits/oof_every4th_ids.txt \
+        --epochs 10 --out docs/results/ps_axis/moment_loss
+    python -m experiments.cpu_ablation --variant e_ps_moments --train-stride 8 --val-ids docs/splits/oof_every4th_ids.txt \
+        --epochs 10 --out docs/results/ps_axis/moment_loss
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from accelerate import Accelerator
 
 from experiments.common import DEFAULT_DATA, DEFAULT_PACKAGE, ROOT
 from psfh.core.files import cache_root, write_csv_atomic, write_text_atomic
-from psfh.io.dataset import find_samples, id_sort_key, load_arrays
+from psfh.io.dataset import find_samples, id_sort_key, load_arrays, read_ids_file
 from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize
 from psfh.model.lora import make_lora_config
 from psfh.model.package import fold_name, read_fold_assignment
@@ -51,6 +60,8 @@ VARIANTS = {
     "d_class_weights": ("a) + class weights 1 / 3 / 1 (background / PS / FH) in Dice and CE",
                         {**LORA, "class_weights": (1.0, 3.0, 1.0)}),
     "cd_shift_and_weights": ("c) and d) together", {**LORA, "shift_cells": 4, "class_weights": (1.0, 3.0, 1.0)}),
+    "e_ps_moments": ("b) + the PS second-moment (orientation) loss, weight 0.5",
+                     {"decoder": "whole", "learning_rate": 1e-4, "ps_moment_weight": 0.5}),
 }
 TABLE_KEYS = ("dice_ps", "dice_fh", "dice_all", "hd_all", "asd_all", "aop_error_mean", "aop_challenge_error_mean")
 
@@ -63,7 +74,10 @@ def run_variant(args) -> None:
     # Training frames: every --train-stride-th of the other folds (neighbouring frames of an exam
     # are near-duplicates, and each frame costs an encoder pass per view); validation: all of the fold.
     training = set(sorted((i for i in folds if folds[i] != held_out), key=id_sort_key)[:: args.train_stride])
-    samples = [s for s in find_samples(args.data) if folds.get(s.id) == held_out or s.id in training]
+    validation = {i for i in folds if folds[i] == held_out}
+    if args.val_ids is not None:  # a subset of the fold's frames, e.g. the every-4th out-of-fold frames
+        validation &= set(read_ids_file(args.val_ids))
+    samples = [s for s in find_samples(args.data) if s.id in validation or s.id in training]
     ids, images, labels = load_arrays(samples, progress=False)
 
     torch.manual_seed(0)
@@ -75,9 +89,9 @@ def run_variant(args) -> None:
     cache_seconds = time.perf_counter() - start
     source = CachedEmbeddingSource(embeddings, torch.as_tensor(labels), shift_cells=config.shift_cells)
     train = torch.tensor([n for n, i in enumerate(ids) if folds[i] != held_out])
-    val = torch.tensor([n for n, i in enumerate(ids) if folds[i] == held_out])
+    val = torch.tensor([n for n, i in enumerate(ids) if i in validation])
     result = train_fold(model.network, held_out, args.fold, source, train, val, config, model.config.input_size,
-                        cache_root() / "ablation" / args.variant / held_out, Accelerator(cpu=True), resume=True, progress=False)
+                        cache_root() / "ablation" / f"{args.variant}-stride{args.train_stride}-{args.epochs}ep" / held_out, Accelerator(cpu=True), resume=True, progress=False)
 
     rows = []
     for n in val.tolist():
@@ -120,6 +134,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--train-stride", type=int, default=2, help="train on every N-th frame of the other folds")
+    parser.add_argument("--val-ids", type=Path, default=None,
+                        help="validate and score only the fold's frames listed here (default: all of the fold)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "ablation")
     parser.add_argument("--table", type=Path, default=None, help="print the table of the variants in this folder")
     args = parser.parse_args()

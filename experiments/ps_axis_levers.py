@@ -147,11 +147,16 @@ def lever_axes(members: torch.Tensor, size: tuple[int, int]) -> tuple[dict, np.n
 def fit_prior_weights(rows: list[dict], fold_of: dict[str, str], expert_angles: dict[str, float]) -> dict:
     """For each fold: the weight W in [0, 1] (on the predicted angle; 1 - W on the prior's mean
     angle) that minimises the mean PS axis error on the OTHER folds' frames, and that prior mean from
-    the other folds' expert outlines. -> {fold: (W, mean angle)}."""
+    the other folds' expert outlines. -> {fold: (W, mean angle)}; under None, fitted on every frame
+    (for frames no fold held out: the test frames)."""
     fitted = {}
-    for fold in sorted(set(fold_of.values())):
-        others = [row for row in rows if fold_of[row["id"]] != fold and row["shipped_angle"] is not None]
+    for fold in [*sorted(set(fold_of.values())), None]:
+        others = [row for row in rows if fold_of.get(row["id"]) != fold and fold_of.get(row["id"]) is not None
+                  and row["shipped_angle"] is not None]
         prior = mean_line_angle([angle for i, angle in expert_angles.items() if fold_of.get(i) != fold])
+        if not others:  # nothing out of fold to fit on (e.g. only test frames): no prior
+            fitted[fold] = (1.0, prior)
+            continue
         best = min(np.linspace(0, 1, 21), key=lambda w: np.mean([
             line_angle_deg(direction_of(blend(row["shipped_angle"], prior, w)), direction_of(row["expert_angle"]))
             for row in others]))
@@ -187,7 +192,7 @@ def main() -> None:
                 expert_angles[sample.id] = axis_angle(direction)
 
     rows = []
-    for sample in tqdm(samples, desc="levers", unit="frame"):
+    for sample in tqdm(samples, desc="levers", unit="frame", mininterval=30):
         expert = load_label_map(sample.label_path)
         expert_aop = measure_aop(expert).angle_deg
         expert_direction = ps_axis_direction(expert)
@@ -209,7 +214,7 @@ def main() -> None:
 
     fitted = fit_prior_weights(rows, fold_of, expert_angles)
     for row in rows:
-        weight, prior = fitted[row["fold"]]
+        weight, prior = fitted[row["fold"]]  # fold None: a test frame
         ps, fh = row.pop("_masks")
         direction = None if row["shipped_angle"] is None else direction_of(blend(row["shipped_angle"], prior, weight))
         aop, _ = aop_with_axis(ps, fh, direction)

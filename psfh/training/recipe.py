@@ -42,6 +42,7 @@ class TrainConfig:
     ce_weight: float = 0.2
     dice_weight: float = 0.8
     class_weights: tuple[float, float, float] | None = None  # background, PS, FH in Dice and CE (None: equal)
+    ps_moment_weight: float = 0.0        # weight of the PS second-moment (orientation) loss (0: off; issue 25)
     shift_cells: int = 0                 # cpu recipe: random shifts of embedding and label, in embedding cells
     patience: int | None = None          # early stopping: epochs without a better validation score
     augment: bool = True

@@ -16,7 +16,7 @@ from psfh.cli.evaluate import main
 from psfh.core.errors import PSFHInputError
 from psfh.core.options import resolve_folds
 from psfh.io.dataset import find_samples, select_samples
-from psfh.io.images import load_label_map
+from psfh.io.images import load_label_map, save_label_map
 from psfh.measure.aop import measure_aop
 from psfh.measure.metrics import METRIC_KEYS
 from psfh.model.psfh_model import Prediction
@@ -128,7 +128,7 @@ def test_out_of_fold_uses_each_images_held_out_fold_and_saves_label_maps(tiny_pa
     assert summary["out_of_fold"] is True and summary["folds"] == ["fold_0", "fold_2"]
     for row, sample in zip(rows, find_samples(labelled)):
         expected = model.predict(sample.image_path, folds=[fold_of[sample.id]]).label_map
-        np.testing.assert_array_equal(load_label_map(maps / f"{sample.id}.png"), expected)
+        np.testing.assert_array_equal(load_label_map(maps / f"{sample.id}.mha"), expected)  # as psfh.predict names it
         other = model.predict(sample.image_path, folds=["fold_1"]).label_map
         assert not np.array_equal(other, expected), "the folds differ, so the check above means something"
     with pytest.raises(PSFHInputError, match="give no folds"):
@@ -143,8 +143,6 @@ def test_scoring_written_label_maps_needs_no_model(labelled, tmp_path, capsys):
     maps = tmp_path / "maps"
     maps.mkdir()
     samples = find_samples(labelled)
-    from psfh.io.images import save_label_map
-
     for sample in samples:  # the labels themselves: a perfect method
         save_label_map(load_label_map(sample.label_path), maps / f"{sample.id}.png")
     out = tmp_path / "scored"
@@ -161,7 +159,40 @@ def test_scoring_written_label_maps_needs_no_model(labelled, tmp_path, capsys):
     assert "--out-of-fold would be ignored" in capsys.readouterr().err
     (maps / f"{samples[1].id}.png").unlink()
     assert main(["--predictions", str(maps), "--data", str(labelled), "--out", str(out)]) == 2
-    assert f"no label map for 1 sample(s), e.g. ['{samples[1].id}.png']" in capsys.readouterr().err
+    assert f"no label map for 1 sample(s), e.g. {samples[1].id} (looked for <id> with .png" in capsys.readouterr().err
+    save_label_map(load_label_map(samples[1].label_path), maps / f"{samples[1].id}.mha")
+    save_label_map(load_label_map(samples[1].label_path), maps / f"{samples[1].id}.nrrd")
+    assert main(["--predictions", str(maps), "--data", str(labelled), "--out", str(out)]) == 2
+    assert f"two label maps for '{samples[1].id}'" in capsys.readouterr().err
+
+
+def test_predict_then_evaluate_chain_both_ways(tiny_package, labelled, tmp_path):
+    """psfh.predict's --out is what psfh.evaluate --predictions reads, and psfh.evaluate's
+    --save-label-maps writes what psfh.predict writes: same names, formats, geometry and labels."""
+    import SimpleITK as sitk
+
+    from psfh.cli.predict import main as predict_main
+
+    predicted = tmp_path / "predicted"
+    assert predict_main([str(labelled / "image_mha"), "--out", str(predicted), "--model", str(tiny_package),
+                         "--folds", "fold_0", "--device", "cpu"]) == 0
+    samples = find_samples(labelled)
+    assert sorted(p.name for p in predicted.glob("*.mha")) == sorted(f"{s.id}.mha" for s in samples)
+    scored = tmp_path / "scored"
+    assert main(["--predictions", str(predicted), "--data", str(labelled), "--out", str(scored)]) == 0
+    evaluated = tmp_path / "evaluated"
+    assert main(["--model", str(tiny_package), "--folds", "fold_0", "--data", str(labelled), "--out", str(evaluated),
+                 "--save-label-maps", "--device", "cpu"]) == 0
+    for sample in samples:
+        written, saved = predicted / f"{sample.id}.mha", evaluated / "label_maps" / f"{sample.id}.mha"
+        np.testing.assert_array_equal(load_label_map(saved), load_label_map(written))
+        by_predict, by_evaluate = sitk.ReadImage(str(written)), sitk.ReadImage(str(saved))
+        assert by_evaluate.GetSpacing() == by_predict.GetSpacing() and by_evaluate.GetOrigin() == by_predict.GetOrigin()
+    with open(scored / "per_image.csv") as a, open(evaluated / "per_image.csv") as b:
+        rows_scored, rows_evaluated = list(csv.DictReader(a)), list(csv.DictReader(b))
+    for row_scored, row_evaluated in zip(rows_scored, rows_evaluated):
+        for key in ("id", "dice_ps", "dice_fh", "aop_pred", "aop_error", "ps_axis_error_deg"):
+            assert row_scored[key] == row_evaluated[key], key
 
 
 def test_dicom_images_with_label_maps_are_evaluated(tiny_package, tmp_path):

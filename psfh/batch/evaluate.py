@@ -4,6 +4,7 @@
     python -m psfh.evaluate --model some/folder --data DIR --out DIR --ids-file held_out.txt --limit 50
     python -m psfh.evaluate --model some/folder --data DIR --out DIR --out-of-fold      # cross-validation
     python -m psfh.evaluate --predictions maps/ --data DIR --out DIR    # score label maps, no model
+    python -m psfh.predict DIR/image_mha --out maps/ && python -m psfh.evaluate --predictions maps/ --data DIR --out DIR
 
 The data folder is a labelled data set in either layout of :mod:`psfh.io.dataset`. Every image goes
 through the full inference (the fold ensemble, TTA, largest components) exactly as
@@ -19,6 +20,12 @@ angle or a measure is not available) and OUT/summary.json (the means of
 package's setting unless --no-tta), precision, data, date). Both are written to a temporary
 file and renamed, so a failed run never leaves half a file. Every pair is read and checked before inference starts, so a bad file stops the
 run at once, not after an hour of inference.
+
+--predictions reads the label maps psfh.predict writes (NAME.png, or NAME.mha for SimpleITK and
+DICOM inputs; any label-map format of :data:`psfh.io.images.LABEL_EXTENSIONS`), matched to the
+samples by id (the file name without its extension); --save-label-maps writes them as psfh.predict
+would (OUT/label_maps/NAME.mha keeping an .mha input's geometry, NAME.png otherwise), so the two
+commands chain both ways.
 
 Exit status: 0 on success, 2 with an error message for bad input (a folder that is not a
 labelled data set, unknown ids, a model without fold adapters, unreadable files).
@@ -38,7 +45,8 @@ from psfh.core.errors import PSFHInputError
 from psfh.core.files import write_csv_atomic, write_text_atomic
 from psfh.core.options import check_precision
 from psfh.io.dataset import Sample, validate_samples
-from psfh.io.images import as_uint8, load_image, load_label_map, save_label_map
+from psfh.batch.predict import output_path
+from psfh.io.images import LABEL_EXTENSIONS, as_uint8, image_extension, image_name, load_image, load_label_map, save_label_map
 from psfh.measure import quality
 from psfh.measure.metrics import SCORE_COLUMNS, score_label_map, summarize
 from psfh.model.package import read_fold_assignment
@@ -62,7 +70,9 @@ def evaluate(model, samples: Sequence[Sample], folds: Sequence[str] | None = Non
         progress: show tqdm bars (checking, then evaluating) on stderr.
         out_of_fold: predict each sample with the one fold adapter that did not train on it
             (the package's folds.json), the cross-validation estimate; ``folds`` must be None.
-        label_map_dir: also write each predicted label map there as ``<id>.png``.
+        label_map_dir: also write each predicted label map there, named and typed as psfh.predict
+            names them (:func:`psfh.batch.predict.output_path`: NAME.mha for .mha / DICOM inputs, with
+            their geometry; NAME.png otherwise).
     Returns:
         (rows, summary): one dict per sample keyed by ROW_COLUMNS (None where an AoP could not
         be measured), and :func:`psfh.measure.metrics.summarize` of the rows plus model, folds, tta,
@@ -123,8 +133,9 @@ def _evaluate_sample(model, sample: Sample, folds: list[str], tta: bool, precisi
     start = time.perf_counter()
     prediction = model.predict(sample.image_path, folds=folds, tta=tta, precision=precision)
     seconds = time.perf_counter() - start  # inference only: the scoring below is not the model's cost
-    if label_map_dir is not None:
-        save_label_map(prediction.label_map, Path(label_map_dir) / f"{sample.id}.png")
+    if label_map_dir is not None:  # as psfh.predict writes it: name, format and an .mha input's geometry
+        save_label_map(prediction.label_map, output_path(sample.image_path, Path(label_map_dir)),
+                       spatial=load_image(sample.image_path).spatial)
     return {**score_label_map(sample.id, prediction.label_map, load_label_map(sample.label_path), seconds),
             **quality_cells(prediction.quality)}
 
@@ -137,21 +148,45 @@ def quality_cells(checked: quality.QualityCheck | None) -> dict:
             **{key: checked.measures.get(key) for key in quality.MEASURES}}
 
 
+def find_label_maps(folder: Path, ids: Sequence[str]) -> dict[str, Path]:
+    """{id: its label map in ``folder``} for every id: the file named ``<id>`` with any label-map
+    extension (psfh.predict's NAME.png or NAME.mha, or another format). Raises PSFHInputError when
+    the folder is missing, when an id has no label map (the first few are named), or when it has
+    two (e.g. NAME.png and NAME.mha: which one to score is not clear)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PSFHInputError(f"{folder}: not a folder of label maps")
+    wanted, found = set(ids), {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or image_extension(path) not in LABEL_EXTENSIONS:
+            continue
+        sample_id = image_name(path)
+        if sample_id not in wanted:
+            continue
+        if sample_id in found:
+            raise PSFHInputError(f"{folder}: two label maps for '{sample_id}': {found[sample_id].name} and "
+                                 f"{path.name}; keep one")
+        found[sample_id] = path
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise PSFHInputError(f"{folder}: no label map for {len(missing)} sample(s), e.g. "
+                             f"{', '.join(missing[:5])} (looked for <id> with {', '.join(LABEL_EXTENSIONS)})")
+    return found
+
+
 def score_predictions(samples: Sequence[Sample], predictions: Path, progress: bool = True) -> tuple[list[dict], dict]:
-    """Score label maps written earlier (``predictions/<id>.png``, e.g. by ``--save-label-maps`` or
-    another method) against the samples' labels, with no model: -> (rows, summary)."""
+    """Score label maps written earlier (``predictions/<id>.<ext>``, e.g. by ``psfh.predict``,
+    ``--save-label-maps`` or another method; :func:`find_label_maps`) against the samples' labels,
+    with no model: -> (rows, summary)."""
     if not samples:
         raise PSFHInputError("no samples to evaluate")
-    missing = [s.id for s in samples if not (Path(predictions) / f"{s.id}.png").is_file()]
-    if missing:
-        raise PSFHInputError(f"{predictions}: no label map for {len(missing)} sample(s), e.g. "
-                             f"{[f'{i}.png' for i in missing[:5]]}")
+    label_maps = find_label_maps(Path(predictions), [s.id for s in samples])
     rows = []
     for sample in tqdm(samples, desc="scoring", unit="image", disable=not progress):
-        predicted = load_label_map(Path(predictions) / f"{sample.id}.png")
+        predicted = load_label_map(label_maps[sample.id])
         target = load_label_map(sample.label_path)
         if predicted.shape != target.shape:
-            raise PSFHInputError(f"{predictions}/{sample.id}.png: {predicted.shape} label map for a "
+            raise PSFHInputError(f"{label_maps[sample.id]}: {predicted.shape} label map for a "
                                  f"{target.shape} label")
         image = as_uint8(load_image(sample.image_path))
         # No model here: the image and anatomy checks only (no views or folds to compare).

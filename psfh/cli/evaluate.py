@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N (selected) images")
     parser.add_argument("--out-of-fold", action="store_true",
                         help="predict each image with the fold that held it out (the package's folds.json)")
-    parser.add_argument("--save-label-maps", action="store_true", help="also write OUT/label_maps/<id>.png")
+    parser.add_argument("--save-label-maps", action="store_true", help="also write the label maps as psfh.predict would: OUT/label_maps/NAME.mha (.mha inputs) or NAME.png")
     parser.add_argument("--predictions", type=Path, default=None,
-                        help="score label maps already written (DIR/<id>.png) instead of running a model")
+                        help="score label maps already written (DIR/<id>.png, .mha, ...: e.g. psfh.predict's --out) "
+                             "instead of running a model")
     return parser
 
 

@@ -3,11 +3,13 @@
     scripts/gpu_train.sh --pack .gpu/psfhs-cv-webp85.zip --out "$OUT" --minutes 7.5   # on a lent GPU
     scripts/gpu_train.sh --pack small.zip --out runs/dry --device cpu --n-folds 2 --epochs 1   # CPU dry run
 
-Variants (both the paper's recipe, `train.py --recipe paper`: MONAI augmentation on the pixels,
+Variants (all the paper's recipe, `train.py --recipe paper`: MONAI augmentation on the pixels,
 0.2 CE + 0.8 Dice, AdamW with warm-up; decoder LoRA rank 16 + output tokens):
     paper       encoder LoRA rank 4 on every attention qkv (Elbatel et al. 2023)
     last_stage  encoder LoRA on the last TinyViT stage only; the earlier stages (~85 % of the
                 encoder's cost) stay frozen and shared by all folds and both TTA views
+    paper_ps_moments  paper + the PS second-moment (orientation) loss at weight 0.5 (issue 25;
+                psfh.training.loss.ps_moment_loss)
 
 Each (variant, fold) is one `train.py --fold K` process. On a GPU they all run at once: a
 small TinyViT run is expected to leave an H100/H200 mostly idle (small, launch-bound steps);
@@ -35,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "paper": ["--encoder-scope", "all", "--rank", "4"],
     "last_stage": ["--encoder-scope", "last_stage", "--rank", "8"],
+    # The paper recipe plus the PS second-moment loss (issue 25: the AoP's error is the PS axis).
+    "paper_ps_moments": ["--encoder-scope", "all", "--rank", "4", "--ps-moment-weight", "0.5"],
 }
 
 

@@ -42,23 +42,23 @@ def dry_run(tmp_path_factory):
     return result, out
 
 
-@pytest.mark.slow  # the dry run trains both variants (minutes on 2 cores)
-def test_dry_run_trains_both_variants_and_packs_at_most_8_files(dry_run):
+@pytest.mark.slow  # the dry run trains every variant (minutes on 2 cores)
+def test_dry_run_trains_every_variant_and_packs_at_most_8_files(dry_run):
     result, out = dry_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["last_stage.tar.gz", "logs.tar.gz", "paper.tar.gz", "summary.json"]
+    assert files == ["last_stage.tar.gz", "logs.tar.gz", "paper.tar.gz", "paper_ps_moments.tar.gz", "summary.json"]
     assert all(p.stat().st_size < 16 * 2**20 for p in out.iterdir())
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["exit_codes"].values()) == {0} and len(summary["exit_codes"]) == 4
-    for variant in ("paper", "last_stage"):
+    assert set(summary["exit_codes"].values()) == {0} and len(summary["exit_codes"]) == 6
+    for variant in ("paper", "last_stage", "paper_ps_moments"):
         folds = summary["variants"][variant]
         assert sorted(folds) == ["fold_0", "fold_1"]
         assert all(f["epochs"] == 1 and f["best_epoch"] == 1 for f in folds.values())
 
 
-@pytest.mark.slow  # the dry run trains both variants (minutes on 2 cores)
-@pytest.mark.parametrize("variant,scope", [("paper", "all"), ("last_stage", "last_stage")])
+@pytest.mark.slow  # the dry run trains every variant (minutes on 2 cores)
+@pytest.mark.parametrize("variant,scope", [("paper", "all"), ("last_stage", "last_stage"), ("paper_ps_moments", "all")])
 def test_packed_variant_installs_as_a_package_that_predicts(dry_run, tmp_path, variant, scope):
     _, out = dry_run
     with tarfile.open(out / f"{variant}.tar.gz") as tar:
@@ -70,6 +70,7 @@ def test_packed_variant_installs_as_a_package_that_predicts(dry_run, tmp_path, v
     assert model.folds == ["fold_0", "fold_1"]
     assert model.encoder_scope == scope
     assert model.config.training["recipe"]["encoder_scope"] == scope
+    assert model.config.training["recipe"]["ps_moment_weight"] == (0.5 if variant == "paper_ps_moments" else 0.0)
     result = model.predict(EXAMPLES / "image_mha" / "03811.mha", folds=["fold_1"], tta=False)
     assert result.label_map.shape == (256, 256)
 

@@ -2,10 +2,13 @@
 
     python train.py --data ../shared/data/psfhs --base lite-medsam --n-folds 5 --out models/my-package
     python train.py --data ../shared/data/psfhs --recipe cpu --out models/my-package     # 2 CPU cores
-    accelerate launch train.py --data psfhs.pack --base facebook/sam-vit-huge --out runs/vit-h  # GPUs
+    accelerate launch --multi_gpu --num_processes 4 train.py --data psfhs.pack --out runs/paper  # 4 GPUs (DDP)
+    accelerate launch --multi_gpu --num_processes 2 train.py --data psfhs.pack --device cpu ...  # 2 CPU processes (gloo)
 
 Reads top to bottom: config, data, folds, model, (embedding cache), one training loop per fold,
 then the package (base + fold adapters + folds.json + metrics) that PSFHModel.from_pretrained loads.
+Under ``accelerate launch`` with several processes each fold trains data-parallel (DDP: each process
+a share of every epoch, gradients averaged); the main process writes the package (docs/SCALE.md).
 Bad input (data, options) ends with ``error: ...`` and exit status 2, as in every psfh command.
 """
 
@@ -67,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decoder-rank", type=int, default=None,
                    help="LoRA rank on the mask decoder (0: frozen; with --decoder lora)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--ps-moment-weight", type=float, default=None,
+                   help="weight of the PS second-moment (orientation) loss beside Dice + CE (0: off, the paper)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--time-budget", dest="time_budget_minutes", type=float, default=None,
@@ -97,8 +102,10 @@ def _main(argv=None) -> int:
                     learning_rate=args.learning_rate, encoder_rank=args.encoder_rank, encoder_scope=args.encoder_scope,
                     time_budget_minutes=args.time_budget_minutes,
                     decoder_rank=args.decoder_rank, decoder=args.decoder, augment=args.augment,
-                    mixed_precision=args.mixed_precision,
+                    mixed_precision=args.mixed_precision, ps_moment_weight=args.ps_moment_weight,
                     seed=args.seed, cache_dir=args.cache_dir)
+    if config.ps_moment_weight < 0:
+        raise PSFHInputError(f"--ps-moment-weight must be 0 or more, not {config.ps_moment_weight}")
     if config.time_budget_minutes is not None and config.time_budget_minutes <= 0:
         raise PSFHInputError(f"--time-budget must be a positive number of minutes, not {config.time_budget_minutes}")
     if config.decoder == "whole" and args.decoder_rank is not None:
@@ -108,6 +115,9 @@ def _main(argv=None) -> int:
         raise PSFHInputError("the cpu recipe trains on cached embeddings: the encoder must stay frozen (--rank 0)")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=args.device == "cpu")
     torch.manual_seed(config.seed)
+    if accelerator.num_processes > 1 and accelerator.is_main_process:
+        print(f"data-parallel training on {accelerator.num_processes} processes ({accelerator.distributed_type.value}, "
+              f"{accelerator.device.type})")
     out = args.out
 
     # ---- data ---------------------------------------------------------------------------
@@ -147,7 +157,8 @@ def _main(argv=None) -> int:
         labels = np.stack([resize_label(label, size) for label in labels])
 
     # ---- batches: cached embeddings (cpu) or augmented images (paper) ---------------------
-    source = _make_source(config, model, ids, images, labels, args.progress)
+    with accelerator.main_process_first():  # under DDP the others then read the cache the first one wrote
+        source = _make_source(config, model, ids, images, labels, args.progress and accelerator.is_main_process)
 
     # ---- one training loop per fold ------------------------------------------------------
     index_of = {i: n for n, i in enumerate(ids)}

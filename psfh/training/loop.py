@@ -37,30 +37,50 @@ class WarmupLinearDecay:
     """LR factor: linear warm-up over the first steps, then linear decay to 0 at ``total_steps``.
 
     ``total_steps`` may be shortened once training has started (a time budget: the epochs that
-    fit are known after the first one); the warm-up keeps its length.
+    fit are known after the first one); the warm-up keeps its length. Steps are optimiser steps;
+    the scheduler may be stepped ``ticks_per_step`` times for each (accelerate does that under
+    DDP: see :func:`train_fold`), so that the schedule is the same on any number of processes.
     """
 
-    def __init__(self, total_steps: int, warmup_steps: int):
+    def __init__(self, total_steps: int, warmup_steps: int, ticks_per_step: int = 1):
         self.total_steps = total_steps
         self.warmup = max(1, warmup_steps)
+        self.ticks_per_step = ticks_per_step
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, tick: int) -> float:
+        step = tick // self.ticks_per_step
         if step < self.warmup:
             return (step + 1) / self.warmup
         return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup))
 
 
-def warmup_then_linear_decay(optimizer, total_steps: int, warmup_fraction: float, warmup_steps: int | None = None):
+def warmup_then_linear_decay(optimizer, total_steps: int, warmup_fraction: float, warmup_steps: int | None = None,
+                             ticks_per_step: int = 1):
     """LambdaLR over :class:`WarmupLinearDecay` (its schedule is ``scheduler.lr_lambdas[0]``): the
     warm-up lasts ``warmup_steps``, or else ``warmup_fraction`` of all steps."""
     if warmup_steps is None:
         warmup_steps = int(round(total_steps * warmup_fraction))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(total_steps, warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(total_steps, warmup_steps, ticks_per_step))
 
 
 def epochs_within_budget(budget_seconds: float, first_epoch_seconds: float, max_epochs: int) -> int:
     """How many epochs fit a time budget, from the first epoch's duration (at least 1)."""
     return max(1, min(max_epochs, int(budget_seconds // max(first_epoch_seconds, 1e-6))))
+
+
+def shard_indices(order: torch.Tensor, rank: int, shards: int) -> torch.Tensor:
+    """Process ``rank``'s share of an epoch's ``order`` under data parallelism (DDP).
+
+    Every process gets the same number of samples, so the same number of batches: a process
+    with one batch fewer would leave the others waiting in DDP's gradient all-reduce for ever.
+    As torch's DistributedSampler does, the order is padded by wrapping around to a multiple of
+    ``shards`` (at most ``shards - 1`` samples seen twice in the epoch). One process: ``order``.
+    """
+    if shards == 1:
+        return order
+    per_shard = math.ceil(len(order) / shards)
+    padded = order.repeat(math.ceil(per_shard * shards / max(len(order), 1)))[:per_shard * shards]
+    return padded[rank::shards]
 
 
 def keep_frozen_statistics(network: torch.nn.Module) -> None:
@@ -107,12 +127,15 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
     shard = accelerator.num_processes
     steps_per_epoch = math.ceil(len(train_indices) / (config.batch_size * shard))
     # Under a time budget the length of the run is known only after the first epoch, which is
-    # therefore the warm-up; the decay is then fitted to the epochs that remain.
+    # therefore the warm-up; the decay is then fitted to the epochs that remain. accelerate steps a
+    # prepared scheduler once per process for each optimiser step (it takes the processes' batches
+    # as one larger batch): the schedule counts those ticks as one step, as on one process.
     scheduler = warmup_then_linear_decay(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction,
-                                         steps_per_epoch if config.time_budget_minutes else None)
+                                         steps_per_epoch if config.time_budget_minutes else None,
+                                         ticks_per_step=shard)
     schedule = scheduler.lr_lambdas[0]  # kept: accelerate wraps the scheduler
     network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
-    loss_fn = segmentation_loss(config.ce_weight, config.dice_weight, config.class_weights)
+    loss_fn = segmentation_loss(config.ce_weight, config.dice_weight, config.class_weights, config.ps_moment_weight)
 
     start_epoch, history = 0, []
     planned_epochs = config.epochs
@@ -138,10 +161,10 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
         epoch_start = time.perf_counter()
         generator = epoch_generator(config.seed, fold_index, epoch)
         order = train_indices[torch.randperm(len(train_indices), generator=generator)]
-        order = order[accelerator.process_index::shard]
+        order = shard_indices(order, accelerator.process_index, shard)
         network.train()
         keep_frozen_statistics(network)
-        losses = []
+        losses, learning_rate = [], float("nan")
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"{fold} epoch {epoch + 1}/{planned_epochs}",
                    disable=not (progress and accelerator.is_local_main_process), unit="batch", leave=False)
         for start in bar:
@@ -150,6 +173,7 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
             with accelerator.autocast():
                 logits = mask_logits(network, input_size, **inputs)
             loss = loss_fn(logits.float(), labels[:, None].to(accelerator.device))
+            learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -164,7 +188,7 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
             best = {k: v.detach().clone() for k, v in params.items()}
         history.append({"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
                         "val_dice_ps": dice_ps, "val_dice_fh": dice_fh, "val_score": score,
-                        "seconds": time.perf_counter() - epoch_start})
+                        "lr_last_step": learning_rate, "seconds": time.perf_counter() - epoch_start})
         epoch += 1
         if budget is not None:
             spent = sum(h["seconds"] for h in history)

@@ -17,18 +17,25 @@ API: the Run button is the endpoint "/segment" (image file, tta, n_folds, stabil
 unless False, mode: "default", "soup" or "ensemble" of n_folds folds) -> (label map PNG, label
 map MHA, AoP in degrees or None, report dict); "/correct" takes image, tta and n_folds plus a
 box per structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
-returns the same; the Cine clip tab's Run is "/clip"
+returns the same; "/adjust" re-measures the AoP from the user's own points of its construction
+(ps_ends: [[x, y], [x, y]], tangent_point: [x, y] in image pixels; either may be None) on the
+image's segmentation, or, given label_map (an earlier result's label map file), on that one with no
+model call, and returns the same; the Cine clip tab's Run is "/clip"
 (clip file: a multi-frame DICOM or a video, fast) -> (frames CSV, summary dict); see README.md
 for gradio_client calls.
 
 Correction in the page: after a run, pick a structure and click two opposite corners of a box
 around it on the overlay. The structure is re-segmented from the kept embeddings (SAM's box
-prompt; no encoder pass), the AoP and downloads follow; Undo and Reset go back.
+prompt; no encoder pass), the AoP and downloads follow; Undo and Reset go back. Or pick a point of
+the AoP construction, like an ultrasound machine's calipers: "PS ends" (click the symphysis' two
+ends) or "Skull tangent" (click where the tangent from its inferior end touches the skull); the AoP
+is re-measured from them (psfh.model.calipers, no model call), with the same Undo and Reset.
 
 The Cine clip tab: every frame segmented (psfh.batch.cine.analyse_clip; one encoder pass per frame,
 view and adapter, so "fast" is the fold soup x flip), the AoP curve with flagged frames left
 out and marked, its maximum, and a slider to scrub through the frames' overlays (kept from the
-run: scrubbing runs no model).
+run: scrubbing runs no model). The scrubbed frame's points can be moved like a single frame's;
+the curve, its maximum and the downloads follow.
 """
 
 from __future__ import annotations
@@ -47,15 +54,17 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from psfh.batch.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip
+from psfh.batch.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip, write_tables
 from psfh.core.errors import PSFHInputError
 from psfh.core.files import write_text_atomic
 from psfh.core.options import first_folds
 from psfh.io.dicom import is_dicom, modality_note, read_dicom_info
 from psfh.io.images import (DICOM_EXTENSIONS, PILLOW_EXTENSIONS, SUPPORTED_EXTENSIONS, LoadedImage, as_uint8,
-                            image_extension, image_name, load_image, save_label_map)
+                            image_extension, image_name, load_image, load_label_map, pixel_spacing_mm,
+                            save_label_map)
 from psfh.io.sequence import VIDEO_EXTENSIONS, is_sequence, read_sequence
 from psfh.measure import quality, stability
+from psfh.model import calipers
 from psfh.model.prompts import STRUCTURE_NAMES
 from psfh.model.psfh_model import ImageEmbeddings, Prediction, PSFHModel
 from psfh.model.soup import SOUP
@@ -111,8 +120,11 @@ HSD_EXPLAINED = (
 # ------------------------------------------------------------------------------- the handlers
 
 
-# The structure picker's choices -> the box keys of PSFHModel.decode.
+# The correction picker's choices: a structure to box (-> the box keys of PSFHModel.decode) ...
 CORRECTABLE = {"Pubic symphysis (PS)": "ps", "Fetal head (FH)": "fh"}
+# ... or a point of the AoP construction to place, like an ultrasound machine's calipers (-> the
+# arguments of Prediction.adjusted; psfh.model.calipers).
+CALIPERS = {"PS ends (calipers)": "ps_ends", "Skull tangent (caliper)": "tangent_point"}
 
 
 @dataclass
@@ -120,7 +132,10 @@ class Analysis:
     """What one run produced, kept (in a gr.State) for drawing and correcting: the kept embeddings
     (with the display image, H x W uint8), the prediction shown, notes about the input, the
     request's wall time, the image's geometry (for the MHA download), the correction boxes by
-    structure key ("ps", "fh"), earlier box sets (undo) and a first corner clicked."""
+    structure key ("ps", "fh"), the construction's points the user placed ({"ps_inferior" /
+    "ps_superior" / "tangent_point": (x, y)}), earlier (boxes, points) sets (undo), a first click
+    of a two-click choice with that choice, and the last decode's (boxes, prediction), so that a
+    point placed afterwards runs no model."""
 
     embeddings: ImageEmbeddings
     prediction: Prediction
@@ -128,8 +143,11 @@ class Analysis:
     wall_s: float = 0.0
     spatial: dict | None = None
     boxes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
+    points: dict[str, tuple[float, float]] = field(default_factory=dict)
+    history: list[tuple[dict, dict]] = field(default_factory=list)
     pending: tuple[float, float] | None = None
+    pending_for: str | None = None
+    decoded: tuple[dict, Prediction] | None = None
 
     @property
     def image(self) -> np.ndarray:
@@ -276,10 +294,14 @@ def members_text(folds: list[str]) -> str:
 
 def write_downloads(prediction: Prediction, spatial: dict | None) -> tuple[Path, Path]:
     """The label map as PNG and MHA in a new request folder; both say which structures a user
-    corrected (PNG text chunk, MHA header key ``psfh_corrected_by_user``)."""
+    corrected and which construction points a user placed, where (PNG text chunks, MHA header keys
+    ``psfh_corrected_by_user``, ``psfh_adjusted_by_user``: "none" for the model's own)."""
     out = _output_folder()
     name = prediction.name or "image"
-    metadata = {"psfh_corrected_by_user": ", ".join(prediction.corrected) or "none"}
+    # The label map does not show the user's points: the header keeps them, with the label map
+    # they give the construction again.
+    metadata = {"psfh_corrected_by_user": ", ".join(prediction.corrected) or "none",
+                "psfh_adjusted_by_user": calipers.moved_cell(prediction.adjusted_by_user)}
     label_png = save_label_map(prediction.label_map, out / f"{name}_labels.png", metadata=metadata)
     label_mha = save_label_map(prediction.label_map, out / f"{name}_labels.mha", spatial=spatial, metadata=metadata)
     return label_png, label_mha
@@ -315,8 +337,9 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
         label_png, label_mha = write_downloads(prediction, loaded.spatial)
     except PSFHInputError as error:
         raise _user_error(error, path) from None
+    boxes = {key: tuple(box) for key, box in (boxes or {}).items()}
     analysis = Analysis(embeddings, prediction, warned + input_notes(path, loaded), time.perf_counter() - start,
-                        spatial=loaded.spatial, boxes={key: tuple(box) for key, box in (boxes or {}).items()})
+                        spatial=loaded.spatial, boxes=boxes, decoded=(dict(boxes), prediction))
     name = prediction.name or "image"
     aop = prediction.aop_deg
     log.info("segmented %s: folds=%s tta=%s aop=%s in %.2fs", name, prediction.folds, tta, aop, analysis.wall_s)
@@ -324,9 +347,10 @@ def run_segment(model: PSFHModel, image: str | None, tta: bool = True, n_folds: 
             analysis)
 
 
-def click_to_image(analysis: Analysis, display_xy) -> tuple[float, float] | None:
-    """A click on the overlay (display pixels) -> (x, y) in image pixels, or None outside the image."""
-    height, width = analysis.image.shape[:2]
+def display_to_image(shape: tuple[int, ...], display_xy) -> tuple[float, float] | None:
+    """A click on a picture made by render_segmentation of an image of ``shape`` (H, W, ...)
+    (display pixels) -> (x, y) in image pixels, or None outside the image (the legend)."""
+    height, width = shape[:2]
     factor = display_scale(height, width)
     x, y = ((float(v) + 0.5) / factor - 0.5 for v in display_xy)
     if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
@@ -334,50 +358,158 @@ def click_to_image(analysis: Analysis, display_xy) -> tuple[float, float] | None
     return x, y
 
 
-def apply_boxes(model: PSFHModel, analysis: Analysis) -> tuple[Analysis, str]:
-    """Decode again with the Analysis' boxes (none: the automatic result); -> (Analysis, status)."""
+def click_to_image(analysis: Analysis, display_xy) -> tuple[float, float] | None:
+    """A click on the overlay (display pixels) -> (x, y) in image pixels, or None outside the image."""
+    return display_to_image(analysis.image.shape, display_xy)
+
+
+def caliper_arguments(points: dict) -> dict:
+    """Stored construction points ({"ps_inferior": (x, y), ...}) -> Prediction.adjusted's arguments;
+    both PS ends as ps_ends, so that they are told apart again by the (possibly corrected) head."""
+    arguments = {key: points[key] for key in ("ps_inferior", "ps_superior", "tangent_point") if key in points}
+    if "ps_inferior" in arguments and "ps_superior" in arguments:
+        arguments["ps_ends"] = (arguments.pop("ps_inferior"), arguments.pop("ps_superior"))
+    return arguments
+
+
+def apply_corrections(model: PSFHModel, analysis: Analysis) -> tuple[Analysis, str]:
+    """The shown result from the Analysis' boxes (decoded again only when they changed) and points
+    (re-measured: no model); none of either: the automatic result. -> (Analysis, status).
+
+    Raises PSFHInputError when the points do not fit the (corrected) result; the caller goes back."""
     start = time.perf_counter()
-    analysis.prediction = model.decode(analysis.embeddings, boxes=dict(analysis.boxes) or None)
+    boxes = dict(analysis.boxes)
+    if analysis.decoded is None or analysis.decoded[0] != boxes:
+        analysis.decoded = (boxes, model.decode(analysis.embeddings, boxes=boxes or None))
+    prediction = analysis.decoded[1]
+    if analysis.points:
+        prediction = prediction.adjusted(**caliper_arguments(analysis.points))
+    analysis.prediction = prediction
     seconds = time.perf_counter() - start
-    corrected = corrected_text(analysis.prediction)
-    status = (f"Corrected: **{corrected}** ({seconds:.2f} s). Undo or Reset go back." if corrected
-              else "The model's own result.")
-    log.info("correction of %s: %s in %.3fs", analysis.prediction.name, corrected or "none", seconds)
+    changed = correction_words(prediction)
+    status = (f"{changed} ({seconds:.2f} s). Undo or Reset go back." if changed else "The model's own result.")
+    log.info("correction of %s: %s in %.3fs", prediction.name, changed or "none", seconds)
     return analysis, status
 
 
-def correct_click(model: PSFHModel, analysis: Analysis | None, structure: str, display_xy):
-    """A click on the overlay: the first corner of a box, or the second, which re-segments
-    ``structure`` (a CORRECTABLE label) from the box. -> (Analysis, status)."""
+def change_corrections(model: PSFHModel, analysis: Analysis, boxes: dict, points: dict) -> tuple[Analysis, str]:
+    """Show the result with these boxes and points, keeping the ones before for Undo; points that do
+    not fit are not used: the result stays, and the status says why. -> (Analysis, status)."""
+    before = (dict(analysis.boxes), dict(analysis.points))
+    analysis.boxes, analysis.points = boxes, points
+    try:
+        analysis, status = apply_corrections(model, analysis)
+    except PSFHInputError as error:
+        analysis.boxes, analysis.points = before
+        apply_corrections(model, analysis)  # the result shown before (its decode is kept: no model)
+        return analysis, f"\N{WARNING SIGN} Not used: {error}"
+    analysis.history.append(before)
+    analysis.points = dict(analysis.prediction.adjusted_by_user)  # the ends in order, as measured
+    return analysis, status
+
+
+def correct_click(model: PSFHModel, analysis: Analysis | None, choice: str, display_xy):
+    """A click on the overlay. With a structure (a CORRECTABLE label): the first corner of a box, or
+    the second, which re-segments the structure from the box. With a point of the construction (a
+    CALIPERS label): the first PS end, or the second, or the skull tangent point; the AoP is
+    measured again from them. -> (Analysis, status)."""
     if analysis is None:
-        raise gr.Error("Run the model first; then click two corners of a box on the overlay.", print_exception=False)
+        raise gr.Error("Run the model first; then click on the overlay to correct it.", print_exception=False)
     point = click_to_image(analysis, display_xy)
     if point is None:
         return analysis, "Click inside the image (not the legend)."
-    if analysis.pending is None:
-        analysis.pending = point
+    if CALIPERS.get(choice) == "tangent_point":
+        analysis.pending = analysis.pending_for = None
+        return change_corrections(model, analysis, dict(analysis.boxes),
+                                  {**analysis.points, "tangent_point": point})
+    if analysis.pending is None or analysis.pending_for != choice:
+        analysis.pending, analysis.pending_for = point, choice
+        if choice in CALIPERS:
+            return analysis, (f"First end at ({point[0]:.0f}, {point[1]:.0f}); click the symphysis' other end "
+                              "(either end first).")
         return analysis, (f"First corner at ({point[0]:.0f}, {point[1]:.0f}); click the opposite corner of the box "
-                          f"around the {structure.split(' (')[0].lower()}.")
-    (x0, y0), (x1, y1) = analysis.pending, point
-    analysis.pending = None
+                          f"around the {choice.split(' (')[0].lower()}.")
+    first, analysis.pending, analysis.pending_for = analysis.pending, None, None
+    if choice in CALIPERS:  # the PS ends: Prediction.adjusted tells the inferior from the superior end
+        ends = {key: value for key, value in analysis.points.items() if key == "tangent_point"}
+        try:
+            moved = analysis.decoded[1].adjusted(ps_ends=(first, point), **ends).adjusted_by_user
+        except PSFHInputError as error:
+            return analysis, f"\N{WARNING SIGN} Not used: {error}"
+        return change_corrections(model, analysis, dict(analysis.boxes), dict(moved))
+    (x0, y0), (x1, y1) = first, point
     box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
     if box[2] - box[0] < 2 or box[3] - box[1] < 2:
         return analysis, "That box is too small: click two opposite corners a few pixels apart."
-    analysis.history.append(dict(analysis.boxes))
-    analysis.boxes[CORRECTABLE[structure]] = box
-    return apply_boxes(model, analysis)
+    return change_corrections(model, analysis, {**analysis.boxes, CORRECTABLE[choice]: box}, dict(analysis.points))
 
 
 def undo_correction(model: PSFHModel, analysis: Analysis | None, reset: bool = False):
-    """Back one correction (or, with ``reset``, to the model's own result). -> (Analysis, status)."""
+    """Back one correction, a box or a point (or, with ``reset``, to the model's own result).
+    -> (Analysis, status)."""
     if analysis is None:
         raise gr.Error("Nothing to undo: run the model first.", print_exception=False)
-    analysis.pending = None
+    analysis.pending = analysis.pending_for = None
     if reset:
-        analysis.history, analysis.boxes = [], {}
+        analysis.history, analysis.boxes, analysis.points = [], {}, {}
     elif analysis.history:
-        analysis.boxes = analysis.history.pop()
-    return apply_boxes(model, analysis)
+        analysis.boxes, analysis.points = analysis.history.pop()
+    return apply_corrections(model, analysis)
+
+
+def run_adjust(model: PSFHModel, image: str | None, tta: bool = True, n_folds: int | None = None,
+               ps_ends=None, tangent_point=None, label_map: str | None = None, progress=None,
+               stability_check: bool = False, mode: str | None = None):
+    """The "/adjust" handler: the AoP re-measured from the user's points -> (label map PNG, label map
+    MHA, AoP deg or None, report, Analysis).
+
+    ``ps_ends`` ([[x, y], [x, y]], either order) and ``tangent_point`` ([x, y]) in image pixels, one
+    of them at least (Prediction.adjusted). With ``label_map`` (an earlier result's label map file,
+    the PNG or MHA /segment or /correct returned) no model runs: that label map is measured on the
+    image (its quality check: the image and anatomy checks); without one the image is segmented
+    first, as "/segment" does. Bad points raise gr.Error naming the point and the problem.
+    """
+    if ps_ends is None and tangent_point is None:
+        raise gr.Error("give ps_ends [[x, y], [x, y]] and/or tangent_point [x, y], in image pixels",
+                       print_exception=False)
+    if label_map is None or str(label_map) == "":
+        *_, analysis = run_segment(model, image, tta, n_folds, progress, stability_check=stability_check, mode=mode)
+    else:
+        analysis = analysis_of_label_map(image, label_map)
+    try:
+        prediction = analysis.prediction.adjusted(ps_ends=ps_ends, tangent_point=tangent_point)
+        label_png, label_mha = write_downloads(prediction, analysis.spatial)
+    except PSFHInputError as error:
+        raise _user_error(error, image) from None
+    analysis.prediction, analysis.points = prediction, dict(prediction.adjusted_by_user)
+    aop = prediction.aop_deg
+    log.info("adjusted %s: %s -> aop=%s", prediction.name, calipers.moved_cell(prediction.adjusted_by_user), aop)
+    return (str(label_png), str(label_mha), None if aop is None else round(aop, 1), prediction.report(),
+            analysis)
+
+
+def analysis_of_label_map(image: str | None, label_map: str) -> Analysis:
+    """An Analysis of an image and a label map given with it (no model: no embeddings to decode
+    again, so its boxes cannot be corrected; its points can)."""
+    start = time.perf_counter()
+    path = check_upload(image)
+    labels_path = check_upload(label_map, "Give the earlier result's label map file, or leave label_map empty.")
+    try:
+        loaded, warned = read_image(path)
+        labels = load_label_map(labels_path)
+        spacing = pixel_spacing_mm(loaded)
+        prediction = Prediction.from_label_map(labels, as_uint8(loaded), name=loaded.name, spacing_mm=spacing)
+    except PSFHInputError as error:
+        raise _user_error(_cut_path(error, labels_path), path) from None
+    embeddings = ImageEmbeddings(image=as_uint8(loaded), name=loaded.name, folds=[], tta=False, precision="fp32",
+                                 per_fold={}, automatic=prediction, spacing_mm=prediction.spacing_mm)
+    return Analysis(embeddings, prediction, warned + input_notes(path, loaded), time.perf_counter() - start,
+                    spatial=loaded.spatial, decoded=({}, prediction))
+
+
+def _cut_path(error: PSFHInputError, path: Path) -> PSFHInputError:
+    """The error with a second server path (the label map's) cut to its file name."""
+    return PSFHInputError(str(error).replace(str(path), Path(path).name))
 
 
 # ------------------------------------------------------------------------------- the cine clip
@@ -390,14 +522,20 @@ MAX_FLAGGED_LISTED = 20  # the summary lists this many flagged frames; frames.cs
 @dataclass
 class ClipView:
     """A clip's run, kept (in a gr.State) for scrubbing without running the model again: the
-    frames as shown (N arrays, H x W uint8), the analysis (rows, label maps, spacing), notes on
-    the input, the folder of its downloads and whether the fast mode ran."""
+    frames as shown (N arrays, H x W uint8), the analysis shown (rows, label maps, spacing; with
+    the user's adjusted frames), notes on the input, the folder of its downloads, whether the fast
+    mode ran, the model's own analysis (Reset), earlier analyses (Undo) and a first PS end clicked
+    (frame, (x, y))."""
 
     frames: list[np.ndarray]
     result: ClipResult
     notes: list[str] = field(default_factory=list)
     folder: Path | None = None
     fast: bool = False
+    automatic: ClipResult | None = None
+    history: list[ClipResult] = field(default_factory=list)
+    pending: tuple[int, tuple[float, float]] | None = None
+    tables: Path | None = None  # where the downloads of the adjusted analysis are (None: folder's)
 
 
 def check_clip(path: Path):
@@ -474,7 +612,7 @@ def run_clip(model: PSFHModel, clip: str | None, fast: bool = True, progress=Non
         notes.append(f"At most {CLIP_MAX_FRAMES} frames of a video are analysed here (the demo's limit); "
                      "python -m psfh.cine reads them all.")
     view = ClipView([as_uint8(sequence.image(index)) for index in range(len(sequence))], result, notes, folder,
-                    bool(fast))
+                    bool(fast), automatic=result)
     summary = result.summary()
     log.info("clip %s: %d frames, folds=%s tta=%s, max aop %s at frame %s, %.2fs per frame", path.name,
              summary["frames"], result.folds, result.tta, summary["max_aop_deg"], summary["max_aop_frame"],
@@ -510,6 +648,10 @@ def clip_markdown(view: ClipView) -> str:
                   for row in flagged[:MAX_FLAGGED_LISTED]]
         if len(flagged) > MAX_FLAGGED_LISTED:
             lines.append(f"- and {len(flagged) - MAX_FLAGGED_LISTED} more (frames.csv lists them all)")
+    if result.adjusted_points:
+        lines += ["", f"**Adjusted by you** (hollow dots on the curve): frame(s) "
+                      f"{', '.join(str(frame) for frame in sorted(result.adjusted_points))}; the maximum and the "
+                      "downloads follow."]
     per_frame = result.summary()["seconds_per_frame"]
     mode = ("fast mode" if view.fast else
             "for long clips, the fast mode runs one adapter instead of one per fold")
@@ -526,10 +668,13 @@ def frame_view(view: ClipView | None, index) -> tuple[np.ndarray | None, str]:
     if view is None:
         return None, ""
     count = len(view.frames)
-    index = min(max(int(round(float(index or 0))), 0), count - 1)
+    index = frame_index(view, index)
     row, label_map = view.result.rows[index], view.result.label_maps[index]
     aop, hsd = view.result.measurements[index]
-    overlay = render_segmentation(view.frames[index], label_map, aop, hsd=hsd)
+    moved = view.result.adjusted_points.get(index, {})
+    pending = view.pending[1] if view.pending is not None and view.pending[0] == index else None
+    overlay = render_segmentation(view.frames[index], label_map, aop, hsd=hsd, pending=pending,
+                                  user_points=tuple(moved))
     if row["in_curve"]:
         angle = f"AoP {row['aop_deg']:.1f}\N{DEGREE SIGN}"
     elif row["aop_deg_measured"] is not None:
@@ -547,7 +692,73 @@ def frame_view(view: ClipView | None, index) -> tuple[np.ndarray | None, str]:
         distance = "HSD withheld with the AoP"
     top = view.result.maximum
     mark = " \N{EM DASH} the clip's maximum" if top is not None and top["frame"] == index else ""
-    return overlay, f"**Frame {index}** of 0\N{EN DASH}{count - 1}{when(row)}{mark}: {angle}. {distance}."
+    yours = f" From your points: {calipers.moved_text(moved)} (ringed)." if moved else ""
+    return overlay, (f"**Frame {index}** of 0\N{EN DASH}{count - 1}{when(row)}{mark}: {angle}. {distance}."
+                     f"{yours}")
+
+
+def frame_index(view: ClipView, value) -> int:
+    """The slider's value -> a frame index of the clip (rounded, clamped)."""
+    return min(max(int(round(float(value or 0))), 0), len(view.frames) - 1)
+
+
+def clip_click(view: ClipView | None, frame, choice: str, display_xy) -> tuple[ClipView, str]:
+    """A click on the scrubbed frame's overlay with a CALIPERS choice: the first PS end, the second
+    (the frame is adjusted), or the skull tangent point (adjusted). -> (ClipView, status)."""
+    if view is None:
+        raise gr.Error("Run a clip first; then click on a frame's overlay to adjust its AoP.", print_exception=False)
+    index = frame_index(view, frame)
+    point = display_to_image(view.frames[index].shape, display_xy)
+    if point is None:
+        return view, "Click inside the frame (not the legend)."
+    if CALIPERS[choice] == "tangent_point":
+        view.pending, change = None, {"tangent_point": point}
+    elif view.pending is None or view.pending[0] != index:
+        view.pending = (index, point)
+        return view, (f"Frame {index}: first end at ({point[0]:.0f}, {point[1]:.0f}); click the symphysis' other "
+                      "end (either end first).")
+    else:
+        change, view.pending = {"ps_ends": (view.pending[1], point)}, None
+    try:
+        adjusted = view.result.adjusted(index, **change)
+    except PSFHInputError as error:
+        return view, f"\N{WARNING SIGN} Frame {index}, not used: {error}"
+    view.history.append(view.result)
+    view.result = adjusted
+    moved = calipers.moved_text(adjusted.adjusted_points[index])
+    return view, f"Frame {index} adjusted: your points: **{moved}**; the curve follows. Undo or Reset go back."
+
+
+def clip_undo(view: ClipView | None, reset: bool = False) -> tuple[ClipView, str]:
+    """Back one adjustment of the clip's frames (``reset``: to the model's own clip). -> (ClipView, status)."""
+    if view is None:
+        raise gr.Error("Nothing to undo: run a clip first.", print_exception=False)
+    view.pending = None
+    if reset:
+        view.history, view.result = [], view.automatic or view.result
+    elif view.history:
+        view.result = view.history.pop()
+    adjusted = sorted(view.result.adjusted_points)
+    return view, (f"Adjusted by you: frame(s) {', '.join(map(str, adjusted))}." if adjusted
+                  else "The model's own clip.")
+
+
+def show_clip_change(view: ClipView, frame, status: str):
+    """After a click, Undo or Reset in the clip tab: the state, the curve, the summary, the frame's
+    overlay and numbers, the downloads (frames.csv, summary.json and the curve written again) and the
+    status."""
+    index = frame_index(view, frame)
+    view.tables = view.folder if view.result is view.automatic else write_tables(view.result, _output_folder())
+    overlay, text = frame_view(view, index)
+    summary = view.result.summary()
+    return (view, curve_html(view.result), clip_markdown(view), overlay, text, str(view.tables / "frames.csv"),
+            clip_downloads(view), summary, status)
+
+
+def clip_downloads(view: ClipView) -> list[str]:
+    """The clip's summary.json and aop_curve.svg (of the adjusted analysis, when adjusted) and the label maps' ZIP."""
+    tables = view.tables or view.folder
+    return [str(tables / "summary.json"), str(tables / "aop_curve.svg"), str(view.folder / "label_maps.zip")]
 
 
 CURVE_PLACEHOLDER = ('<p class="psfh-curve" style="color: var(--body-text-color-subdued); padding: 1em 0">'
@@ -570,7 +781,7 @@ def show_clip(view: ClipView | None):
     slider = gr.Slider(minimum=0, maximum=max(count - 1, 1), value=start, step=1, interactive=count > 1,
                        label=f"Frame (0\N{EN DASH}{count - 1}): scrub to see each frame's overlay")
     overlay, text = frame_view(view, start)
-    files = [str(view.folder / name) for name in ("summary.json", "aop_curve.svg", "label_maps.zip")]
+    files = clip_downloads(view)
     status = f"Done: **{count} frames**."
     return curve_html(view.result), clip_markdown(view), slider, overlay, text, files, status
 
@@ -583,6 +794,30 @@ def corrected_text(prediction: Prediction) -> str:
     return ", ".join(name.replace("_", " ") for name in prediction.corrected)
 
 
+def correction_words(prediction: Prediction) -> str:
+    """What a user changed, for the status line: "Corrected: **fetal head**; your points: **skull
+    tangent**" ("" for the model's own result)."""
+    parts = []
+    if prediction.corrected:
+        parts.append(f"Corrected: **{corrected_text(prediction)}**")
+    if prediction.adjusted_by_user:
+        parts.append(f"{'y' if parts else 'Y'}our points: **{calipers.moved_text(prediction.adjusted_by_user)}**")
+    return "; ".join(parts)
+
+
+def adjusted_note(prediction: Prediction) -> str:
+    """Under an AoP measured from a user's points: which points are the user's and which the model's
+    ("" for the model's own construction)."""
+    moved = prediction.adjusted_by_user
+    if not moved:
+        return ""
+    model_points = [calipers.POINT_WORDS[name] for name in calipers.POINT_NAMES if name not in moved]
+    rest = (f"The {' and the '.join(model_points)} {'is' if len(model_points) == 1 else 'are'} the model's, "
+            "from its outlines." if model_points else "Every point of the construction is yours.")
+    return (f"**Measured from the points you placed** ({calipers.moved_text(moved)}; ringed in white on the "
+            f"picture). {rest} The HSD starts from the inferior end drawn.")
+
+
 def aop_markdown(prediction: Prediction) -> str:
     """The AoP, or why there is none, and what it means."""
     aop = prediction.aop
@@ -591,10 +826,13 @@ def aop_markdown(prediction: Prediction) -> str:
         headline = (f"### Angle of progression: withheld \N{WARNING SIGN} check this result\n{reasons}\n\n"
                     f"(Measured on this segmentation: {aop.angle_deg:.1f}\N{DEGREE SIGN}; do not use it unchecked.)")
     elif aop.measured:
-        headline = f"### Angle of progression: {aop.angle_deg:.1f}\N{DEGREE SIGN}\n\n{PASSED_CHECK_CAVEAT}"
+        # The caveat is about the model's outlines: it goes once every point is the user's.
+        caveat = "" if set(prediction.adjusted_by_user) == set(calipers.POINT_NAMES) else PASSED_CHECK_CAVEAT
+        headline = f"### Angle of progression: {aop.angle_deg:.1f}\N{DEGREE SIGN}\n\n{caveat}".rstrip()
     else:
         headline = f"### Angle of progression: not measured\n{aop.reason[:1].upper()}{aop.reason[1:]}."
-    return "\n\n".join(part for part in (headline, hsd_text(prediction), AOP_EXPLAINED, DISCLAIMER) if part)
+    return "\n\n".join(part for part in (headline, adjusted_note(prediction), hsd_text(prediction), AOP_EXPLAINED,
+                                         DISCLAIMER) if part)
 
 
 def hsd_text(prediction: Prediction) -> str:
@@ -654,7 +892,8 @@ def overlay_picture(analysis: Analysis) -> np.ndarray:
     """The overlay with the correction boxes and a pending first corner drawn."""
     boxes = {STRUCTURE_NAMES[key]: box for key, box in analysis.boxes.items()}
     return render_segmentation(analysis.image, analysis.prediction.label_map, analysis.prediction.aop,
-                               boxes=boxes, pending=analysis.pending, hsd=analysis.prediction.hsd)
+                               boxes=boxes, pending=analysis.pending, hsd=analysis.prediction.hsd,
+                               user_points=tuple(analysis.prediction.adjusted_by_user))
 
 
 def show_correction(analysis: Analysis, status: str):
@@ -680,8 +919,8 @@ def show_result(analysis: Analysis | None):
     write_text_atomic(report_file, json.dumps(prediction.report(), indent=2))
     status = f"Done: **{prediction.name or 'image'}**."
     status += "".join(f"\n- {note}" for note in analysis.notes)
-    corrected = corrected_text(prediction)
-    correction = f"Corrected: **{corrected}** (from the boxes given)." if corrected else ""
+    changed = correction_words(prediction)
+    correction = f"{changed} (as given)." if changed else ""
     return (overlay, aop_markdown(prediction), heatmap, fold_markdown(prediction), timing_markdown(analysis),
             str(report_file), status, correction)
 
@@ -767,12 +1006,16 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                         overlay = gr.Image(label="Segmentation and AoP construction (click to correct, see below)",
                                            type="numpy", interactive=False, format="png", elem_id="overlay")
                         with gr.Group():
-                            gr.Markdown("**Correct a structure:** pick it, then click two opposite corners of a box "
-                                        "around it on the picture above. It is re-segmented from the box (SAM's box "
-                                        "prompt) and the AoP follows.")
+                            gr.Markdown("**Correct the result** on the picture above. A structure: pick it, then "
+                                        "click two opposite corners of a box around it; it is re-segmented from the "
+                                        "box (SAM's box prompt). Or move the AoP's own points, like an ultrasound "
+                                        "machine's calipers: **PS ends**, click the symphysis' two ends; **Skull "
+                                        "tangent**, click where the line from its inferior end touches the skull. "
+                                        "The AoP, the drawing and the downloads follow.")
                             with gr.Row():
-                                structure = gr.Radio(list(CORRECTABLE), value=next(iter(CORRECTABLE)),
-                                                     label="Structure", elem_id="correct-structure")
+                                structure = gr.Radio(list(CORRECTABLE) + list(CALIPERS),
+                                                     value=next(iter(CORRECTABLE)),
+                                                     label="What a click corrects", elem_id="correct-structure")
                                 undo = gr.Button("Undo", size="sm", elem_id="undo")
                                 reset = gr.Button("Reset", size="sm", elem_id="reset")
                             correction_status = gr.Markdown(elem_id="correction-status")
@@ -818,9 +1061,21 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                         clip_curve = gr.HTML(CURVE_PLACEHOLDER, min_height=60, elem_id="clip-curve")
                         clip_frame = gr.Slider(0, 1, value=0, step=1, precision=0, interactive=False,
                                                label="Frame: run a clip, then scrub", elem_id="clip-frame")
-                        clip_overlay = gr.Image(label="The frame's segmentation, AoP and HSD construction",
+                        clip_overlay = gr.Image(label="The frame's segmentation, AoP and HSD construction (click to "
+                                                      "adjust, see below)",
                                                 type="numpy", interactive=False, format="png", elem_id="clip-overlay")
                         clip_frame_text = gr.Markdown(elem_id="clip-frame-text")
+                        with gr.Group():
+                            gr.Markdown("**Adjust this frame's AoP** on the picture above, like an ultrasound "
+                                        "machine's calipers: **PS ends**, click the symphysis' two ends; **Skull "
+                                        "tangent**, click where the line from its inferior end touches the skull. "
+                                        "The curve, its maximum and the downloads follow.")
+                            with gr.Row():
+                                clip_caliper = gr.Radio(list(CALIPERS), value=next(iter(CALIPERS)),
+                                                        label="What a click places", elem_id="clip-caliper")
+                                clip_undo_button = gr.Button("Undo", size="sm", elem_id="clip-undo")
+                                clip_reset_button = gr.Button("Reset", size="sm", elem_id="clip-reset")
+                            clip_adjust_status = gr.Markdown(elem_id="clip-adjust-status")
                         clip_csv = gr.File(label="Frames (CSV: time, AoP, check, HSD per frame)", interactive=False,
                                            elem_id="clip-csv")
                         clip_files = gr.File(label="Summary (JSON), AoP curve (SVG), label maps (ZIP)",
@@ -882,6 +1137,41 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                              ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private",
                                        concurrency_limit=4)
 
+        # "/adjust" for API callers: the AoP from the user's own points, on the image's segmentation
+        # or on an earlier result's label map (then no model runs).
+        ps_ends_input, tangent_input = gr.JSON(visible=False), gr.JSON(visible=False)
+        label_map_input = gr.File(visible=False, type="filepath")
+        adjust_button = gr.Button(visible=False)
+
+        def adjust(image: str | None, tta: bool, n_folds: float, ps_ends: list | None, tangent_point: list | None,
+                   label_map: str | None = None, stability_check: bool = STABILITY_CHECK_DEFAULT,
+                   mode: str = "default", progress=gr.Progress()):
+            """The AoP re-measured from points of its construction that the user places (calipers).
+
+            Args:
+                image: the ultrasound image, as for /segment.
+                tta, n_folds: as for /segment (not used with label_map).
+                ps_ends: [[x, y], [x, y]] in image pixels, the pubic symphysis' two ends (either
+                    order: the one nearer the head is the inferior end), or None to keep the model's.
+                tangent_point: [x, y] in image pixels, where the line from the inferior end touches
+                    the skull (on or outside the head outline's far side), or None to keep the model's.
+                label_map: an earlier result's label map file (the PNG or MHA of /segment or
+                    /correct): measured on it, no model call; None: the image is segmented first.
+                stability_check, mode: as for /segment (not used with label_map).
+            Returns:
+                As /segment; the report's "adjusted_by_user" gives the points placed, the label map
+                files' header "psfh_adjusted_by_user" too.
+            """
+            return run_adjust(model, image, tta, n_folds, ps_ends, tangent_point, label_map, progress,
+                              stability_check=bool(stability_check), mode=mode)
+
+        adjust_button.click(adjust, inputs=[upload, tta, fold_count, ps_ends_input, tangent_input, label_map_input,
+                                            stability_box, mode],
+                            outputs=[label_png, label_mha, aop_value, report, analysis], api_name="adjust",
+                            concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
+                            ).success(show_result, inputs=analysis, outputs=shown, api_visibility="private",
+                                      concurrency_limit=4)
+
         # The Cine clip tab: "/clip" runs the whole clip; the slider then only draws kept frames.
         clip_results = [clip_summary, clip_overlay, clip_frame_text, clip_csv, clip_files, clip_report]
         clip_upload.change(lambda clip: (describe_clip(clip), None, CURVE_PLACEHOLDER, *[None] * len(clip_results)),
@@ -911,6 +1201,26 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                                           clip_files, clip_status], api_visibility="private", concurrency_limit=4)
         clip_frame.change(frame_view, inputs=[clip_state, clip_frame], outputs=[clip_overlay, clip_frame_text],
                           api_visibility="private", concurrency_limit=4)
+
+        # The scrubbed frame's calipers: clicks on its overlay, Undo, Reset (no model runs).
+        clip_changed = [clip_state, clip_curve, clip_summary, clip_overlay, clip_frame_text, clip_csv, clip_files,
+                        clip_report, clip_adjust_status]
+
+        def on_clip_click(view: ClipView | None, frame: float, chosen: str, event: gr.SelectData):
+            view, status = clip_click(view, frame, chosen, event.index)
+            return show_clip_change(view, frame, status)
+
+        def on_clip_undo(view: ClipView | None, frame: float, reset: bool = False):
+            view, status = clip_undo(view, reset=reset)
+            return show_clip_change(view, frame, status)
+
+        clip_overlay.select(on_clip_click, inputs=[clip_state, clip_frame, clip_caliper], outputs=clip_changed,
+                            api_visibility="private", concurrency_limit=4)
+        clip_undo_button.click(on_clip_undo, inputs=[clip_state, clip_frame], outputs=clip_changed,
+                               api_visibility="private", concurrency_limit=4)
+        clip_reset_button.click(lambda view, frame: on_clip_undo(view, frame, reset=True),
+                                inputs=[clip_state, clip_frame], outputs=clip_changed, api_visibility="private",
+                                concurrency_limit=4)
     demo.queue(max_size=64)
     return demo
 

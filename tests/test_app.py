@@ -1,4 +1,4 @@
-"""app.py: the Gradio demo's API ("/segment", "/correct", "/clip"), its handlers, concurrency and bad input.
+"""app.py: the Gradio demo's API ("/segment", "/correct", "/adjust", "/clip"), its handlers, concurrency and bad input.
 
 The app is launched once on a free localhost port around a tiny-random package (garbage but
 deterministic predictions) and called with gradio_client, as a user of the API would.
@@ -117,13 +117,17 @@ def assert_api_result_matches(result, expected):
 
 def test_api_has_the_segment_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert list(endpoints) == ["/segment", "/correct", "/clip"]  # the page's other events are private
+    assert list(endpoints) == ["/segment", "/correct", "/adjust", "/clip"]  # the page's other events are private
     segment = endpoints["/segment"]
     assert [p["parameter_name"] for p in segment["parameters"]] == ["image", "tta", "n_folds", "stability_check",
                                                                     "mode"]
     assert segment["parameters"][3]["parameter_default"] is app.STABILITY_CHECK_DEFAULT
     assert segment["parameters"][4]["parameter_default"] == "ensemble"  # a package without a soup
     assert [r["component"] for r in segment["returns"]] == ["File", "File", "Number", "Json"]
+    adjust = endpoints["/adjust"]
+    assert [p["parameter_name"] for p in adjust["parameters"]] == ["image", "tta", "n_folds", "ps_ends", "tangent_point",
+                                                                   "label_map", "stability_check", "mode"]
+    assert [r["component"] for r in adjust["returns"]] == ["File", "File", "Number", "Json"]
     clip = endpoints["/clip"]
     assert [p["parameter_name"] for p in clip["parameters"]] == ["clip", "fast"]
     assert [r["component"] for r in clip["returns"]] == ["File", "Json"]
@@ -273,7 +277,8 @@ def test_show_result_draws_and_describes_a_run(model, images):
 def test_fold_spread_and_unmeasured_aop_texts():
     prediction = types.SimpleNamespace(
         fold_aop_deg={"fold_0": 100.0, "fold_1": 110.0, "fold_2": None},
-        aop=AoPMeasurement(None, "no pubic symphysis found"), view_aop_deg={}, quality=None, hsd=None)
+        aop=AoPMeasurement(None, "no pubic symphysis found"), view_aop_deg={}, quality=None, hsd=None,
+        adjusted_by_user={})
     table = app.fold_markdown(prediction)
     assert "100.0\N{DEGREE SIGN} to 110.0\N{DEGREE SIGN}" in table and "SD 7.1\N{DEGREE SIGN}" in table
     assert "| fold_2 | not measured |" in table and "mirror image" not in table
@@ -406,7 +411,7 @@ def test_the_stability_check_joins_the_result_and_stays_after_reset(embedded, im
     assert ("the AoP is fragile" in " ".join(report["quality"]["reasons"])) == (gap > quality.MAX_STABILITY_GAP)
     # A box correction is the user's outline: the model's stability no longer describes it ...
     analysis.boxes = {"ps": (60.0, 40.0, 130.0, 90.0)}
-    analysis, _ = app.apply_boxes(embedded, analysis)
+    analysis, _ = app.apply_corrections(embedded, analysis)
     assert "stability_gap" not in analysis.prediction.quality.measures
     # ... and Reset comes back to the checked automatic result, with no new pass.
     analysis, _ = app.undo_correction(embedded, analysis, reset=True)

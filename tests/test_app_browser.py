@@ -1,7 +1,8 @@
 """The demo in a real browser: headless Debian Chromium driven by Playwright.
 
 Upload an example, run, read the AoP off the page, see the overlay; box the PS on the overlay
-with the real embedded package and see the AoP change, then reset; bad files get a clear message
+with the real embedded package and see the AoP change, then reset; place the skull tangent point
+like a caliper and see the AoP follow by the angle it was moved, then reset; bad files get a clear message
 and the page keeps working. In the Cine clip tab: run a 3-frame cine DICOM with the embedded
 package, see the AoP curve and summary, scrub to another frame; a broken DICOM is explained and
 the tab keeps running clips.
@@ -33,6 +34,7 @@ import dicom_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
+from test_app_calipers import outward_tangent
 
 import app
 from psfh.io.images import as_uint8, load_image, load_label_map
@@ -255,6 +257,42 @@ def test_box_the_ps_the_aop_follows_and_reset_restores_it(embedded_page, embedde
     assert seconds < 5.0  # the decoder only; psfh.cli.benchmark measures it on a quiet machine
     report = page.locator("#report-file [data-testid=download-link]").get_attribute("download")
     assert report == f"{EXAMPLE.stem}_report.json"
+
+    page.locator("#reset").click()
+    page.locator("#correction-status").get_by_text("The model's own result.").wait_for()
+    assert aop_shown(page) == automatic
+
+
+def test_click_the_skull_tangent_the_aop_follows_and_reset_restores_it(embedded_page, embedded):
+    page = embedded_page
+    upload(page, EXAMPLE)
+    page.locator("#preview img").wait_for()
+    page.locator("#tta input").uncheck()  # one view: a quicker run on the 2-core machine
+    page.locator("#run").click()
+    page.locator("#aop-text").get_by_text("Angle of progression:").wait_for()
+    page.locator("#overlay img").wait_for()
+    automatic = aop_shown(page)
+    prediction = embedded.predict(EXAMPLE, tta=False)
+    assert float(automatic) == round(prediction.aop.angle_deg, 1)
+
+    # The model's own tangent point turned 8 degrees about the apex, away from the head: the AoP
+    # the page shows grows by those 8 degrees (to the click's quarter pixel and the shown 0.1 deg).
+    tangent = outward_tangent(prediction, 8.0)
+    page.locator("#correct-structure").get_by_text("Skull tangent (caliper)").click()
+    click_image_pixel(page, "#overlay img", *tangent, factor=2)  # the picture is 2x the image
+    page.locator("#correction-status").get_by_text("Your points: skull tangent").wait_for()
+    adjusted = aop_shown(page)
+    assert float(adjusted) == pytest.approx(prediction.aop.angle_deg + 8.0, abs=0.35)
+    assert "Measured from the points you placed" in page.locator("#aop-text").inner_text()
+    seconds = float(re.search(r"\(([0-9.]+) s\)", page.locator("#correction-status").inner_text()).group(1))
+    assert seconds < 1.0  # no model runs for a point
+
+    # A click inside the head is refused, and says why; the AoP stays.
+    head = np.argwhere(prediction.label_map == 2).mean(axis=0)[::-1]
+    click_image_pixel(page, "#overlay img", *head, factor=2)
+    page.locator("#correction-status").get_by_text("Not used: tangent_point").wait_for()
+    assert "inside the fetal head outline" in page.locator("#correction-status").inner_text()
+    assert aop_shown(page) == adjusted
 
     page.locator("#reset").click()
     page.locator("#correction-status").get_by_text("The model's own result.").wait_for()

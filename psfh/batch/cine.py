@@ -12,6 +12,8 @@ but are left out of the curve and its maximum (marked in the CSV and on the plot
 For each clip NAME, ``--out`` gets NAME/frames.csv (one row per frame: index, name, time, AoP,
 the check, HSD, areas), NAME/summary.json (the maximum and where it occurs, frames flagged,
 seconds per frame, what was read), NAME/aop_curve.svg and NAME/label_maps/<frame>.png.
+A frame's AoP can be re-measured from a user's own points, like a single image's
+(:meth:`ClipResult.adjusted`, :mod:`psfh.model.calipers`): its row, the curve and its maximum follow.
 ``--fast`` (the fold soup x flip; one fold, no flip, in a package without a soup) costs a fifth
 (a tenth) of the full ensemble per frame, for long clips.
 
@@ -23,21 +25,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from psfh.core.errors import PSFHInputError
 from psfh.core.files import write_csv_atomic, write_text_atomic
 from psfh.core.options import first_folds
 from psfh.io.images import save_label_map
 from psfh.io.sequence import FrameSequence
 from psfh.measure.hsd import check_spacing
+from psfh.model import calipers
+from psfh.model.prediction import reported_values
 
 # Prediction.table_cells' cells that a frame's row keeps (aop.csv has them all).
 SHARED_COLUMNS = ("aop_deg", "aop_deg_measured", "check", "hsd_mm", "ps_area_px", "fh_area_px", "flip_aop_gap")
 FRAME_COLUMNS = ("frame", "name", "time_s", "aop_deg", "aop_deg_measured", "in_curve", "check", "hsd_mm",
-                 "ps_area_px", "fh_area_px", "flip_aop_gap", "seconds")
+                 "ps_area_px", "fh_area_px", "flip_aop_gap", "seconds", "adjusted_by_user")
 
 
 @dataclass
@@ -50,6 +55,10 @@ class ClipResult:
         label_maps: N H x W uint8 label maps, one per frame.
         measurements: N (AoPMeasurement, HSDMeasurement) of the label maps, so that a frame is
             drawn (the demo's scrubbing) without measuring again.
+        checks: N quality checks (:class:`psfh.measure.quality.QualityCheck` or None), judged again
+            when a frame is adjusted.
+        adjusted_points: {frame: {point name: (x, y)}}, the points a user placed per frame
+            (:meth:`adjusted`); empty for the model's own clip.
         source: what was read (:attr:`FrameSequence.source`).
         spacing_mm: (row, col) mm per pixel used for the HSD, None when unknown.
         folds, tta: what the ensemble used.
@@ -65,6 +74,8 @@ class ClipResult:
     seconds: float
     names: list[str] = field(default_factory=list)
     measurements: list[tuple] = field(default_factory=list)
+    checks: list = field(default_factory=list)
+    adjusted_points: dict[int, dict] = field(default_factory=dict)
 
     @property
     def curve(self) -> list[dict]:
@@ -77,6 +88,42 @@ class ClipResult:
         curve = self.curve
         return max(curve, key=lambda row: row["aop_deg"]) if curve else None
 
+    def adjusted(self, frame: int, ps_ends=None, tangent_point=None, *, ps_inferior=None,
+                 ps_superior=None) -> "ClipResult":
+        """This clip with frame ``frame``'s AoP and HSD re-measured from a user's points, as
+        :meth:`psfh.model.prediction.Prediction.adjusted` does for one image (the arguments are its:
+        ``(x, y)`` image pixels of the frame; earlier points on the frame stay). No model runs.
+
+        Returns:
+            A new ClipResult (this one is left as it is, for Undo): the frame's measurements, quality
+            check and row (AoP, check, HSD, ``in_curve``, ``adjusted_by_user``) follow the points, and
+            so do :attr:`curve`, :attr:`maximum` and the summary.
+
+        Raises:
+            PSFHInputError: a frame index outside the clip, or bad points (naming the point).
+        """
+        try:
+            index = int(frame)
+            known = index == frame and 0 <= index < len(self.rows)
+        except (TypeError, ValueError):
+            known = False
+        if not known:
+            raise PSFHInputError(f"frame must be a whole number from 0 to {len(self.rows) - 1}; got {frame!r}")
+        frame = index
+        quality = self.checks[frame] if frame < len(self.checks) else None
+        result = calipers.adjust(self.label_maps[frame], quality, self.spacing_mm, self.adjusted_points.get(frame),
+                                 ps_ends=ps_ends, tangent_point=tangent_point, ps_inferior=ps_inferior,
+                                 ps_superior=ps_superior)
+        cells = reported_values(result.aop, result.hsd, result.quality)
+        rows, measurements, checks = list(self.rows), list(self.measurements), list(self.checks)
+        rows[frame] = {**rows[frame], **cells, "in_curve": cells["aop_deg"] is not None,
+                       "adjusted_by_user": calipers.moved_cell(result.moved)}
+        measurements[frame] = (result.aop, result.hsd)
+        if frame < len(checks):
+            checks[frame] = result.quality
+        return replace(self, rows=rows, measurements=measurements, checks=checks,
+                       adjusted_points={**self.adjusted_points, frame: result.moved})
+
     def summary(self) -> dict:
         top = self.maximum
         return {
@@ -84,6 +131,7 @@ class ClipResult:
             "frames": len(self.rows),
             "frames_in_curve": len(self.curve),
             "frames_flagged": [row["frame"] for row in self.rows if not row["in_curve"]],
+            "frames_adjusted": sorted(self.adjusted_points),
             "max_aop_deg": None if top is None else top["aop_deg"],
             "max_aop_frame": None if top is None else top["frame"],
             "max_aop_time_s": None if top is None else top["time_s"],
@@ -107,7 +155,7 @@ def analyse_clip(model, sequence: FrameSequence, folds: list[str] | None = None,
     check_spacing(spacing_mm)  # refused before the first frame, not at each
     start = time.perf_counter()
     spacing_mm = spacing_mm if spacing_mm is not None else sequence.spacing_mm
-    rows, label_maps, measurements, used_tta, used_folds = [], [], [], tta, folds
+    rows, label_maps, measurements, checks, used_tta, used_folds = [], [], [], [], tta, folds
     for index in range(len(sequence)):
         frame_start = time.perf_counter()
         prediction = model.predict(sequence.image(index), folds=folds, tta=tta, precision=precision,
@@ -121,12 +169,15 @@ def analyse_clip(model, sequence: FrameSequence, folds: list[str] | None = None,
             **{key: cells[key] for key in SHARED_COLUMNS},
             "in_curve": prediction.aop_deg is not None,
             "seconds": time.perf_counter() - frame_start,
+            "adjusted_by_user": "none",
         })
         label_maps.append(prediction.label_map)
         measurements.append((prediction.aop, prediction.hsd))
+        checks.append(prediction.quality)
         if on_frame is not None:
             on_frame(index + 1, len(sequence))
-    return ClipResult(rows=rows, label_maps=label_maps, measurements=measurements, source=sequence.source,
+    return ClipResult(rows=rows, label_maps=label_maps, measurements=measurements, checks=checks,
+                      source=sequence.source,
                       spacing_mm=spacing_mm,
                       folds=list(used_folds or []), tta=bool(used_tta), seconds=time.perf_counter() - start,
                       names=list(sequence.names))
@@ -163,11 +214,17 @@ def curve_svg(result: ClipResult, width: int = 640, height: int = 280) -> str:
                  f'{"time (s)" if use_time else "frame"}</text>')
     parts.append(f'<text x="12" y="{(top + height - bottom) / 2}" text-anchor="middle" '
                  f'transform="rotate(-90 12 {(top + height - bottom) / 2})">AoP (deg)</text>')
-    points = [px(x, row["aop_deg"]) for x, row in zip(xs, result.rows) if row["in_curve"]]
+    points = [(px(x, row["aop_deg"]), row) for x, row in zip(xs, result.rows) if row["in_curve"]]
     if points:
         parts.append('<polyline fill="none" stroke="#0072B2" stroke-width="2" points="'
-                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>')
-        parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#0072B2"/>' for x, y in points)
+                     + " ".join(f"{x:.1f},{y:.1f}" for (x, y), _ in points) + '"/>')
+        for (x, y), row in points:
+            if row.get("adjusted_by_user") not in (None, "none"):  # a user's own points: hollow, with what
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="white" stroke="#0072B2" '
+                             f'stroke-width="2"><title>frame {row["frame"]}: adjusted by the user '
+                             f'({row["adjusted_by_user"]})</title></circle>')
+            else:
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#0072B2"/>')
     for x, row in zip(xs, result.rows):
         if not row["in_curve"]:  # flagged: marked on the axis, left out of the curve
             cx, _ = px(x, y_low)
@@ -189,6 +246,13 @@ def write_clip(result: ClipResult, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, label_map in zip(result.names, result.label_maps):
         save_label_map(label_map, folder / "label_maps" / f"{name}.png", overwrite=True)
+    return write_tables(result, folder)
+
+
+def write_tables(result: ClipResult, folder: Path) -> Path:
+    """frames.csv, summary.json and aop_curve.svg under ``folder`` (what an adjusted frame changes;
+    the label maps stay)."""
+    folder.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(folder / "frames.csv", FRAME_COLUMNS, result.rows)
     write_text_atomic(folder / "summary.json", json.dumps(result.summary(), indent=1) + "\n")
     write_text_atomic(folder / "aop_curve.svg", curve_svg(result))

@@ -22,6 +22,10 @@ checked). Measured here on a label map (the values of :mod:`psfh.core.labels`) a
 5. HSD: the length of apex -> skull point, in pixels, and in mm when the spacing is known (the
    vector's column and row components are each scaled by their own spacing).
 
+Steps 3-5 are :func:`hsd_from_points`, which :func:`measure_hsd` calls with the model's axis ends and
+which a user's own PS ends (calipers, :mod:`psfh.model.calipers`) go through as well: the HSD follows a
+moved inferior end and a turned axis.
+
 Coordinates follow :mod:`psfh.measure.aop`: points are ``(x, y)`` = ``(column, row)`` at pixel centres.
 See docs/HSD.md for the construction and its limits.
 """
@@ -35,7 +39,7 @@ import numpy as np
 
 from psfh.core.errors import PSFHInputError
 from psfh.core.labels import FH, PS, check_label_map, largest_component
-from psfh.measure.aop import Measurement, Point, inside_convex_hull, mask_points, ps_axis_ends
+from psfh.measure.aop import Measurement, Point, apex_inside_head, mask_points, ps_axis_ends
 
 # Grid-line crossings closer than this (in pixels of ray length) are one crossing: the ray
 # passes through a pixel corner there and touches the diagonal neighbours only at a point.
@@ -174,7 +178,7 @@ def measure_hsd(label_map, spacing_mm=None) -> HSDMeasurement:
             ``spacing_mm`` is not two positive numbers.
     """
     labels = check_label_map(label_map)
-    scale = check_spacing(spacing_mm)
+    check_spacing(spacing_mm)  # refused before anything is measured
     ps = largest_component(labels == PS)
     fh = largest_component(labels == FH)
     if not ps.any():
@@ -183,21 +187,40 @@ def measure_hsd(label_map, spacing_mm=None) -> HSDMeasurement:
         return HSDMeasurement(None, reason="no fetal head found")
 
     fh_points = mask_points(fh)
-    head_centroid = fh_points.mean(axis=0)
-    superior, apex = ps_axis_ends(mask_points(ps), head_centroid)
+    superior, apex = ps_axis_ends(mask_points(ps), fh_points.mean(axis=0))
     if np.allclose(superior, apex):
         return HSDMeasurement(None, reason="the pubic symphysis is a single pixel and has no long axis")
 
     # The same test as the AoP's, so that both are refused together: a head reaching past the
     # apex (into its hull) overlaps the bone, which the anatomy does not allow.
-    col, row = np.clip(np.rint(apex), 0, np.array(labels.shape[::-1]) - 1).astype(int)
-    if fh[row, col] or inside_convex_hull(apex, fh_points):
+    if apex_inside_head(apex, fh_points, fh):
         return HSDMeasurement(None, reason="the symphysis' inferior end lies inside the fetal head",
                               apex=_point(apex))
+    return hsd_from_points(superior, apex, fh, spacing_mm)
 
+
+def hsd_from_points(superior, apex, head_mask: np.ndarray, spacing_mm=None) -> HSDMeasurement:
+    """The HSD from the two PS ends and the head (steps 3-5 of the module doc).
+
+    Args:
+        superior, apex: ``(x, y)``, the superior and the inferior PS end (the apex, outside the
+            head: :func:`measure_hsd` and :mod:`psfh.model.calipers` check that first).
+        head_mask: H x W bool, the fetal head's pixels (its largest component).
+        spacing_mm: ``(row spacing, column spacing)`` in mm per pixel, or None.
+
+    Returns:
+        An :class:`HSDMeasurement`; no distance, with the reason, when the perpendicular misses
+        the head.
+
+    Raises:
+        PSFHInputError: ``spacing_mm`` is not two positive numbers.
+    """
+    scale = check_spacing(spacing_mm)
+    superior, apex = np.asarray(superior, dtype=float), np.asarray(apex, dtype=float)
+    head_centroid = mask_points(head_mask).mean(axis=0)
     directions = perpendicular_towards(superior - apex, head_centroid - apex,
                                        np.ones(2) if scale is None else scale)
-    entries = [(t, d) for d in directions if (t := ray_entry(fh, apex, d)) is not None]
+    entries = [(t, d) for d in directions if (t := ray_entry(head_mask, apex, d)) is not None]
     if not entries:
         return HSDMeasurement(None, reason=MISSES_HEAD, apex=_point(apex))
 

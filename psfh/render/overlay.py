@@ -44,6 +44,8 @@ LEGEND_ENTRIES = (
     (CONSTRUCTION_COLOUR, "AoP construction"),
 )
 HSD_LEGEND_ENTRY = (HSD_COLOUR, "head-symphysis distance (HSD)")
+USER_POINT_COLOUR = (255, 255, 255)  # a ring around a construction point the user placed (calipers)
+USER_POINT_LEGEND_ENTRY = (USER_POINT_COLOUR, "point you placed (ringed)")
 
 # Anchors of a perceptually ordered black -> purple -> orange -> pale-yellow map (close to
 # matplotlib's "inferno"): dark means agreement, so the eye goes to where the folds disagree.
@@ -177,7 +179,8 @@ def arc_points(apex, towards_a, towards_b, radius: float, steps: int = 48) -> li
              apex[1] + radius * math.sin(start + sweep * t / steps)) for t in range(steps + 1)]
 
 
-def draw_aop(rgb: np.ndarray, aop: AoPMeasurement, scale: float = 1.0, label: bool = True) -> np.ndarray:
+def draw_aop(rgb: np.ndarray, aop: AoPMeasurement, scale: float = 1.0, label: bool = True,
+             user_points: tuple[str, ...] | frozenset | set = ()) -> np.ndarray:
     """Draw the AoP construction: the PS long axis between its two ends, the line from the
     inferior end (the apex) through the tangent point on the head, the angle's arc and its value.
 
@@ -188,6 +191,9 @@ def draw_aop(rgb: np.ndarray, aop: AoPMeasurement, scale: float = 1.0, label: bo
             points it has (the PS axis) are drawn and nothing else.
         scale: size of ``rgb`` over the size of the label map.
         label: write the angle's value beside the arc.
+        user_points: the construction's points a user placed ("ps_inferior", "ps_superior",
+            "tangent_point"; :mod:`psfh.model.calipers`): each gets a white ring, so a reader sees
+            which points are the model's and which a person's.
 
     Returns:
         A new H x W x 3 uint8 array.
@@ -221,7 +227,18 @@ def draw_aop(rgb: np.ndarray, aop: AoPMeasurement, scale: float = 1.0, label: bo
     for point in (superior, inferior):
         if point:
             _dot(draw, point, radius, CONSTRUCTION_COLOUR)
+    placed = {"ps_superior": superior, "ps_inferior": inferior, "tangent_point": tangent}
+    for name in user_points:
+        if placed.get(name):
+            _ring(draw, placed[name], 2.6 * radius, max(1, width // 2 + 1), USER_POINT_COLOUR)
     return np.asarray(picture)
+
+
+def _ring(draw: ImageDraw.ImageDraw, point, radius: float, width: int, colour) -> None:
+    x, y = point
+    draw.ellipse((x - radius - 1, y - radius - 1, x + radius + 1, y + radius + 1), outline=SHADOW_COLOUR,
+                 width=width + 2)
+    draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour, width=width)
 
 
 def draw_hsd(rgb: np.ndarray, hsd: HSDMeasurement, scale: float = 1.0, label: bool = True) -> np.ndarray:
@@ -402,13 +419,15 @@ def add_colour_bar(rgb: np.ndarray, low: str = "0: folds agree", high: str = "fo
 def render_segmentation(image: np.ndarray, label_map: np.ndarray, aop: AoPMeasurement | None,
                         min_side: int = 512, boxes: dict | None = None,
                         pending: tuple[float, float] | None = None,
-                        hsd: HSDMeasurement | None = None) -> np.ndarray:
+                        hsd: HSDMeasurement | None = None, user_points=()) -> np.ndarray:
     """The demo's main picture: the image, enlarged for display when small, with PS and FH
     coloured, the AoP construction drawn and a legend below. Returns an RGB uint8 array.
 
     ``hsd``, when given and measured, is drawn too (:func:`draw_hsd`) and gets a legend entry.
     ``boxes`` ({label value: (x0, y0, x1, y1)} in image pixels) are the user's correction boxes,
-    drawn as outlines in their structure's colour; ``pending`` is a first corner clicked, (x, y).
+    drawn as outlines in their structure's colour; ``pending`` is a first corner (or first PS end)
+    clicked, (x, y). ``user_points``: the AoP construction's points a user placed (names, as in
+    :func:`draw_aop`), ringed and given a legend entry.
     The picture is ``display_scale(H, W)`` times the image (image pixel = display pixel / scale).
     """
     _check_same_size(np.asarray(image), label_map, "label_map")
@@ -420,7 +439,9 @@ def render_segmentation(image: np.ndarray, label_map: np.ndarray, aop: AoPMeasur
         rgb = draw_hsd(rgb, hsd, scale=factor)
         entries = LEGEND_ENTRIES + (HSD_LEGEND_ENTRY,)
     if aop is not None:
-        rgb = draw_aop(rgb, aop, scale=factor)
+        rgb = draw_aop(rgb, aop, scale=factor, user_points=tuple(user_points))
+        if user_points:
+            entries = entries + (USER_POINT_LEGEND_ENTRY,)
     if boxes or pending:
         rgb = draw_boxes(rgb, boxes or {}, pending, scale=factor)
     return add_legend(rgb, entries)

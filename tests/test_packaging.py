@@ -22,6 +22,13 @@ def test_dependencies_are_the_requirements_files_pins():
     assert PROJECT["project"]["optional-dependencies"]["test"] == requirement_lines("requirements-test.txt")
 
 
+def test_the_ray_extra_is_tested_but_not_installed_by_default():
+    ray = PROJECT["project"]["optional-dependencies"]["ray"]
+    assert ray == ["ray[data]==2.60.0"]
+    assert set(ray) <= set(requirement_lines("requirements-test.txt"))  # CI (pip install .[test]) runs the engine
+    assert not any(line.startswith("ray") for line in requirement_lines("requirements.txt"))  # nor the Space
+
+
 def test_every_python_package_under_psfh_is_installed():
     on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "psfh").rglob("__init__.py")}
     listed = set(PROJECT["tool"]["setuptools"]["packages"])

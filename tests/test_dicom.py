@@ -236,3 +236,22 @@ def test_is_dicom_by_name_or_marker(files, tmp_path):
     assert is_dicom(files["single"]) and is_dicom(unnamed) and is_dicom(tmp_path / "named.DCM")
     assert not is_dicom(tmp_path / "short") and not is_dicom(tmp_path / "notes")
     assert not is_dicom(tmp_path / "missing") and not is_dicom(fx.EXAMPLE_IMAGES[0])
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda ds: delattr(ds, "BitsAllocated"), r"the DICOM header lacks BitsAllocated"),
+    (lambda ds: delattr(ds, "SamplesPerPixel"), r"the DICOM header lacks SamplesPerPixel"),
+    (lambda ds: setattr(ds, "BitsAllocated", 12), r"Bits Allocated is 12; a DICOM image has 1, 8, 16, 32, 64"),
+    (lambda ds: setattr(ds, "BitsStored", 40), r"Bits Stored is 40 with Bits Allocated 8; expected 1 to 8"),
+    (lambda ds: setattr(ds, "SamplesPerPixel", 3), r"Samples per Pixel is 3, but a MONOCHROME2 image has 1"),
+    (lambda ds: setattr(ds, "PixelRepresentation", 2), r"Pixel Representation is 2"),
+], ids=["no-bits-allocated", "no-samples", "bits-12", "stored-40", "samples-3", "representation-2"])
+def test_a_broken_pixel_module_is_named_from_the_header(tmp_path, change, problem, monkeypatch):
+    """Contradictory or missing Image Pixel elements are refused in words before any pixel is decoded."""
+    ds = fx.set_pixels(fx.dataset(), fx.example_frame(0))
+    ds["PixelData"].VR = "OB"  # stated, so pydicom can write it without Bits Allocated
+    change(ds)
+    path = fx.save(ds, tmp_path / "broken.dcm")
+    monkeypatch.setattr(dicom, "_decode", lambda *a: pytest.fail("decoded a refused file"))
+    with pytest.raises(PSFHInputError, match=r"broken\.dcm: " + problem):
+        read_dicom(path)

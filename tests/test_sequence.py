@@ -182,8 +182,21 @@ def test_memory_limit_for_videos_and_folders(tmp_path, source, monkeypatch):
     video = fx.write_video(tmp_path / "clip.mkv", source, codec="ffv1", pix_fmt="gray")
     fx.write_frame_folder(tmp_path / "frames", source)
     monkeypatch.setattr(sequence, "MAX_CLIP_PIXELS", 256 * 256 * 4)
+    # A video says how long it is (Matroska: its duration x frame rate): refused before decoding.
+    with pytest.raises(PSFHInputError, match=r"clip\.mkv: declares 10 frames of 256 x 256 pixels, more than "
+                                             r"262,144 pixels in memory.*max_frames"):
+        read_sequence(video)
+    with pytest.raises(PSFHInputError, match=r"more than 262,144 pixels in 4 frames.*max_frames"):
+        read_sequence(tmp_path / "frames")
     for path in (video, tmp_path / "frames"):
-        with pytest.raises(PSFHInputError,
-                           match=r"more than 262,144 pixels in 4 frames.*max_frames"):
-            read_sequence(path)
         assert len(read_sequence(path, max_frames=4)) == 4
+
+
+def test_a_video_longer_than_it_declares_is_still_stopped_at_the_limit(tmp_path, source, monkeypatch):
+    """The header's count is checked first, the frames decoded are counted too: a header that
+    understates the length does not get past the limit."""
+    video = fx.write_video(tmp_path / "clip.mkv", source, codec="ffv1", pix_fmt="gray")
+    monkeypatch.setattr(sequence, "MAX_CLIP_PIXELS", 256 * 256 * 4)
+    monkeypatch.setattr(sequence, "_declared_frames", lambda container, stream: 2)
+    with pytest.raises(PSFHInputError, match=r"clip\.mkv: more than 262,144 pixels in 4 frames.*max_frames"):
+        read_sequence(video)

@@ -72,6 +72,9 @@ HEADER_TAGS = (
     "DoubleFloatPixelData",
 )
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# What the pixel decoders read from the header besides Rows, Columns and Number of Frames.
+PIXEL_MODULE = ("SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
+BITS_ALLOCATED = (1, 8, 16, 32, 64)
 COLOUR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 SUPPORTED_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2") + COLOUR_INTERPRETATIONS
 ULTRASOUND_CM = 3  # PhysicalUnitsX/YDirection code for centimetres (PS3.3 C.8.5.5.1.15)
@@ -257,6 +260,7 @@ def _info(path: Path, dataset) -> DicomInfo:
             f"{path}: photometric interpretation '{interpretation or 'missing'}' is not "
             f"supported; psfh reads {', '.join(SUPPORTED_INTERPRETATIONS)}"
         )
+    _check_pixel_module(path, dataset, interpretation)
     rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
     check_size(rows, columns, str(path))
     frames = _frame_count(path, dataset)
@@ -275,6 +279,37 @@ def _info(path: Path, dataset) -> DicomInfo:
         spacing_source=source,
         frame_times_s=_frame_times(dataset, frames),
     )
+
+
+def _check_pixel_module(path: Path, dataset, interpretation: str) -> None:
+    """The Image Pixel module's elements the decoders need, present and consistent, checked from the
+    header so that a broken one is named in words before any pixel is decoded."""
+    # Float Pixel Data has neither Bits Stored nor Pixel Representation (PS3.3 C.7.6.24).
+    needed = PIXEL_MODULE if "PixelData" in dataset else ("SamplesPerPixel", "BitsAllocated")
+    missing = [keyword for keyword in needed if dataset.get(keyword) in (None, "")]
+    if missing:
+        raise PSFHInputError(f"{path}: the DICOM header lacks {', '.join(missing)}, which the pixel data "
+                             "needs to be read")
+    try:
+        values = {keyword: int(dataset.get(keyword)) for keyword in needed}
+    except (TypeError, ValueError):
+        raise PSFHInputError(f"{path}: the DICOM header's "
+                             f"{', '.join(f'{k} {dataset.get(k)!r}' for k in needed)} are not all numbers") from None
+    allocated, samples = values["BitsAllocated"], values["SamplesPerPixel"]
+    stored = values.get("BitsStored", allocated)
+    if allocated not in BITS_ALLOCATED:
+        raise PSFHInputError(f"{path}: Bits Allocated is {allocated}; a DICOM image has "
+                             f"{', '.join(map(str, BITS_ALLOCATED))}")
+    if not 1 <= stored <= allocated:
+        raise PSFHInputError(f"{path}: Bits Stored is {stored} with Bits Allocated {allocated}; expected 1 to "
+                             f"{allocated}")
+    expected = 3 if interpretation in COLOUR_INTERPRETATIONS and interpretation != "PALETTE COLOR" else 1
+    if samples != expected:
+        raise PSFHInputError(f"{path}: Samples per Pixel is {samples}, but a {interpretation} image has "
+                             f"{expected}")
+    if values.get("PixelRepresentation", 0) not in (0, 1):
+        raise PSFHInputError(f"{path}: Pixel Representation is {values['PixelRepresentation']}; expected 0 "
+                             "(unsigned) or 1 (signed)")
 
 
 def _check_native_length(path: Path, dataset, frames: int, pixels: int) -> None:
@@ -420,9 +455,10 @@ def _decode(path: Path, info: DicomInfo, count: int) -> tuple[np.ndarray, str]:
     except PSFHInputError:
         raise
     except Exception as error:  # noqa: BLE001 - decoders raise RuntimeError, ValueError, ...
-        raise PSFHInputError(
-            f"{path}: cannot decode the pixel data ({syntax.name}): {_reason(error)}"
-        ) from error
+        reason = _reason(error)
+        if "could not broadcast" in reason:  # a compressed frame of another size than Rows x Columns
+            reason = f"a frame decodes to another size than the header's {info.columns} x {info.rows} ({reason})"
+        raise PSFHInputError(f"{path}: cannot decode the pixel data ({syntax.name}): {reason}") from error
     if decoded != count:  # the empty rows of `frames` must never pass for pixels
         raise PSFHInputError(
             f"{path}: holds {decoded} frames of pixel data, but its Number of Frames says "

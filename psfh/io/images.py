@@ -27,7 +27,7 @@ from psfh.core.errors import PSFHInputError
 from psfh.core.files import atomic_target
 from psfh.core.labels import check_label_map
 from psfh.io.dicom import DICOM_EXTENSIONS, DicomInfo, is_dicom, read_dicom, read_dicom_info, sitk_spatial
-from psfh.io.pixels import MAX_CHANNELS, MAX_PIXELS, check_dtype, check_size, to_grayscale
+from psfh.io.pixels import MAX_CHANNELS, MAX_DECODED_BYTES, MAX_PIXELS, check_dtype, check_size, to_grayscale
 
 PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SITK_EXTENSIONS = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
@@ -333,6 +333,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
                 f"{where}: 3-D volume with {size[2]} slices; psfh takes one 2-D image"
             )
         check_size(size[1], size[0], where)
+        _check_sitk_bytes(reader, size, where)
         image = reader.Execute()
         array = sitk.GetArrayFromImage(image)
     except PSFHInputError:
@@ -355,6 +356,24 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
         else:  # D x H x W with D <= 4: the slices are channels
             array = np.moveaxis(array, 0, -1)
     return array, _spatial_2d(image)
+
+
+def _check_sitk_bytes(reader, size: tuple[int, ...], where: str) -> None:
+    """Refuse, from the header, pixels whose bytes (pixels x components x component size) no frame
+    needs: a header can declare a size within the pixel limit and thousands of float64 channels."""
+    sitk = _sitk()
+    components = reader.GetNumberOfComponents()
+    if components > MAX_CHANNELS:
+        raise PSFHInputError(f"{where}: {components} components per pixel; at most {MAX_CHANNELS} are "
+                             "supported (gray, gray + alpha, RGB, RGBA)")
+    component_bytes = sitk.Image([1] * len(size), reader.GetPixelID(), components).GetSizeOfPixelComponent()
+    depth = size[2] if len(size) == 3 else 1
+    total = size[0] * size[1] * depth * components * component_bytes
+    if total > MAX_DECODED_BYTES:
+        raise PSFHInputError(
+            f"{where}: {size[0]} x {size[1]} pixels of {depth * components} x {component_bytes} bytes = "
+            f"{total:,} bytes to decode; the limit is {MAX_DECODED_BYTES:,} bytes"
+        )
 
 
 def _spatial_2d(image) -> dict:

@@ -13,6 +13,9 @@ import numpy as np
 from psfh.core.errors import PSFHInputError
 
 MAX_PIXELS = 40_000_000  # far above any ultrasound frame; stops a huge file from exhausting memory
+# The stored pixels' bytes a reader may decode for one image (checked from the header where a format
+# says it): 16-bit RGBA or float64 gray at MAX_PIXELS. More is no frame (thousands of channels).
+MAX_DECODED_BYTES = 8 * MAX_PIXELS
 MIN_SIDE = 8  # smaller images cannot hold the anatomy and break the network's down-sampling
 MAX_CHANNELS = 4
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)

@@ -168,6 +168,13 @@ def _read_video(path: Path, max_frames: int | None) -> FrameSequence:
             stream = container.streams.video[0]
             height, width = stream.codec_context.height, stream.codec_context.width
             check_size(height, width, str(path))
+            declared = _declared_frames(container, stream)
+            wanted = declared if max_frames is None else min(declared, max_frames)
+            if wanted * height * width > MAX_CLIP_PIXELS:  # refused from the header, before decoding
+                raise PSFHInputError(
+                    f"{path}: declares {declared} frames of {width} x {height} pixels, more than "
+                    f"{MAX_CLIP_PIXELS:,} pixels in memory; read fewer frames (max_frames)"
+                )
             for frame in container.decode(stream):
                 if (len(frames) + 1) * height * width > MAX_CLIP_PIXELS:
                     raise PSFHInputError(
@@ -194,6 +201,21 @@ def _read_video(path: Path, max_frames: int | None) -> FrameSequence:
     # rgb24 frames are 8-bit whatever the codec stored: a 10-bit video is read at 8 bits.
     return FrameSequence(frames, _frame_names(path, len(frames)), times, None, source, path,
                          "uint8")
+
+
+def _declared_frames(container, stream) -> int:
+    """How many frames the container says the stream has: its frame count, else its duration times
+    its frame rate (a Matroska file states no count); 0 when it says neither."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base and rate:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration and rate:
+        seconds = container.duration / 1_000_000  # av.time_base: microseconds
+    else:
+        return 0
+    return max(0, int(seconds * float(rate)))
 
 
 def _read_folder(folder: Path, max_frames: int | None) -> FrameSequence:

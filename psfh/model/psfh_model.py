@@ -67,6 +67,8 @@ class ImageEmbeddings:
         automatic: the ensemble's own prediction, kept by the first :meth:`PSFHModel.decode` so
             that a correction runs only the box-prompted decoder and the AoP.
         spacing_mm: (row, col) mm per pixel of the image, None when unknown (the HSD in mm).
+        framing: where the image lies on the model's grid (:func:`psfh.model.inference.framing`);
+            None: the image taken whole (:func:`psfh.model.inference.whole_frame`).
     """
 
     image: np.ndarray
@@ -79,11 +81,16 @@ class ImageEmbeddings:
     timings: dict[str, float] = field(default_factory=dict)
     automatic: Prediction | None = None
     spacing_mm: tuple[float, float] | None = None
+    framing: inference.Framing | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         """(H, W) of the image."""
         return self.image.shape[:2]
+
+    def framed(self, input_size: int) -> inference.Framing:
+        """The image's framing on an S x S grid (the image taken whole when it was not kept)."""
+        return self.framing or inference.whole_frame(self.size, input_size, self.name or "image")
 
 
 def default_device() -> torch.device:
@@ -322,10 +329,17 @@ class PSFHModel:
         """The shared SamModel under every adapter."""
         return self.network.get_base_model() if isinstance(self.network, PeftModel) else self.network
 
-    def preprocess(self, pixels: np.ndarray, name: str = "image") -> torch.Tensor:
-        """H x W image -> 1 x 3 x S x S model input on the model's device."""
+    def preprocess(self, pixels: np.ndarray, name: str = "image",
+                   framing: inference.Framing | None = None) -> torch.Tensor:
+        """H x W image -> 1 x 3 x S x S model input on the model's device, framed as
+        :meth:`framing` says (:func:`psfh.model.inference.preprocess`)."""
         c = self.config
-        return inference.preprocess(pixels, c.input_size, c.pixel_mean, c.pixel_std, name).to(self.device)
+        return inference.preprocess(pixels, c.input_size, c.pixel_mean, c.pixel_std, name, framing).to(self.device)
+
+    def framing(self, pixels: np.ndarray, name: str = "image") -> inference.Framing:
+        """Where the H x W image lies on the model's grid (:func:`psfh.model.inference.framing`):
+        what :meth:`prediction_from_members` needs to bring the members back to the image."""
+        return inference.framing(pixels, self.config.input_size, name)
 
     def _autocast(self, precision: str):
         if check_precision(precision) == "fp32":
@@ -449,7 +463,8 @@ class PSFHModel:
             spacing_mm = tuple(float(v) for v in spacing_mm)
         tta = self.default_tta if tta is None else bool(tta)
         folds = self.members(folds)
-        pixel_values = self.preprocess(loaded.pixels, loaded.name or "image")
+        framing = self.framing(loaded.pixels, str(loaded.path or loaded.name or "image"))
+        pixel_values = self.preprocess(loaded.pixels, loaded.name or "image", framing)
         timings = {"load_and_preprocess": time.perf_counter() - start}
         start = time.perf_counter()
         with self._lock, self._autocast(precision):
@@ -464,7 +479,7 @@ class PSFHModel:
         timings["encoder"] = time.perf_counter() - start
         return ImageEmbeddings(image=as_uint8(loaded), name=loaded.name, folds=folds, tta=tta,
                                precision=precision, per_fold=per_fold, base=base, timings=timings,
-                               spacing_mm=spacing_mm)
+                               spacing_mm=spacing_mm, framing=framing)
 
     @torch.inference_mode()
     def decode(self, embeddings: ImageEmbeddings, boxes: dict | None = None,
@@ -493,19 +508,25 @@ class PSFHModel:
             timings = {**embeddings.timings, "decoder": time.perf_counter() - start}
             embeddings.automatic = self.prediction_from_members(
                 members, embeddings.size, embeddings.folds, embeddings.tta, name=embeddings.name, timings=timings,
-                image=embeddings.image, spacing_mm=embeddings.spacing_mm)
+                image=embeddings.image, spacing_mm=embeddings.spacing_mm,
+                framing=embeddings.framed(self.config.input_size))
         automatic = embeddings.automatic
         if not checked:
             return automatic
         start = time.perf_counter()
+        # Boxes go to the model's grid and the decoder's mask back to the image through the framing
+        # the encoder saw: on the grid, box_to_input and mask_from_logits have nothing left to scale.
+        framed, side = embeddings.framed(self.config.input_size), self.config.input_size
         with self._lock, self._autocast(embeddings.precision), self._adapters_off():
             box_logits = {value: prompts.box_mask_logits(
-                self.base_model, embeddings.base, prompts.box_to_input(box, embeddings.size, self.config.input_size)
-            ).cpu() for value, box in checked.items()}
-        corrected = {value: prompts.box_outline(automatic.label_map == value,
-                                                prompts.mask_from_logits(logits, embeddings.size), checked[value],
-                                                box_policy or prompts.DEFAULT_POLICY[value])
-                     for value, logits in box_logits.items()}
+                self.base_model, embeddings.base,
+                prompts.box_to_input(inference.box_to_grid(box, framed), (side, side), side)).cpu()
+                for value, box in checked.items()}
+        corrected = {value: prompts.box_outline(
+            automatic.label_map == value,
+            prompts.mask_from_logits(inference.to_frame(logits[None], framed, -1e4)[0], embeddings.size),
+            checked[value], box_policy or prompts.DEFAULT_POLICY[value])
+            for value, logits in box_logits.items()}
         label_map = prompts.fuse(automatic.label_map, corrected)
         aop = measure_aop(label_map)
         # A corrected structure follows the user's box, not the model: the views' and folds' AoPs
@@ -551,26 +572,35 @@ class PSFHModel:
     def prediction_from_members(self, members: torch.Tensor, size: tuple[int, int], folds: list[str], tta: bool,
                                 name: str | None = None, timings: dict[str, float] | None = None,
                                 image: np.ndarray | None = None,
-                                spacing_mm: tuple[float, float] | None = None) -> Prediction:
+                                spacing_mm: tuple[float, float] | None = None,
+                                framing: inference.Framing | None = None) -> Prediction:
         """The ensemble's members -> a :class:`Prediction` at the image's H x W ``size``.
 
         ``members`` is F x V x 3 x S x S (:meth:`fold_probabilities`): they are averaged (soft
-        ensemble), resized, turned into a label map with the largest component of each
+        ensemble), brought back to the image through its ``framing`` (:meth:`framing`, what
+        :meth:`preprocess` used), turned into a label map with the largest component of each
         structure, and the AoP is measured on it, on each fold's own prediction and on each
         fold's view, and the HSD on the label map (in mm with ``spacing_mm``, (row, col)). With
         the H x W uint8 ``image``, the quality checks run on it, the label map and the views'
-        and folds' AoPs.
+        and folds' AoPs. Without ``framing``, it is the framing of ``image`` when given, else the
+        image taken whole (:func:`psfh.model.inference.whole_frame`: right for a 256 x 256 PSFHS
+        frame whose content starts at its top and spans its width, not for a cropped one).
         """
+        if framing is None:
+            framing = (inference.framing(image, self.config.input_size, name or "image") if image is not None
+                       else inference.whole_frame(size, self.config.input_size, name or "image"))
+        if tuple(framing.size) != tuple(size):
+            raise PSFHInputError(f"{name or 'image'}: framing of a {framing.size} frame for members of a {size} image")
         timings = dict(timings or {})
         start = time.perf_counter()
         mean, disagreement = inference.ensemble(members.flatten(0, 1))
-        label_map, probabilities = inference.to_label_map(mean, size)
-        disagreement_map = inference.resize_map(disagreement, size).numpy()
-        fold_aop_deg = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), size)[0]).angle_deg
+        label_map, probabilities = inference.to_label_map(mean, framing)
+        disagreement_map = inference.resize_map(disagreement, framing).numpy()
+        fold_aop_deg = {fold: measure_aop(inference.to_label_map(members[i].mean(dim=0), framing)[0]).angle_deg
                         for i, fold in enumerate(folds)}
         # Each fold's views alone, for the self-agreement checks; with one view (no flip) that is
         # the fold's own prediction, measured above already, and there is nothing to compare.
-        view_maps = ({fold: [inference.to_label_map(view, size)[0] for view in members[i]]
+        view_maps = ({fold: [inference.to_label_map(view, framing)[0] for view in members[i]]
                       for i, fold in enumerate(folds)} if members.shape[1] > 1 else {})
         view_aop_deg = {fold: [measure_aop(m).angle_deg for m in maps] for fold, maps in view_maps.items()}
         aop = measure_aop(label_map)

@@ -29,6 +29,17 @@ def shift_2d(tensor: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
+def _at_image_size(label, shape: tuple[int, ...]) -> np.ndarray:
+    """A label map at its image's H x W: as given, or (an S x S map of a frame of another size,
+    resized whole) resized back by nearest neighbour."""
+    label = np.asarray(label)
+    if label.shape == tuple(shape[:2]):
+        return label
+    resized = torch.nn.functional.interpolate(torch.from_numpy(label.astype(np.uint8)).float()[None, None],
+                                              size=tuple(shape[:2]), mode="nearest-exact")
+    return resized[0, 0].to(torch.uint8).numpy()
+
+
 class CachedEmbeddingSource:
     """Cached encoder embeddings of two views (identity, horizontal flip) and the labels.
 
@@ -70,21 +81,30 @@ class ImageSource:
     Args:
         images: N x H x W grayscale images of any size and intensity scale; each is put on the
             model's S x S grid once, here, by :func:`psfh.model.inference.unit_grid`: the same
-            function inference starts with.
-        labels: N x S x S uint8, already at the model input size.
+            function inference starts with (its framing: content crop, aspect kept, top-centre).
+        labels: N label maps (uint8): each at its image's H x W, put on the grid by
+            :func:`psfh.model.inference.frame_labels` where its image goes; or N x S x S already
+            on the model's grid for images of another size, taken as the whole frame resized
+            (what ``psfh.io.dataset.resize_label`` makes): they are brought back to the image's size
+            (nearest neighbour) and framed with it.
         input_size: S.
         pixel_mean, pixel_std: the base's normalisation of [0, 1] images.
         augmentation: a MONAI Compose over {"image", "label"} (or None).
         ids: the samples' ids, named in the error for an image the model cannot take.
     """
 
-    def __init__(self, images, labels: torch.Tensor, input_size: int, pixel_mean, pixel_std, augmentation=None,
+    def __init__(self, images, labels, input_size: int, pixel_mean, pixel_std, augmentation=None,
                  ids: Sequence[str] | None = None):
         self.ids = list(ids) if ids is not None else [f"image {n}" for n in range(len(images))]
-        # N x 1 x S x S in [0, 1]; a constant image fails now, not mid-epoch.
-        self.images = torch.cat([inference.unit_grid(np.asarray(image), input_size, sample_id)[0]
-                                 for sample_id, image in zip(self.ids, images)])[:, None]
-        self.labels = labels
+        grids, framed_labels = [], []
+        for sample_id, image, label in zip(self.ids, images, labels):
+            image = np.asarray(image)
+            framed = inference.framing(image, input_size, sample_id)  # a constant image fails now, not mid-epoch
+            grids.append(inference.unit_grid(image, input_size, sample_id, framed)[0])
+            framed_labels.append(torch.from_numpy(inference.frame_labels(_at_image_size(label, image.shape), framed)))
+        # N x 1 x S x S in [0, 1]; N x S x S uint8
+        self.images = torch.cat(grids)[:, None]
+        self.labels = torch.stack(framed_labels)
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         self.augmentation = augmentation
 

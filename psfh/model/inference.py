@@ -12,8 +12,8 @@ black canvas. A frame of the model's own size S x S (a PSFHS frame, what the mod
 is its model input as it is, min-max scaled. Any other frame is brought to that form: its
 *content* (the bounding box of its pixels above the frame's minimum: the canvas around the sector
 carries nothing) is min-max scaled with the frame's minimum and maximum, resized with its aspect
-ratio kept (bilinear, anti-aliased when shrinking) so that its long side spans the grid, and
-placed at the top of the grid (the probe's side), centred across; the rest of the grid is the
+ratio kept (each grid cell the mean of its frame pixels when shrinking, bilinear when growing) so
+that its long side spans the grid, and placed at the top of the grid (the probe's side), centred across; the rest of the grid is the
 background (0, the frame's minimum). So a frame is never stretched, and gives the same model
 input on any canvas (other than S x S), wherever it lies on it. A PSFHS frame's content starts at
 its top row; where it also spans the full width (80 of the 100 test frames) the frame on any
@@ -144,7 +144,8 @@ def unit_grid(pixels: np.ndarray, input_size: int, name: str = "image", framed: 
     """H x W grayscale image (any intensity scale) -> 1 x 1 x S x S float32 in [0, 1] on the model's grid.
 
     The image is min-max scaled to [0, 1] (as MedSAM / LiteMedSAM do), its content cropped, resized
-    with its aspect ratio kept (bilinear, anti-aliased when shrinking) and placed on the grid as
+    with its aspect ratio kept (averaged over each grid cell when shrinking, bilinear when growing)
+    and placed on the grid as
     ``framed`` (default :func:`framing` of the image) says; the rest of the grid is 0. Training
     (:class:`psfh.training.sources.ImageSource`) and inference (:func:`preprocess`) both start here,
     so the model never sees a frame prepared another way than it was trained on.
@@ -157,7 +158,12 @@ def unit_grid(pixels: np.ndarray, input_size: int, name: str = "image", framed: 
     top, left, height, width = framed.content
     content = torch.from_numpy(np.ascontiguousarray(unit[top:top + height, left:left + width]))[None, None]
     grid_top, grid_left, grid_height, grid_width = framed.grid
-    if (height, width) != (grid_height, grid_width):
+    if grid_height < height and grid_width < width:
+        # Shrinking: the mean of each grid cell's frame pixels (a box filter). Of the anti-aliased
+        # resizers it brings an upscaled export back closest to the frame it was made from (exactly,
+        # for a whole-number nearest-neighbour upscale; docs/results/size_invariance/resamplers.txt).
+        content = F.interpolate(content, size=(grid_height, grid_width), mode="area")
+    elif (height, width) != (grid_height, grid_width):
         content = F.interpolate(content, size=(grid_height, grid_width), mode="bilinear", align_corners=False,
                                 antialias=True)
     grid = torch.zeros(1, 1, input_size, input_size, dtype=torch.float32)

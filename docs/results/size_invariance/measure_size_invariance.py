@@ -6,6 +6,8 @@
         --ids-file docs/splits/test_ids.txt > docs/results/size_invariance/unchanged_test.txt
     OMP_NUM_THREADS=1 python docs/results/size_invariance/measure_size_invariance.py unchanged \
         --examples --outputs > docs/results/size_invariance/unchanged_examples.txt
+    python docs/results/size_invariance/measure_size_invariance.py resamplers \
+        --ids-file docs/splits/test_ids.txt --every 10 > docs/results/size_invariance/resamplers.txt
 
 ``sizes``: each frame (256 x 256) is made into the exports of :data:`VARIANTS` (a plain resize with
 Pillow, as another machine's export would be; or the frame on a larger black canvas) and segmented
@@ -15,6 +17,10 @@ resized to 256 x 256, stretched when not square; the probabilities resized back 
 reproduced here; "after" is psfh's own. For each variant: the AoP minus the 256 x 256 frame's, and
 the Dice of each structure between the variant's label map brought back to the frame (nearest
 neighbour) and the frame's own. Then, per variant, the mean and largest |AoP difference|.
+
+``resamplers`` (no model): how close each shrinking resizer brings an upscaled export back to
+the frame it was made from (the RMS difference, grey levels of 0-255), which chose the framing's
+box filter (``mode="area"``).
 
 ``unchanged``: the change on frames that are already 256 x 256: which frames' model input differs
 (bit for bit) from before, and for those, the label maps and AoPs before and after (the others are
@@ -201,9 +207,29 @@ def unchanged(model, paths: list[Path], outputs: bool = False) -> None:
               f"mean Dice (PS, FH averaged) {dices[:, 0].mean():.4f} -> {dices[:, 1].mean():.4f}")
 
 
+def resamplers(paths: list[Path]) -> None:
+    """The frame upscaled (Pillow: nearest, bilinear, bicubic) then brought back to 256 x 256 by
+    each of torch's anti-aliased resizers: RMS difference to the frame, mean over the frames."""
+    shrinkers = {"area (box)": dict(mode="area"),
+                 "bilinear, antialias": dict(mode="bilinear", antialias=True, align_corners=False),
+                 "bicubic, antialias": dict(mode="bicubic", antialias=True, align_corners=False)}
+    growers = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+    print("| export | " + " | ".join(shrinkers) + " |\n|---|" + "---|" * len(shrinkers))
+    for side in (512, 1024, 2048):
+        for grower, method in growers.items():
+            errors = {name: [] for name in shrinkers}
+            for path in paths:
+                frame = load_image(path).pixels.astype(np.uint8)
+                export = torch.from_numpy(upscale(frame, side, method).astype(np.float32))[None, None]
+                for name, how in shrinkers.items():
+                    back = F.interpolate(export, size=frame.shape, **how)[0, 0].numpy()
+                    errors[name].append(float(np.sqrt(np.mean((back - frame) ** 2))))
+            print(f"| {side} x {side}, {grower} | " + " | ".join(f"{np.mean(v):.2f}" for v in errors.values()) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["sizes", "unchanged"])
+    parser.add_argument("what", choices=["sizes", "unchanged", "resamplers"])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--ids-file", default=str(ROOT / "docs" / "splits" / "test_ids.txt"))
     parser.add_argument("--every", type=int, default=1, help="every n-th id of the file")
@@ -212,6 +238,9 @@ def main() -> None:
                         help="unchanged: also compare label maps and AoPs of frames whose input is the same")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.what == "resamplers":
+        resamplers(frame_paths(args))
+        return
     model = PSFHModel.from_pretrained()
     start = time.time()
     paths = frame_paths(args)

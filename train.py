@@ -4,9 +4,13 @@
     python train.py --data ../shared/data/psfhs --recipe cpu --out models/my-package     # 2 CPU cores
     accelerate launch --multi_gpu --num_processes 4 train.py --data psfhs.pack --out runs/paper  # 4 GPUs (DDP)
     accelerate launch --multi_gpu --num_processes 2 train.py --data psfhs.pack --device cpu ...  # 2 CPU processes (gloo)
+    python train.py --data psfhs.pack --out runs/warm --init-adapters models/psfh-lite-medsam --augment-on device
+    python train.py --data psfhs.pack --out runs/student --distil-from runs/warm --augment-on device  # one adapter
 
 Reads top to bottom: config, data, folds, model, (embedding cache), one training loop per fold,
 then the package (base + fold adapters + folds.json + metrics) that PSFHModel.from_pretrained loads.
+``--init-adapters`` starts each fold from a trained package's fold (psfh.training.warm_start);
+``--distil-from`` trains one student adapter on every frame from a package's ensemble (psfh.training.student).
 Under ``accelerate launch`` with several processes each fold trains data-parallel (DDP: each process
 a share of every epoch, gradients averaged); the main process writes the package (docs/SCALE.md).
 Bad input (data, options) ends with ``error: ...`` and exit status 2, as in every psfh command.
@@ -18,6 +22,7 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +48,10 @@ from psfh.model.lora import DECODER_CHOICES, make_lora_config
 from psfh.model.package import ADAPTER_WEIGHTS, fold_name, resolve_package, write_fold_assignment
 from psfh.model.psfh_model import PSFHModel
 from psfh.training.loop import train_fold
-from psfh.training.recipe import PRESETS, preset
+from psfh.training.recipe import AUGMENT_PLACES, LR_SCALINGS, PRESETS, preset, scaled_learning_rate
+from psfh.training.student import (STUDENT, check_student_options, describe_student, load_teacher,
+                                   teacher_probabilities)
+from psfh.training.warm_start import check_same_form, load_fold_adapter, seen_validation_ids
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,7 +80,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--ps-moment-weight", type=float, default=None,
                    help="weight of the PS second-moment (orientation) loss beside Dice + CE (0: off, the paper)")
+    p.add_argument("--augment-on", choices=AUGMENT_PLACES, default=None,
+                   help="paper recipe: augment each image with MONAI in the data step (cpu, the default) or "
+                        "whole batches in torch on the training device (device: same kinds and ranges, no MONAI)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="feed the encoder channels-last batches (its weights are channels-last already)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training forward (off by default; first steps slower)")
+    p.add_argument("--lr-scaling", choices=LR_SCALINGS, default=None,
+                   help="scale --lr from --lr-reference-batch to --batch-size: none (default), linear, or sqrt "
+                        "(the rule for Adam-type optimisers)")
+    p.add_argument("--lr-reference-batch", type=int, default=None,
+                   help="the batch size --lr was chosen for (8, the paper GPU runs)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--time-budget", dest="time_budget_minutes", type=float, default=None,
                    help="minutes per fold: the epochs that fit are set after the first one (at most --epochs)")
@@ -82,6 +102,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke runs)")
     p.add_argument("--ids-file", type=Path, default=None, help="train only on these ids (one per line), e.g. to keep a test set out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    p.add_argument("--init-adapters", default=None, metavar="PACKAGE",
+                   help="warm start: begin each fold from this package's adapter of the same name (folder or hub "
+                        "id; the same LoRA form), not from scratch (psfh.training.warm_start)")
+    p.add_argument("--init-from", default=None, metavar="ADAPTER",
+                   help="with --init-adapters: start from this adapter of the package (e.g. fold_0 for a student) "
+                        "instead of the one named like the adapter trained")
+    p.add_argument("--distil-from", default=None, metavar="PACKAGE",
+                   help="train ONE adapter, 'student', on every frame from the expert labels and this package's "
+                        "fold ensemble (folds x flip, its soft labels): knowledge distillation (psfh.training.student)")
+    p.add_argument("--distil-weight", type=float, default=None,
+                   help="with --distil-from: weight of the ensemble's soft labels against the expert's (0.5)")
     p.add_argument("--soup", choices=("default", "kept", "none"), default="default",
                    help="after the folds, add their soup (one adapter, the mean of the folds' weight changes: "
                         "psfh.model.soup) and make it what predictions use (default), add it beside the "
@@ -103,7 +134,26 @@ def _main(argv=None) -> int:
                     time_budget_minutes=args.time_budget_minutes,
                     decoder_rank=args.decoder_rank, decoder=args.decoder, augment=args.augment,
                     mixed_precision=args.mixed_precision, ps_moment_weight=args.ps_moment_weight,
-                    seed=args.seed, cache_dir=args.cache_dir)
+                    seed=args.seed, cache_dir=args.cache_dir, augment_on=args.augment_on,
+                    channels_last=args.channels_last, compile=args.compile, lr_scaling=args.lr_scaling,
+                    lr_reference_batch=args.lr_reference_batch,
+                    distil_weight=(args.distil_weight if args.distil_weight is not None else 0.5) if args.distil_from
+                    else None)
+    if args.init_from and not args.init_adapters:
+        raise PSFHInputError("--init-from names an adapter of the --init-adapters package: give that too")
+    if args.distil_from:
+        check_student_options(config, args)
+    elif args.distil_weight is not None:
+        raise PSFHInputError("--distil-weight needs --distil-from (the teacher package)")
+    if config.lr_reference_batch < 1 or config.batch_size < 1:
+        raise PSFHInputError("--batch-size and --lr-reference-batch must be at least 1")
+    if config.lr_scaling != "none":  # the rate used, recorded beside the rule and the rate it came from
+        config = replace(config, learning_rate=scaled_learning_rate(config.learning_rate, config.batch_size,
+                                                                    config.lr_reference_batch, config.lr_scaling),
+                         base_learning_rate=config.learning_rate)
+    if config.recipe == "cpu" and config.augment_on != "cpu":
+        raise PSFHInputError("--augment-on device is for the paper recipe (images); the cpu recipe augments "
+                             "cached embeddings")
     if config.ps_moment_weight < 0:
         raise PSFHInputError(f"--ps-moment-weight must be 0 or more, not {config.ps_moment_weight}")
     if config.time_budget_minutes is not None and config.time_budget_minutes <= 0:
@@ -139,12 +189,17 @@ def _main(argv=None) -> int:
                            seed=config.seed, linked=linked)
         test_ids = [i for i in ids if outer[i] == 0]
     cv_ids = [i for i in ids if i not in set(test_ids)]
-    assignment = make_folds(cv_ids, n_folds=config.n_folds, block_size=config.block_size, seed=config.seed,
-                            linked=[[i for i in group if i in set(cv_ids)] for group in linked])
-    fold_names = [fold_name(k) for k in range(config.n_folds)]
+    if args.distil_from:  # one adapter, trained on every frame: its "fold" holds out none
+        fold_names, assignment = [STUDENT], {i: -1 for i in cv_ids}
+    else:
+        assignment = make_folds(cv_ids, n_folds=config.n_folds, block_size=config.block_size, seed=config.seed,
+                                linked=[[i for i in group if i in set(cv_ids)] for group in linked])
+        fold_names = [fold_name(k) for k in range(config.n_folds)]
     if args.fold is not None and not 0 <= args.fold < config.n_folds:
         raise PSFHInputError(f"--fold {args.fold}: folds are numbered 0 to {config.n_folds - 1}")
-    to_train = [args.fold] if args.fold is not None else list(range(config.n_folds))
+    to_train = [args.fold] if args.fold is not None else list(range(len(fold_names)))
+    init_package = resolve_package(args.init_adapters) if args.init_adapters else None
+    teacher_package = resolve_package(args.distil_from) if args.distil_from else None  # a bad name fails now
 
     # ---- model: one shared base, one adapter per fold -------------------------------------
     lora = make_lora_config(config.encoder_rank, config.decoder_rank, config.train_decoder_tokens,
@@ -153,16 +208,24 @@ def _main(argv=None) -> int:
     base_folder = resolve_package(config.base_package) if config.base_package else None  # None: the registry's
     model = PSFHModel.from_base(config.base, fold_names, lora, device=accelerator.device, base_folder=base_folder)
     size = model.config.input_size
+    if init_package is not None:  # refused here, before any work, when a fold's adapter does not fit
+        for k in to_train:
+            check_same_form(model.network, fold_names[k], init_package, args.init_from)
     if labels.shape[-2:] != (size, size):  # images go to the model's grid where inference puts them
         labels = np.stack([resize_label(label, size) for label in labels])
 
     # ---- batches: cached embeddings (cpu) or augmented images (paper) ---------------------
     with accelerator.main_process_first():  # under DDP the others then read the cache the first one wrote
-        source = _make_source(config, model, ids, images, labels, args.progress and accelerator.is_main_process)
+        source = _make_source(config, model, ids, images, labels, args.progress and accelerator.is_main_process,
+                              accelerator.device)
+    teacher = None
+    if args.distil_from:  # the teacher's soft labels of every frame, once, before training
+        teacher = load_teacher(teacher_package, model, accelerator.device)
+        source.set_soft_labels(teacher_probabilities(teacher, source, config.mixed_precision, args.progress))
 
     # ---- one training loop per fold ------------------------------------------------------
     index_of = {i: n for n, i in enumerate(ids)}
-    results = {}
+    results, warm_start = {}, {}
     for k in to_train:
         fold = fold_names[k]
         if args.resume and (out / fold / "metrics.json").is_file():
@@ -170,8 +233,22 @@ def _main(argv=None) -> int:
             continue
         train_idx = torch.tensor([index_of[i] for i in cv_ids if assignment[i] != k])
         val_idx = torch.tensor([index_of[i] for i in cv_ids if assignment[i] == k])
+        if teacher is not None:  # nothing held out: the training frames are "validated" for the record only
+            val_idx = train_idx
+        if init_package is not None:
+            source_adapter = args.init_from or fold
+            load_fold_adapter(model.network, fold, init_package, source_adapter)
+            seen = seen_validation_ids(init_package, source_adapter, [i for i in cv_ids if assignment[i] == k])
+            warm_start[fold] = {"from": str(args.init_adapters), **({"adapter": source_adapter} if args.init_from else {}),
+                                # (a student holds nothing out: no count)
+                                **({} if teacher is not None else {"validation_frames_it_trained_on": len(seen)})}
+            if seen and accelerator.is_main_process and teacher is None:  # a student holds nothing out
+                print(f"warning: {fold} starts from {args.init_adapters}/{fold}, which trained on {len(seen)} of this "
+                      f"fold's {len(val_idx)} validation frames (other folds or data than it was made with): its "
+                      "validation Dice is not out of fold", file=sys.stderr)
         result = train_fold(model.network, fold, k, source, train_idx, val_idx, config, size,
-                            out / "checkpoints" / fold, accelerator, resume=args.resume, progress=args.progress)
+                            out / "checkpoints" / fold, accelerator, resume=args.resume, progress=args.progress,
+                            validate_start=init_package is not None and teacher is None, keep_best=teacher is None)
         results[fold] = result
         if accelerator.is_main_process:
             _save_fold(model, fold, result, out)
@@ -183,26 +260,37 @@ def _main(argv=None) -> int:
         model.config.training = {"recipe": config.to_dict(), "images": len(ids), "cv_images": len(cv_ids),
                                  "test_images": len(test_ids),
                                  "seconds_per_fold": {f: r.seconds for f, r in results.items()}}
+        if warm_start:
+            model.config.training["warm_start"] = warm_start
+        if teacher is not None:
+            describe_student(model.config, teacher, args.distil_from, config.distil_weight)
         model.save_pretrained(out, folds=[])  # base + config; the adapters are already in place
-        write_fold_assignment(out, {i: fold_names[assignment[i]] for i in cv_ids}, test_ids)
+        write_fold_assignment(out, {i: fold_names[assignment[i]] for i in cv_ids if assignment[i] >= 0}, test_ids)
         if set(done) == set(fold_names):
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            if args.soup != "none" and len(done) > 1:
+            if args.soup != "none" and len(done) > 1 and teacher is None:
                 _add_soup(out, make_default=args.soup == "default")
         print(f"package written to {out} with folds {done}")
     return 0
 
 
-def _make_source(config, model, ids, images, labels, progress: bool):
-    from psfh.training.augment import paper_augmentations
+def _make_source(config, model, ids, images, labels, progress: bool, device):
     from psfh.training.embedding_cache import EmbeddingCache
     from psfh.training.sources import CachedEmbeddingSource, ImageSource
 
     labels_t = torch.as_tensor(labels)
     if config.recipe != "cpu":
-        augmentation = paper_augmentations() if config.augment else None
+        augmentation = None
+        if config.augment and config.augment_on == "device":
+            from psfh.training.batch_augment import BatchAugmentation  # torch only: no MONAI on the GPU machine
+
+            augmentation = BatchAugmentation()
+        elif config.augment:
+            from psfh.training.augment import paper_augmentations
+
+            augmentation = paper_augmentations()
         return ImageSource(images, labels_t, model.config.input_size, model.config.pixel_mean,
-                           model.config.pixel_std, augmentation, ids=ids)
+                           model.config.pixel_std, augmentation, ids=ids, device=device)
     embeddings = EmbeddingCache(model, config.cache_dir).build(ids, list(images), progress=progress)
     return CachedEmbeddingSource(embeddings, labels_t, shift_cells=config.shift_cells)
 
@@ -227,6 +315,8 @@ def _save_fold(model: PSFHModel, fold: str, result, out: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     metrics = {"fold": fold, "best_epoch": result.best_epoch, "best_val_score": result.best_score,
                "seconds": result.seconds, "history": result.history}
+    if result.start is not None:  # a warm start: the starting weights' validation (best_epoch 0: kept)
+        metrics["start"] = result.start
     write_csv_atomic(target / "metrics.csv", list(result.history[0]), result.history)
     write_text_atomic(target / "metrics.json", json.dumps(metrics, indent=1))
 

@@ -310,3 +310,62 @@ def test_every_training_epoch_puts_the_frozen_statistics_back(small_dataset, tmp
     monkeypatch.setattr(loop, "keep_frozen_statistics", lambda network: calls.append(network.training) or original(network))
     assert train.main(tiny_args(small_dataset, tmp_path / "out", "--fold", "0", "--epochs", "2")) == 0
     assert calls == [True, True], "called once per epoch, right after network.train()"
+
+
+def test_device_augmentation_and_a_scaled_learning_rate_are_used_and_recorded(small_dataset, tmp_path, monkeypatch):
+    from psfh.training import batch_augment
+
+    calls = []
+    original = batch_augment.BatchAugmentation.__call__
+    monkeypatch.setattr(batch_augment.BatchAugmentation, "__call__",
+                        lambda self, *a, **k: calls.append(len(a[0])) or original(self, *a, **k))
+    out = tmp_path / "device"
+    assert train.main(tiny_args(small_dataset, out, "--fold", "0", "--epochs", "1", "--augment-on", "device",
+                                "--lr", "1e-3", "--lr-scaling", "sqrt", "--lr-reference-batch", "1",
+                                "--channels-last")) == 0
+    assert calls == [4], "the 4 training frames of fold 0, one batch, augmented on the device"
+    recipe = json.loads((out / "psfh_config.json").read_text())["training"]["recipe"]
+    assert recipe["augment_on"] == "device" and recipe["channels_last"] is True and recipe["compile"] is False
+    # batch 4 from a rate chosen for batch 1, square-root rule: 1e-3 * sqrt(4)
+    assert recipe["learning_rate"] == pytest.approx(2e-3) and recipe["base_learning_rate"] == pytest.approx(1e-3)
+    history = json.loads((out / "fold_0" / "metrics.json").read_text())["history"]
+    assert history[0]["lr_last_step"] > 0
+
+
+def test_scaled_learning_rate_rules():
+    from psfh.training.recipe import scaled_learning_rate
+
+    assert scaled_learning_rate(5e-4, 32, 8, "linear") == pytest.approx(2e-3)
+    assert scaled_learning_rate(5e-4, 32, 8, "sqrt") == pytest.approx(1e-3)
+    assert scaled_learning_rate(5e-4, 32, 8, "none") == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("extra", [["--augment-on", "gpu"], ["--lr-scaling", "cubic"],
+                                   ["--recipe", "cpu", "--augment-on", "device"], ["--lr-reference-batch", "0"]])
+def test_bad_training_options_end_with_an_error_and_status_2(small_dataset, tmp_path, extra, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        code = train.main(tiny_args(small_dataset, tmp_path / "never", *extra))
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_compile_wraps_the_training_forward_only(small_dataset, tmp_path, monkeypatch):
+    # torch.compile itself is not run here (minutes of Inductor on 2 cores, and untimed on a GPU):
+    # the option must hand the training forward, and only it, to torch.compile.
+    compiled, forwards = [], []
+
+    def fake_compile(module):
+        compiled.append(module)
+
+        def forward(*args, **kwargs):
+            forwards.append(1)
+            return module(*args, **kwargs)
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert train.main(tiny_args(small_dataset, tmp_path / "c", "--fold", "0", "--epochs", "1", "--compile")) == 0
+    assert len(compiled) == 1 and len(forwards) == 1, "one compiled module, used by the one training batch"
+    assert json.loads((tmp_path / "c" / "psfh_config.json").read_text())["training"]["recipe"]["compile"] is True

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from psfh.model.inference import mask_logits
 from psfh.training.checkpoint import load_checkpoint, save_checkpoint
-from psfh.training.loss import dice_per_class, segmentation_loss
+from psfh.training.loss import dice_per_class, distillation_loss, segmentation_loss
 from psfh.training.recipe import TrainConfig
 
 
@@ -26,6 +26,7 @@ class FoldResult:
     best_score: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    start: dict | None = None  # validation Dice of the starting weights (a warm start), else None
 
 
 def epoch_generator(seed: int, fold_index: int, epoch: int) -> torch.Generator:
@@ -114,12 +115,16 @@ def validate(network, source, indices: torch.Tensor, input_size: int, batch_size
 
 def train_fold(network, fold: str, fold_index: int, source, train_indices: torch.Tensor,
                val_indices: torch.Tensor, config: TrainConfig, input_size: int, checkpoint_dir: Path,
-               accelerator: Accelerator, resume: bool = False, progress: bool = True) -> FoldResult:
+               accelerator: Accelerator, resume: bool = False, progress: bool = True,
+               validate_start: bool = False, keep_best: bool = True) -> FoldResult:
     """Train the adapter ``fold`` of a peft model on ``source[train_indices]``.
 
     After each epoch the held-out Dice is measured, the best epoch's adapter weights are kept,
     and a checkpoint is written; with ``config.patience`` training stops early once that many
     epochs in a row brought no better score. On return the network holds the BEST epoch's weights.
+    With ``validate_start`` (a warm start: the adapter already holds trained weights) the starting
+    weights are validated first and compete as "epoch 0": if no epoch beats them, they are kept.
+    ``keep_best=False`` keeps the last epoch instead (a student: nothing is held out to choose by).
     """
     network.set_adapter(fold)  # peft: only this adapter's weights require grad now
     params = trainable_parameters(network)
@@ -135,13 +140,24 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
                                          ticks_per_step=shard)
     schedule = scheduler.lr_lambdas[0]  # kept: accelerate wraps the scheduler
     network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
+    # The training forward, compiled on request (validation and saving use the network itself).
+    forward_network = torch.compile(network) if config.compile else network
     loss_fn = segmentation_loss(config.ce_weight, config.dice_weight, config.class_weights, config.ps_moment_weight)
+    if config.distil_weight:  # a student: the source's targets carry the teacher's probabilities
+        loss_fn = distillation_loss(loss_fn, config.distil_weight)
 
     start_epoch, history = 0, []
     planned_epochs = config.epochs
     best_score, best_epoch = -1.0, 0
     best = {k: v.detach().clone() for k, v in params.items()}
     state = load_checkpoint(checkpoint_dir) if resume else None
+    at_start = None
+    if validate_start and state is None:
+        dice_ps, dice_fh = validate(network, source, val_indices, input_size, config.batch_size).tolist()
+        at_start = {"val_dice_ps": dice_ps, "val_dice_fh": dice_fh, "val_score": (dice_ps + dice_fh) / 2}
+        best_score = at_start["val_score"]
+        if accelerator.is_local_main_process:
+            tqdm.write(f"{fold} start: val Dice PS {dice_ps:.4f} FH {dice_fh:.4f}")
     if state is not None:
         meta, trainable, best, optimizer_state = state
         with torch.no_grad():
@@ -170,9 +186,12 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
         for start in bar:
             inputs, labels = source.batch(order[start:start + config.batch_size], generator, config.augment)
             inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
+            if config.channels_last and "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
             with accelerator.autocast():
-                logits = mask_logits(network, input_size, **inputs)
-            loss = loss_fn(logits.float(), labels[:, None].to(accelerator.device))
+                logits = mask_logits(forward_network, input_size, **inputs)
+            targets = labels[:, None] if labels.dim() == 3 else labels  # B x 4 x S x S: with a teacher's soft labels
+            loss = loss_fn(logits.float(), targets.to(accelerator.device))
             learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
             accelerator.backward(loss)
             optimizer.step()
@@ -183,7 +202,7 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         dice_ps, dice_fh = validate(network, source, val_indices, input_size, config.batch_size).tolist()
         score = (dice_ps + dice_fh) / 2
-        if score > best_score:
+        if score > best_score or not keep_best:
             best_score, best_epoch = score, epoch + 1
             best = {k: v.detach().clone() for k, v in params.items()}
         history.append({"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
@@ -209,4 +228,4 @@ def train_fold(network, fold: str, fold_index: int, source, train_indices: torch
     with torch.no_grad():
         for name, value in best.items():
             params[name].copy_(value)
-    return FoldResult(fold, best_epoch, best_score, history, time.perf_counter() - started)
+    return FoldResult(fold, best_epoch, best_score, history, time.perf_counter() - started, at_start)

@@ -1,4 +1,4 @@
-"""The paper's loss: 0.2 x cross-entropy + 0.8 x Dice (MONAI's DiceCELoss), optionally class-weighted,
+"""The paper's loss: 0.2 x cross-entropy + 0.8 x Dice (MONAI's DiceCELoss, written out in torch), optionally class-weighted,
 and optionally a term on the pubic symphysis's second moments (its orientation and elongation).
 
 Why the moment term: the AoP is built on the PS's long axis, the principal axis of its outline. The
@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
 
+from psfh.core.errors import PSFHInputError
 from psfh.core.labels import PS, STRUCTURE_VALUES
 
 # Images whose expert PS has fewer pixels than this have no meaningful axis: the moment term skips them.
@@ -30,12 +31,63 @@ def segmentation_loss(ce_weight: float = 0.2, dice_weight: float = 0.8,
     ``ps_moment_weight`` > 0 adds that weight times :func:`ps_moment_loss`.
     """
     weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=ce_weight, lambda_dice=dice_weight, weight=weight)
+    dice_ce = DiceCE(ce_weight, dice_weight, weight)
     if not ps_moment_weight:
         return dice_ce
 
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return dice_ce(logits, labels) + ps_moment_weight * ps_moment_loss(logits, labels[:, 0])
+
+    return loss
+
+
+class DiceCE(torch.nn.Module):
+    """MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce, lambda_dice, weight)``, in torch.
+
+    Written out so that training needs no MONAI (the GPU machine has none; the test compares it
+    with MONAI's, value and gradient): Dice per image and class on the softmax, background
+    included, smoothed by 1e-5 above and below, each class's term times its weight, averaged;
+    plus torch's cross-entropy with the same class weights. Logits B x C x H x W, labels
+    B x 1 x H x W (integer classes).
+    """
+
+    SMOOTH = 1e-5
+
+    def __init__(self, ce_weight: float = 0.2, dice_weight: float = 0.8, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.ce_weight, self.dice_weight = ce_weight, dice_weight
+        self.class_weights = class_weights
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        classes = labels[:, 0].long()
+        probabilities = torch.softmax(logits, dim=1)
+        one_hot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+        spatial = tuple(range(2, logits.dim()))
+        overlap = (probabilities * one_hot).sum(spatial)
+        total = probabilities.sum(spatial) + one_hot.sum(spatial)
+        dice = 1 - (2 * overlap + self.SMOOTH) / (total + self.SMOOTH)  # B x C
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        if weight is not None:
+            dice = dice * weight
+        cross_entropy = F.cross_entropy(logits, classes, weight=weight)
+        return self.dice_weight * dice.mean() + self.ce_weight * cross_entropy
+
+
+def distillation_loss(ground_truth_loss, soft_weight: float = 0.5):
+    """Knowledge distillation (Hinton et al. 2015, temperature 1) beside the ground truth.
+
+    The returned loss takes logits B x 3 x H x W and targets B x 4 x H x W: channel 0 the expert's
+    class (0, 1, 2), channels 1-3 the teacher's class probabilities (the fold ensemble's mean over
+    folds and flips). It is ``(1 - soft_weight) * ground_truth_loss(logits, classes) + soft_weight *
+    soft cross-entropy`` (the cross-entropy against the teacher's probabilities, per pixel, averaged;
+    it differs from the KL divergence by the teacher's entropy, a constant)."""
+    if not 0 <= soft_weight <= 1:
+        raise PSFHInputError(f"the distillation weight must be between 0 and 1, not {soft_weight}")
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        classes, teacher = targets[:, :1].round().long(), targets[:, 1:].float()
+        soft = -(teacher * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+        return (1 - soft_weight) * ground_truth_loss(logits, classes) + soft_weight * soft
 
     return loss
 

@@ -32,6 +32,7 @@ class TrainConfig:
     epochs: int = 400
     batch_size: int = 4
     learning_rate: float = 1e-4
+    base_learning_rate: float | None = None  # with lr_scaling: the rate given for lr_reference_batch
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05        # of all optimiser steps
     encoder_rank: int = 4
@@ -43,10 +44,17 @@ class TrainConfig:
     dice_weight: float = 0.8
     class_weights: tuple[float, float, float] | None = None  # background, PS, FH in Dice and CE (None: equal)
     ps_moment_weight: float = 0.0        # weight of the PS second-moment (orientation) loss (0: off; issue 25)
+    distil_weight: float = 0.0          # a student (train.py --distil-from): weight of the teacher's soft labels
     shift_cells: int = 0                 # cpu recipe: random shifts of embedding and label, in embedding cells
     patience: int | None = None          # early stopping: epochs without a better validation score
     augment: bool = True
+    augment_on: str = "cpu"              # "cpu": MONAI per image (data step); "device": batched torch, on the
+                                         # training device (psfh.training.batch_augment; no MONAI needed)
     mixed_precision: str = "no"          # accelerate: "no", "bf16" or "fp16"
+    channels_last: bool = False          # feed the encoder channels-last batches (its weights already are)
+    compile: bool = False                # torch.compile the training forward (off: untested on a GPU here)
+    lr_scaling: str = "none"             # learning rate for another batch size: "none", "linear" or "sqrt"
+    lr_reference_batch: int = 8          # the batch size learning_rate was chosen for (paper GPU runs: 8)
     seed: int = 0
     time_budget_minutes: float | None = None  # per fold: epochs are fitted to it after the first one
     cache_dir: str | None = None         # cpu recipe: embedding cache (None: $PSFH_CACHE or ~/.cache/psfh)
@@ -60,6 +68,20 @@ PRESETS = {
     "cpu": TrainConfig(recipe="cpu", epochs=4, batch_size=8, learning_rate=1e-4, encoder_rank=0,
                        decoder="whole"),
 }
+
+
+LR_SCALINGS = ("none", "linear", "sqrt")
+AUGMENT_PLACES = ("cpu", "device")
+
+
+def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch: int, rule: str) -> float:
+    """The learning rate for ``batch_size`` when ``learning_rate`` suited ``reference_batch``:
+    unchanged ("none"), times batch / reference ("linear", Goyal et al. 2017 for SGD) or times
+    sqrt(batch / reference) ("sqrt", the usual rule for Adam-type optimisers, as AdamW here)."""
+    if rule not in LR_SCALINGS:
+        raise PSFHInputError(f"unknown learning-rate scaling {rule!r}; known: {', '.join(LR_SCALINGS)}")
+    ratio = batch_size / reference_batch
+    return learning_rate * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[rule]
 
 
 def preset(name: str, **overrides) -> TrainConfig:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from psfh.model import inference
+from psfh.training.batch_augment import BatchAugmentation
 
 
 def shift_2d(tensor: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -89,12 +90,15 @@ class ImageSource:
             (nearest neighbour) and framed with it.
         input_size: S.
         pixel_mean, pixel_std: the base's normalisation of [0, 1] images.
-        augmentation: a MONAI Compose over {"image", "label"} (or None).
+        augmentation: a MONAI Compose over {"image", "label"}, applied per image on the CPU; or a
+            :class:`psfh.training.batch_augment.BatchAugmentation`, applied to the whole batch on
+            ``device`` (where the batch is then returned); or None.
         ids: the samples' ids, named in the error for an image the model cannot take.
+        device: where batched augmentation runs (the training device); the images are kept there.
     """
 
     def __init__(self, images, labels, input_size: int, pixel_mean, pixel_std, augmentation=None,
-                 ids: Sequence[str] | None = None):
+                 ids: Sequence[str] | None = None, device: str | torch.device = "cpu"):
         self.ids = list(ids) if ids is not None else [f"image {n}" for n in range(len(images))]
         grids, framed_labels = [], []
         for sample_id, image, label in zip(self.ids, images, labels):
@@ -107,20 +111,47 @@ class ImageSource:
         self.labels = torch.stack(framed_labels)
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         self.augmentation = augmentation
+        self.batched = isinstance(augmentation, BatchAugmentation)
+        self.device = torch.device(device)
+        if self.batched:  # kept where the batches are augmented: one copy, no transfer per step
+            self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        self.soft_labels = None  # N x 3 x S x S teacher probabilities (set_soft_labels): distillation
+
+    def set_soft_labels(self, probabilities: torch.Tensor) -> None:
+        """A teacher's class probabilities of every image on the model grid (N x 3 x S x S, float16
+        is enough): training batches then carry them beside the expert's classes (B x 4 x S x S
+        targets, :func:`psfh.training.loss.distillation_loss`); validation batches do not."""
+        if probabilities.shape != (len(self.labels), 3, *self.labels.shape[-2:]):
+            raise ValueError(f"soft labels {tuple(probabilities.shape)} do not match {len(self.labels)} images")
+        self.soft_labels = probabilities.to(self.images.device)
+
+    def _with_soft(self, labels: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        return torch.cat([labels[:, None].to(soft.dtype), soft], dim=1).float()
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def _item(self, index: int, augment: bool):
-        image = self.images[index]
-        label = self.labels[index][None].float()
+        image = self.images[index].cpu()
+        label = self.labels[index][None].float().cpu()
         if augment and self.augmentation is not None:
             out = self.augmentation({"image": image, "label": label})
             image, label = torch.as_tensor(np.asarray(out["image"])), torch.as_tensor(np.asarray(out["label"]))
         return inference.normalize(image[None], self.pixel_mean, self.pixel_std)[0], label[0].round().long()
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator | None, augment: bool):
+        if augment and self.batched:
+            index = indices.to(self.device)
+            soft = None if self.soft_labels is None else self.soft_labels[index]
+            images, labels, *soft = self.augmentation(self.images[index], self.labels[index].long(), generator, soft=soft)
+            if soft:
+                labels = self._with_soft(labels, soft[0])
+            mean = torch.tensor(self.pixel_mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.pixel_std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+            return {"pixel_values": (images.expand(-1, 3, -1, -1) - mean) / std}, labels
         if augment and self.augmentation is not None and generator is not None:
             self.augmentation.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        if augment and self.soft_labels is not None:
+            raise ValueError("soft labels are moved with the images by the batched (device) augmentation only")
         items = [self._item(i, augment) for i in indices.tolist()]
         return {"pixel_values": torch.stack([x for x, _ in items])}, torch.stack([y for _, y in items])

@@ -8,16 +8,17 @@ AoP over a cine clip. Research and education only, not a medical device.
 A thin layer over the library: psfh.model.psfh_model loads the package once and predicts (fold adapters
 hot-swapped over one shared base, behind a lock), psfh.io.images and psfh.io.sequence read files and
 clips, psfh.batch.cine analyses a clip frame by frame, psfh.render.overlay draws. This file only wires them
-to Gradio components. Importing it launches nothing:
+to Gradio components, and psfh.serve shares the model fairly: single-frame requests go before clips (a
+clip waits for them at each model call) and every request has a time limit. Importing it launches nothing:
 
     from app import build_demo, create_app
     demo = create_app("path/to/package")   # or build_demo(PSFHModel.from_pretrained(...))
 
 API: the Run button is the endpoint "/segment" (image file, tta, n_folds, stability_check: on
-unless False, mode: "default", "soup" or "ensemble" of n_folds folds) -> (label map PNG, label
-map MHA, AoP in degrees or None, report dict); "/correct" takes image, tta and n_folds plus a
-box per structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image pixels, or None) and
-returns the same; "/adjust" re-measures the AoP from the user's own points of its construction
+unless False, mode: "soup" or "ensemble" of n_folds folds, left out: the package's default) ->
+(label map PNG, label map MHA, AoP in degrees or None, report dict); "/correct" takes image, tta
+and n_folds plus a box per structure to re-segment (ps_box, fh_box: [x0, y0, x1, y1] in image
+pixels, or None) and returns the same; "/adjust" re-measures the AoP from the user's own points of its construction
 (ps_ends: [[x, y], [x, y]], tangent_point: [x, y] in image pixels; either may be None) on the
 image's segmentation, or, given label_map (an earlier result's label map file), on that one with no
 model call, and returns the same; the Cine clip tab's Run is "/clip"
@@ -36,6 +37,11 @@ view and adapter, so "fast" is the fold soup x flip), the AoP curve with flagged
 out and marked, its maximum, and a slider to scrub through the frames' overlays (kept from the
 run: scrubbing runs no model). The scrubbed frame's points can be moved like a single frame's;
 the curve, its maximum and the downloads follow.
+
+Serving (docs/SPACE.md, "Serving"): the single-frame endpoints share one queue ("psfh-model",
+PSFH_CONCURRENCY at a time), clips another ("psfh-clip", PSFH_CLIP_CONCURRENCY); Gradio shows each
+waiting request its place in the queue. A request that runs past its time limit (PSFH_TIME_LIMIT_S,
+PSFH_CLIP_TIME_LIMIT_S) ends with a message saying what was done and what to try instead.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +61,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from psfh import serve
 from psfh.batch.cine import ClipResult, analyse_clip, curve_svg, fast_options, write_clip, write_tables
 from psfh.core.errors import PSFHInputError
 from psfh.core.files import write_text_atomic
@@ -86,7 +94,16 @@ OUTPUT_ROOT = Path(tempfile.gettempdir()) / "psfh-app"
 OUTPUT_MAX_AGE_S = 3600
 # Requests that may run at once. Fold adapters are switched under PSFHModel's lock, so only the
 # forward passes queue up; reading, post-processing and drawing of other requests overlap them.
+# Single frames and clips queue apart, and a running clip leaves the model to single frames
+# between its model calls (psfh.serve.fair), so a clip never holds up a single frame for more
+# than one call. Defaults for a 2-vCPU Space (docs/SPACE.md, "Serving").
 CONCURRENCY = int(os.environ.get("PSFH_CONCURRENCY", "2"))
+CLIP_CONCURRENCY = int(os.environ.get("PSFH_CLIP_CONCURRENCY", "2"))
+# Seconds a request may run (its wait in the queue not counted); 0: no limit. Sized from the
+# measured request times on 2 cores (docs/SPACE.md, "Deploying on a Space's 2 vCPU"): a single
+# frame stays well inside its limit; a long clip is cut, it is for python -m psfh.cine.
+FRAME_TIME_LIMIT_S = float(os.environ.get("PSFH_TIME_LIMIT_S", "180"))
+CLIP_TIME_LIMIT_S = float(os.environ.get("PSFH_CLIP_TIME_LIMIT_S", "600"))
 # psfh.measure.stability's check, on in the page and the API unless unticked: three more passes of one adapter
 # per image, for a flag that catches more of the wrong AoPs (model card, "Trust").
 STABILITY_CHECK_DEFAULT = True
@@ -233,6 +250,23 @@ def describe_upload(image: str | None) -> tuple[np.ndarray | None, str]:
 
 def no_progress(*args, **kwargs) -> None:
     """The progress callback of a handler called without a progress bar (tests, scripts)."""
+
+
+@contextmanager
+def served(lock: serve.FairModelLock, kind: str, progress):
+    """psfh.serve.request with the demo's time limit for ``kind`` ("frame" or "clip", read when
+    the request starts); yields the handler's progress callback. A request past its limit ends
+    with a gr.Error that says what was done and what to try instead."""
+    if kind == serve.FRAME:
+        limit_s, variable = FRAME_TIME_LIMIT_S, "PSFH_TIME_LIMIT_S"
+    else:
+        limit_s, variable = CLIP_TIME_LIMIT_S, "PSFH_CLIP_TIME_LIMIT_S"
+    try:
+        with serve.request(lock, kind, limit_s, progress, setting=variable) as watched:
+            yield watched
+    except serve.TimeLimitExceeded as error:
+        log.warning("time limit: %s", error)
+        raise gr.Error(str(error), duration=None, print_exception=False) from None
 
 
 def _output_folder() -> Path:
@@ -761,6 +795,14 @@ def clip_downloads(view: ClipView) -> list[str]:
     return [str(tables / "summary.json"), str(tables / "aop_curve.svg"), str(view.folder / "label_maps.zip")]
 
 
+def clip_limits_text() -> str:
+    """The clip tab's words on this server's limits: frames, time, and single frames going first."""
+    limit = (f"runs for at most {CLIP_TIME_LIMIT_S / 60:g} minutes" if CLIP_TIME_LIMIT_S > 0
+             else "has no time limit")
+    return (f"Here a clip's first {CLIP_MAX_FRAMES} frames are analysed and a clip {limit}; single images go "
+            "first, so a clip slows down while they run. Longer clips: `python -m psfh.cine` on your own machine.")
+
+
 CURVE_PLACEHOLDER = ('<p class="psfh-curve" style="color: var(--body-text-color-subdued); padding: 1em 0">'
                      "The AoP curve over the clip appears here after <b>Run clip</b>.</p>")
 
@@ -928,8 +970,13 @@ def show_result(analysis: Analysis | None):
 # ------------------------------------------------------------------------------- the page
 
 
-def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blocks:
-    """The Gradio app around a loaded model (loaded once; every request shares it)."""
+def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY,
+               clip_concurrency_limit: int = CLIP_CONCURRENCY) -> gr.Blocks:
+    """The Gradio app around a loaded model (loaded once; every request shares it, through a
+    psfh.serve.FairModelLock that lets single frames go before clips). ``concurrency_limit``
+    single-frame requests ("/segment", "/correct", "/adjust") and ``clip_concurrency_limit``
+    clips run at once; more wait in their queue, which shows them their place."""
+    fair = serve.share_fairly(model)
     n_folds = len(model.folds)
     source = model.source.name if model.source is not None else "in memory"
     default_tta = model.default_tta
@@ -948,14 +995,17 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                 mode "ensemble".
             stability_check: also segment the frame made brighter, darker and zoomed out with the
                 first member, and flag the result when its AoP moves too much (three more passes).
-            mode: "default" (the package's choice), "soup" (the fold soup: one adapter, two encoder
-                passes with the flip) or "ensemble" (n_folds folds: the per-fold spread and the
-                disagreement map come with it).
+            mode: "soup" (the fold soup: one adapter, two encoder passes with the flip) or
+                "ensemble" (n_folds folds: the per-fold spread and the disagreement map come with
+                it); left out, the page's choice (the package's default). The page's Model choice
+                checks it, so "default" (which run_segment takes) is refused through the API.
         Returns:
             The label map as PNG and as MHA (0 background, 1 PS, 2 FH), the AoP in degrees
             (None when it cannot be measured; the report says why) and the JSON report.
         """
-        return run_segment(model, image, tta, n_folds, progress, stability_check=bool(stability_check), mode=mode)
+        with served(fair, serve.FRAME, progress) as progress:
+            return run_segment(model, image, tta, n_folds, progress, stability_check=bool(stability_check),
+                               mode=mode)
 
     with gr.Blocks(title="psfh: angle of progression", analytics_enabled=False,
                    delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
@@ -1039,7 +1089,8 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                     "Every frame of a clip is segmented and measured: the AoP over time, its maximum and the frame "
                     "where it occurs. Frames the quality check flags are left out of the curve and marked (grey "
                     "ticks). Then scrub through the frames to see each one's overlay. Each frame costs one encoder "
-                    "pass per adapter and flip view: the **fast** mode (one adapter) is the one for long clips.")
+                    "pass per adapter and flip view: the **fast** mode (one adapter) is the one for long clips. "
+                    + clip_limits_text())
                 with gr.Row():
                     with gr.Column(scale=2):
                         clip_upload = gr.File(
@@ -1100,15 +1151,20 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
         corrected = [analysis, overlay, aop_value, aop_text, label_png, label_mha, report, report_file,
                      correction_status]
 
+        # A box decodes again (no encoder pass): a single frame's turn at the model, before clips.
         def on_click(state: Analysis | None, chosen: str, event: gr.SelectData):
-            return show_correction(*correct_click(model, state, chosen, event.index))
+            with fair.frame():
+                return show_correction(*correct_click(model, state, chosen, event.index))
+
+        def on_undo(state: Analysis | None, reset: bool = False):
+            with fair.frame():
+                return show_correction(*undo_correction(model, state, reset=reset))
 
         overlay.select(on_click, inputs=[analysis, structure], outputs=corrected, api_visibility="private",
                        concurrency_limit=4)
-        undo.click(lambda state: show_correction(*undo_correction(model, state)), inputs=analysis,
-                   outputs=corrected, api_visibility="private", concurrency_limit=4)
-        reset.click(lambda state: show_correction(*undo_correction(model, state, reset=True)), inputs=analysis,
-                    outputs=corrected, api_visibility="private", concurrency_limit=4)
+        undo.click(on_undo, inputs=analysis, outputs=corrected, api_visibility="private", concurrency_limit=4)
+        reset.click(lambda state: on_undo(state, reset=True), inputs=analysis, outputs=corrected,
+                    api_visibility="private", concurrency_limit=4)
 
         # "/correct" for API callers: the image and a box per structure, in one stateless call.
         ps_box, fh_box = gr.JSON(visible=False), gr.JSON(visible=False)
@@ -1129,7 +1185,8 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
             boxes = {key: box for key, box in (("ps", ps_box), ("fh", fh_box)) if box is not None}
             if not boxes:
                 raise gr.Error("give ps_box and/or fh_box: [x0, y0, x1, y1] in image pixels", print_exception=False)
-            return run_segment(model, image, tta, n_folds, progress, boxes=boxes)
+            with served(fair, serve.FRAME, progress) as progress:
+                return run_segment(model, image, tta, n_folds, progress, boxes=boxes)
 
         correct_button.click(correct, inputs=[upload, tta, fold_count, ps_box, fh_box],
                              outputs=[label_png, label_mha, aop_value, report, analysis], api_name="correct",
@@ -1162,8 +1219,9 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                 As /segment; the report's "adjusted_by_user" gives the points placed, the label map
                 files' header "psfh_adjusted_by_user" too.
             """
-            return run_adjust(model, image, tta, n_folds, ps_ends, tangent_point, label_map, progress,
-                              stability_check=bool(stability_check), mode=mode)
+            with served(fair, serve.FRAME, progress) as progress:
+                return run_adjust(model, image, tta, n_folds, ps_ends, tangent_point, label_map, progress,
+                                  stability_check=bool(stability_check), mode=mode)
 
         adjust_button.click(adjust, inputs=[upload, tta, fold_count, ps_ends_input, tangent_input, label_map_input,
                                             stability_box, mode],
@@ -1191,10 +1249,12 @@ def build_demo(model: PSFHModel, concurrency_limit: int = CONCURRENCY) -> gr.Blo
                 quality check, HSD in mm, areas) and the summary: the maximum AoP, its frame
                 and time, the frames flagged, seconds per frame, folds and TTA used.
             """
-            return run_clip(model, clip, fast, progress)
+            with served(fair, serve.CLIP, progress) as progress:
+                return run_clip(model, clip, fast, progress)
 
+        # Clips queue apart from single frames, and leave the model to them between model calls.
         clip_run.click(analyse, inputs=[clip_upload, clip_fast], outputs=[clip_csv, clip_report, clip_state],
-                       api_name="clip", concurrency_limit=concurrency_limit, concurrency_id="psfh-model",
+                       api_name="clip", concurrency_limit=clip_concurrency_limit, concurrency_id="psfh-clip",
                        show_progress_on=[clip_curve, clip_csv],
                        ).success(show_clip, inputs=clip_state,
                                  outputs=[clip_curve, clip_summary, clip_frame, clip_overlay, clip_frame_text,

@@ -5,7 +5,7 @@ with the real embedded package and see the AoP change, then reset; place the sku
 like a caliper and see the AoP follow by the angle it was moved, then reset; bad files get a clear message
 and the page keeps working. In the Cine clip tab: run a 3-frame cine DICOM with the embedded
 package, see the AoP curve and summary, scrub to another frame; a broken DICOM is explained and
-the tab keeps running clips.
+the tab keeps running clips; a clip that waits in the clip queue is shown its place.
 
 The README's pictures come from this file: the real embedded package (models/psfh-lite-medsam)
 on a real held-out frame with the page's default settings (docs/screenshots/demo.png: the
@@ -357,6 +357,38 @@ def test_cine_tab_curve_scrubbing_and_a_broken_dicom(embedded_page, tmp_path):
     status.get_by_text("3 frames of 256").wait_for()
     page.locator("#clip-run").click()
     summary.get_by_text(f"Maximum AoP: {maximum.group(1)}").wait_for()
+
+
+def test_a_waiting_clip_is_shown_its_place_in_the_queue(browser, url, model, tmp_path):
+    """As many clips run as the clip queue lets (PSFH_CLIP_CONCURRENCY, 2 by default), held at their
+    next model call by a single frame in progress; one more, from the page, waits in the clip queue
+    and the page says where."""
+    from gradio_client import Client, handle_file
+
+    cine = fx.write_cine(tmp_path / "cine.dcm", count=3)
+    lock = model._lock  # app.build_demo put a psfh.serve.FairModelLock there
+    saved, lock.max_wait_s = lock.max_wait_s, 600.0
+    client = Client(url, verbose=False)
+    page = open_page(browser, url)
+    try:
+        with lock.frame():
+            slots = app.CLIP_CONCURRENCY
+            running = [client.submit(clip=handle_file(cine), fast=True, api_name="/clip") for _ in range(slots)]
+            for _ in range(600):
+                if lock.clips_waiting == slots:
+                    break
+                page.wait_for_timeout(100)
+            assert lock.clips_waiting == slots
+            page.get_by_role("tab", name="Cine clip").click()
+            upload(page, cine, "#clip-upload")
+            page.locator("#clip-status").get_by_text("3 frames of 256").wait_for()
+            page.locator("#clip-run").click()
+            page.get_by_text(re.compile(r"queue: 1/1")).first.wait_for()  # Gradio's status: place / queue size
+        page.locator("#clip-status").get_by_text("Done: 3 frames").wait_for()
+        assert all(job.result(timeout=60)[1]["frames"] == 3 for job in running)
+    finally:
+        lock.max_wait_s = saved
+        page.close()
 
 
 def keep_screenshot(page, bottom, path: Path) -> Path:

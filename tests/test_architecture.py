@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "psfh"
 # Lowest first: a module may import its own layer and the layers before it, never a later one.
-LAYERS = ("core", "io", "measure", "model", "training", "render", "batch", "cli")
+LAYERS = ("core", "io", "measure", "model", "training", "render", "batch", "serve", "cli")
 COMMAND_ALIASES = ("benchmark", "cine", "convert", "data", "evaluate", "export", "predict")
 
 

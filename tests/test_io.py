@@ -103,6 +103,16 @@ def test_sitk_vector_image_and_nifti_spacing(tmp_path):
     assert loaded.name == "colour" and loaded.spatial["spacing"] == (0.5, 0.25)
 
 
+def test_a_few_differing_slices_are_a_volume_not_colour(tmp_path):
+    """Two to four slices that differ are a small volume: refused, not blended as colour channels."""
+    volume = np.stack([np.full((32, 40), 10 * (k + 1), np.uint8) for k in range(4)])
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / "four.mha"))
+    with pytest.raises(PSFHInputError, match=r"four\.mha.*3-D volume with 4 differing slices"):
+        load_image(tmp_path / "four.mha")
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([volume[1]] * 3)), str(tmp_path / "same.mha"))
+    assert np.array_equal(load_image(tmp_path / "same.mha").pixels, volume[1])
+
+
 def test_volume_with_many_slices_is_refused(tmp_path):
     volume = sitk.GetImageFromArray(np.zeros((5, 16, 16), np.uint8))
     sitk.WriteImage(volume, str(tmp_path / "v.mha"))

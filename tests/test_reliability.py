@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "results" / "reliability" / "measure_reliability.py"
 # Bad files psfh itself refuses, with a message that names the file.
 REFUSED_BY_PSFH = ["constant.png", "black.png", "tiny_3x3.png", "unreadable.png", "truncated.png", "empty.png",
-                   "nan.mha", "volume_3d.mha", "bomb.png"]
+                   "nan.mha", "volume_3d.mha", "volume_4_slices.mha", "bomb.png"]
 REFUSED_BY_GRADIO = ["animation.gif", "program.exe"]  # the upload's file-type check, before psfh
 
 

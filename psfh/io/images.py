@@ -316,8 +316,9 @@ def _sitk():
 def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
     """Read with SimpleITK: returns (H x W or H x W x C array, 2-D spatial dict).
 
-    A 3-D image with at most MAX_CHANNELS slices is a stack of channels (the PSFHS .mha files
-    are 3 x 256 x 256 with three identical slices); more slices is a volume, which psfh refuses.
+    A 3-D image of identical slices is one frame (the PSFHS .mha files are 3 x 256 x 256 with
+    three identical slices); differing slices, or more than MAX_CHANNELS, are a volume, which psfh
+    refuses (before reading the pixels when the header says more than MAX_CHANNELS).
     """
     where = str(path)
     try:
@@ -353,7 +354,12 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, dict]:
                     "psfh takes one 2-D image"
                 )
             array = array[0]
-        else:  # D x H x W with D <= 4: the slices are channels
+        else:  # D x H x W with D <= 4: one 2-D frame stored as identical slices (PSFHS: 3 of them)
+            if depth > 1 and not (array == array[:1]).all():
+                raise PSFHInputError(
+                    f"{where}: 3-D volume with {depth} differing slices; psfh takes one 2-D image "
+                    "(a frame stored as identical slices, as PSFHS stores its frames, is read as one)"
+                )
             array = np.moveaxis(array, 0, -1)
     return array, _spatial_2d(image)
 

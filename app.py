@@ -101,7 +101,8 @@ CONCURRENCY = int(os.environ.get("PSFH_CONCURRENCY", "2"))
 CLIP_CONCURRENCY = int(os.environ.get("PSFH_CLIP_CONCURRENCY", "2"))
 # Seconds a request may run (its wait in the queue not counted); 0: no limit. Sized from the
 # measured request times on 2 cores (docs/SPACE.md, "Deploying on a Space's 2 vCPU"): a single
-# frame stays well inside its limit; a long clip is cut, it is for python -m psfh.cine.
+# frame stays well inside its limit; a long clip is cut (its first frames kept and shown): long
+# clips are for python -m psfh.cine.
 FRAME_TIME_LIMIT_S = float(os.environ.get("PSFH_TIME_LIMIT_S", "180"))
 CLIP_TIME_LIMIT_S = float(os.environ.get("PSFH_CLIP_TIME_LIMIT_S", "600"))
 # psfh.measure.stability's check, on in the page and the API unless unticked: three more passes of one adapter
@@ -633,8 +634,10 @@ def run_clip(model: PSFHModel, clip: str | None, fast: bool = True, progress=Non
         sequence = read_sequence(path, max_frames=CLIP_MAX_FRAMES)
         notes = modality_notes(path, sequence.dicom)
         options = fast_options(model) if fast else {}
+        # Past the time limit the frames done so far are kept and shown (not thrown away).
         result = analyse_clip(model, sequence, on_frame=lambda done, total: progress(
-            (done, total), desc="Segmenting the frames", unit="frames"), **options)
+            (done, total), desc="Segmenting the frames", unit="frames"), stop_on=(serve.TimeLimitExceeded,),
+            **options)
         folder = write_clip(result, _output_folder() / (image_name(path) or "clip"))
     except PSFHInputError as error:
         raise _user_error(error, path) from None
@@ -645,7 +648,11 @@ def run_clip(model: PSFHModel, clip: str | None, fast: bool = True, progress=Non
     elif info is None and len(sequence) == CLIP_MAX_FRAMES:
         notes.append(f"At most {CLIP_MAX_FRAMES} frames of a video are analysed here (the demo's limit); "
                      "python -m psfh.cine reads them all.")
-    view = ClipView([as_uint8(sequence.image(index)) for index in range(len(sequence))], result, notes, folder,
+    if result.stopped_early:
+        notes.insert(0, f"Only the first {len(result.rows)} of {len(sequence)} frames were analysed: "
+                        f"{result.stopped_early}")
+        log.warning("clip %s stopped early: %s", path.name, result.stopped_early)
+    view = ClipView([as_uint8(sequence.image(index)) for index in range(len(result.rows))], result, notes, folder,
                     bool(fast), automatic=result)
     summary = result.summary()
     log.info("clip %s: %d frames, folds=%s tta=%s, max aop %s at frame %s, %.2fs per frame", path.name,
@@ -797,8 +804,8 @@ def clip_downloads(view: ClipView) -> list[str]:
 
 def clip_limits_text() -> str:
     """The clip tab's words on this server's limits: frames, time, and single frames going first."""
-    limit = (f"runs for at most {CLIP_TIME_LIMIT_S / 60:g} minutes" if CLIP_TIME_LIMIT_S > 0
-             else "has no time limit")
+    limit = (f"runs for at most {CLIP_TIME_LIMIT_S / 60:g} minutes (then the frames done so far are shown)"
+             if CLIP_TIME_LIMIT_S > 0 else "has no time limit")
     return (f"Here a clip's first {CLIP_MAX_FRAMES} frames are analysed and a clip {limit}; single images go "
             "first, so a clip slows down while they run. Longer clips: `python -m psfh.cine` on your own machine.")
 

@@ -100,7 +100,7 @@ def test_a_single_frame_past_its_time_limit_ends_with_a_clear_message(client, mo
     assert report["folds"] == ["fold_0"]  # the app keeps serving
 
 
-def test_a_clip_past_its_time_limit_says_how_far_it_got(client, clip, tiny_model, monkeypatch):
+def test_a_clip_past_its_time_limit_keeps_its_frames_and_says_how_far_it_got(client, clip, tiny_model, monkeypatch):
     predict = tiny_model.predict
 
     def slow_predict(*args, **kwargs):  # 4 frames of 0.4 s against a 1 s limit: stopped after 2 or 3
@@ -109,12 +109,15 @@ def test_a_clip_past_its_time_limit_says_how_far_it_got(client, clip, tiny_model
 
     monkeypatch.setattr(tiny_model, "predict", slow_predict)
     monkeypatch.setattr(app, "CLIP_TIME_LIMIT_S", 1.0)
-    with pytest.raises(AppError) as stopped:
-        client.predict(clip=handle_file(clip), fast=True, api_name="/clip")
-    message = str(stopped.value)
+    frames_csv, summary = client.predict(clip=handle_file(clip), fast=True, api_name="/clip")
+    message = summary["stopped_early"]
+    assert summary["frames"] in (2, 3), summary
+    assert len(Path(frames_csv).read_text().strip().splitlines()) == 1 + summary["frames"]  # header + frames done
     assert "This clip ran for" in message and "(PSFH_CLIP_TIME_LIMIT_S)" in message
-    assert ("after 2 of 4 frames" in message or "after 3 of 4 frames" in message), message
+    assert f"after {summary['frames']} of 4 frames" in message, message
     assert "fast mode or a shorter clip" in message and "python -m psfh.cine" in message
+    monkeypatch.undo()
+    assert client.predict(clip=handle_file(clip), fast=True, api_name="/clip")[1]["stopped_early"] is None
 
 
 def test_the_clip_tab_states_this_servers_limits(monkeypatch):

@@ -127,3 +127,36 @@ def test_a_bad_spacing_stops_the_command_line_at_once(tiny_package, tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("spacing_mm must be two positive numbers") == 2
     assert not (tmp_path / "p" / "aop.csv").exists()
+
+
+class _Stop(Exception):
+    """A stand-in for the demo's time limit."""
+
+
+def test_a_clip_stopped_by_on_frame_keeps_the_frames_done(tiny_model, tmp_path):
+    from psfh.io.sequence import read_sequence
+
+    sequence = read_sequence(write_cine(tmp_path / "clip.dcm", count=4))
+
+    def stop_after_two(done, total):
+        if done >= 2:
+            raise _Stop(f"stopped after {done} of {total} frames")
+
+    result = cine.analyse_clip(tiny_model, sequence, folds=["fold_0"], tta=False, on_frame=stop_after_two,
+                               stop_on=(_Stop,))
+    assert [row["frame"] for row in result.rows] == [0, 1] and len(result.label_maps) == 2
+    assert result.names == list(sequence.names[:2])
+    assert result.summary()["frames"] == 2 and result.summary()["stopped_early"] == "stopped after 2 of 4 frames"
+    folder = cine.write_clip(result, tmp_path / "out")
+    assert sorted(p.stem for p in (folder / "label_maps").iterdir()) == sorted(sequence.names[:2])
+
+    # A stop at the last frame changes nothing; an exception not named in stop_on is not swallowed.
+    def stop_at_the_end(done, total):
+        if done == total:
+            raise _Stop("late")
+
+    last = cine.analyse_clip(tiny_model, sequence, folds=["fold_0"], tta=False, stop_on=(_Stop,),
+                             on_frame=stop_at_the_end)
+    assert len(last.rows) == 4 and last.stopped_early is None
+    with pytest.raises(_Stop):
+        cine.analyse_clip(tiny_model, sequence, folds=["fold_0"], tta=False, on_frame=stop_after_two)

@@ -63,6 +63,8 @@ class ClipResult:
         spacing_mm: (row, col) mm per pixel used for the HSD, None when unknown.
         folds, tta: what the ensemble used.
         seconds: wall time of the whole analysis.
+        stopped_early: why the analysis ended before the clip's last frame (a time limit), or
+            None: then ``rows`` are the first frames only.
     """
 
     rows: list[dict]
@@ -76,6 +78,7 @@ class ClipResult:
     measurements: list[tuple] = field(default_factory=list)
     checks: list = field(default_factory=list)
     adjusted_points: dict[int, dict] = field(default_factory=dict)
+    stopped_early: str | None = None
 
     @property
     def curve(self) -> list[dict]:
@@ -139,23 +142,28 @@ class ClipResult:
             "folds": self.folds,
             "tta": self.tta,
             "seconds_per_frame": self.seconds / max(len(self.rows), 1),
+            "stopped_early": self.stopped_early,
         }
 
 
 def analyse_clip(model, sequence: FrameSequence, folds: list[str] | None = None, tta: bool | None = None,
                  precision: str = "fp32", spacing_mm: tuple[float, float] | None = None,
-                 on_frame: Callable[[int, int], None] | None = None) -> ClipResult:
+                 on_frame: Callable[[int, int], None] | None = None,
+                 stop_on: tuple[type[BaseException], ...] = ()) -> ClipResult:
     """Segment every frame of ``sequence`` and measure its AoP and HSD.
 
     Args:
         model: a PSFHModel. folds, tta, precision: as in ``model.predict``.
         spacing_mm: (row, col) mm per pixel (default: the clip's own, when it has one).
         on_frame: called as ``on_frame(done, total)`` after each frame (a progress bar).
+        stop_on: exceptions by which ``on_frame`` may end the analysis early (a time limit):
+            the result then holds the frames done, and its ``stopped_early`` the exception's message.
     """
     check_spacing(spacing_mm)  # refused before the first frame, not at each
     start = time.perf_counter()
     spacing_mm = spacing_mm if spacing_mm is not None else sequence.spacing_mm
     rows, label_maps, measurements, checks, used_tta, used_folds = [], [], [], [], tta, folds
+    stopped = None
     for index in range(len(sequence)):
         frame_start = time.perf_counter()
         prediction = model.predict(sequence.image(index), folds=folds, tta=tta, precision=precision,
@@ -175,12 +183,17 @@ def analyse_clip(model, sequence: FrameSequence, folds: list[str] | None = None,
         measurements.append((prediction.aop, prediction.hsd))
         checks.append(prediction.quality)
         if on_frame is not None:
-            on_frame(index + 1, len(sequence))
+            try:
+                on_frame(index + 1, len(sequence))
+            except stop_on as stop:
+                if index + 1 < len(sequence):  # after the last frame there is nothing left to stop
+                    stopped = str(stop) or type(stop).__name__
+                    break
     return ClipResult(rows=rows, label_maps=label_maps, measurements=measurements, checks=checks,
                       source=sequence.source,
                       spacing_mm=spacing_mm,
                       folds=list(used_folds or []), tta=bool(used_tta), seconds=time.perf_counter() - start,
-                      names=list(sequence.names))
+                      names=list(sequence.names[:len(rows)]), stopped_early=stopped)
 
 
 def curve_svg(result: ClipResult, width: int = 640, height: int = 280) -> str:

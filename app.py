@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -1309,6 +1310,16 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
 def launch_options() -> dict:
     """What every launch of the app needs (tests pass these too): the upload limit, the theme."""
     return {"max_file_size": MAX_UPLOAD, "theme": THEME}
+
+
+def launch_locally(demo: gr.Blocks) -> str:
+    """Launch ``demo`` without blocking, on a free port of 127.0.0.1 (tests, measurements);
+    returns its URL. ``demo.close()`` stops it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())
+    return f"http://127.0.0.1:{port}/"
 
 
 def main() -> None:

@@ -208,9 +208,10 @@ def _main(argv=None) -> int:
     base_folder = resolve_package(config.base_package) if config.base_package else None  # None: the registry's
     model = PSFHModel.from_base(config.base, fold_names, lora, device=accelerator.device, base_folder=base_folder)
     size = model.config.input_size
-    if init_package is not None:  # refused here, before any work, when a fold's adapter does not fit
-        for k in to_train:
-            check_same_form(model.network, fold_names[k], init_package, args.init_from)
+    init_tensors = {}  # fold -> its starting weights, read and checked here, before any work
+    if init_package is not None:
+        init_tensors = {fold_names[k]: check_same_form(model.network, fold_names[k], init_package, args.init_from)
+                        for k in to_train}
     if labels.shape[-2:] != (size, size):  # images go to the model's grid where inference puts them
         labels = np.stack([resize_label(label, size) for label in labels])
 
@@ -237,12 +238,12 @@ def _main(argv=None) -> int:
             val_idx = train_idx
         if init_package is not None:
             source_adapter = args.init_from or fold
-            load_fold_adapter(model.network, fold, init_package, source_adapter)
+            load_fold_adapter(model.network, fold, init_tensors[fold], f"{init_package}/{source_adapter}")
             seen = seen_validation_ids(init_package, source_adapter, [i for i in cv_ids if assignment[i] == k])
-            warm_start[fold] = {"from": str(args.init_adapters), **({"adapter": source_adapter} if args.init_from else {}),
-                                # (a student holds nothing out: no count)
-                                **({} if teacher is not None else {"validation_frames_it_trained_on": len(seen)})}
-            if seen and accelerator.is_main_process and teacher is None:  # a student holds nothing out
+            warm_start[fold] = {"from": str(args.init_adapters), **({"adapter": source_adapter} if args.init_from else {})}
+            if teacher is None:  # a student holds nothing out: no count
+                warm_start[fold]["validation_frames_it_trained_on"] = len(seen)
+            if seen and accelerator.is_main_process and teacher is None:
                 print(f"warning: {fold} starts from {args.init_adapters}/{fold}, which trained on {len(seen)} of this "
                       f"fold's {len(val_idx)} validation frames (other folds or data than it was made with): its "
                       "validation Dice is not out of fold", file=sys.stderr)

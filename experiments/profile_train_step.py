@@ -99,7 +99,7 @@ def main(argv=None) -> int:
                     for precision in ("fp32", "bf16")}
 
     b = args.batch_size
-    lines = [f"profile of one paper-recipe training step (experiments/profile_train_step.py)",
+    lines = ["profile of one paper-recipe training step (experiments/profile_train_step.py)",
              f"command: OMP_NUM_THREADS={args.threads} flock /tmp/psfh-heavy.lock python -m experiments.profile_train_step "
              f"--batch-size {b} --data-repeats {args.data_repeats} --step-repeats {args.step_repeats} --device {args.device}",
              f"device {device}, {args.threads} thread(s), torch {torch.__version__}, batch {b} of examples/ (8 frames, "

@@ -10,6 +10,7 @@ instead, so CI never skips them. Everything else runs from examples/ and generat
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,21 @@ BAD_LABEL_MAPS = [
     np.full((8, 8), 3, dtype=np.uint8),  # not a PS/FH label
     np.full((8, 8), 0.5),  # probabilities, not labels
 ]
+
+def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """train.py's arguments for a tiny-random 2-fold run on ``data`` into ``out``."""
+    return ["--data", str(data), "--out", str(out), "--base", "tiny-random", "--n-folds", "2", "--block-size", "2",
+            "--batch-size", "4", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    """The 8 real image/label pairs of examples/ in the published layout, copied (training tests)."""
+    root = tmp_path_factory.mktemp("psfhs8")
+    for sub in ("image_mha", "label_mha"):
+        shutil.copytree(EXAMPLES / sub, root / sub)
+    return root
+
 
 def have_data() -> bool:
     return (DATA / "image_mha").is_dir() and (DATA / "label_mha").is_dir()

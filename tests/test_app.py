@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import socket
 import struct
 import threading
 import time
@@ -42,12 +41,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "image_mha"
 # ------------------------------------------------------------------------------- fixtures
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 pytestmark = pytest.mark.usefixtures("app_outputs")
 
 
@@ -60,10 +53,7 @@ def model(tiny_model):
 def server(model):
     """The app on localhost, 4 requests at a time so that concurrent requests really overlap."""
     demo = app.build_demo(model, concurrency_limit=4)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options())
-    yield f"http://127.0.0.1:{port}/"
+    yield app.launch_locally(demo)
     demo.close()
 
 

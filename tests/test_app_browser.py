@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import dicom_fixtures as fx
@@ -88,12 +87,7 @@ def url(model):
 
 def serve(model) -> tuple[object, str]:
     demo = app.build_demo(model)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options())
-    return demo, f"http://127.0.0.1:{port}/"
+    return demo, app.launch_locally(demo)
 
 
 def open_page(browser, url, viewport: dict | None = None):
@@ -230,15 +224,21 @@ def aop_shown(page) -> str:
     return page.locator("#aop-value input").input_value()
 
 
-def test_box_the_ps_the_aop_follows_and_reset_restores_it(embedded_page, embedded):
-    page = embedded_page
-    upload(page, EXAMPLE)
+def run_one_view(page, path) -> str:
+    """Upload ``path``, run it without the flip view (a quicker run on the 2-core machine) and
+    return the AoP the page shows."""
+    upload(page, path)
     page.locator("#preview img").wait_for()
-    page.locator("#tta input").uncheck()  # one view: a quicker run on the 2-core machine
+    page.locator("#tta input").uncheck()
     page.locator("#run").click()
     page.locator("#aop-text").get_by_text("Angle of progression:").wait_for()
     page.locator("#overlay img").wait_for()
-    automatic = aop_shown(page)
+    return aop_shown(page)
+
+
+def test_box_the_ps_the_aop_follows_and_reset_restores_it(embedded_page, embedded):
+    page = embedded_page
+    automatic = run_one_view(page, EXAMPLE)
     assert float(automatic) == round(embedded.predict(EXAMPLE, tta=False).aop.angle_deg, 1)
 
     # A box around the lower half of the PS (as where the model's PS runs on into a bright band
@@ -265,13 +265,7 @@ def test_box_the_ps_the_aop_follows_and_reset_restores_it(embedded_page, embedde
 
 def test_click_the_skull_tangent_the_aop_follows_and_reset_restores_it(embedded_page, embedded):
     page = embedded_page
-    upload(page, EXAMPLE)
-    page.locator("#preview img").wait_for()
-    page.locator("#tta input").uncheck()  # one view: a quicker run on the 2-core machine
-    page.locator("#run").click()
-    page.locator("#aop-text").get_by_text("Angle of progression:").wait_for()
-    page.locator("#overlay img").wait_for()
-    automatic = aop_shown(page)
+    automatic = run_one_view(page, EXAMPLE)
     prediction = embedded.predict(EXAMPLE, tta=False)
     assert float(automatic) == round(prediction.aop.angle_deg, 1)
 

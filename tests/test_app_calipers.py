@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import gradio as gr
@@ -40,12 +39,7 @@ pytestmark = pytest.mark.usefixtures("app_outputs")
 @pytest.fixture(scope="module")
 def server(tiny_model):
     demo = app.build_demo(tiny_model, concurrency_limit=2)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options())
-    yield f"http://127.0.0.1:{port}/"
+    yield app.launch_locally(demo)
     demo.close()
 
 

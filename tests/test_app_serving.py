@@ -18,7 +18,6 @@ import dicom_fixtures as fx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from test_app import free_port
 
 import app
 
@@ -32,10 +31,7 @@ def served(tiny_model):
     demo = app.build_demo(tiny_model, concurrency_limit=2, clip_concurrency_limit=1)
     lock = tiny_model._lock
     lock.max_wait_s = 600  # a clip never cuts in during these tests
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options())
-    yield f"http://127.0.0.1:{port}/", lock, demo
+    yield app.launch_locally(demo), lock, demo
     demo.close()
 
 

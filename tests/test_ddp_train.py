@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,30 +42,22 @@ def tiny_training(data: Path, out: Path) -> list[str]:
             "--epochs", "3", "--batch-size", "4", "--no-augment", "--soup", "none", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def examples_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("psfhs8")
-    for sub in ("image_mha", "label_mha"):
-        shutil.copytree(EXAMPLES / sub, root / sub)
-    return root
-
-
 def _run(command: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow  # trains twice
-def test_two_process_training_matches_one_process_and_gives_a_package(examples_data, tmp_path):
+def test_two_process_training_matches_one_process_and_gives_a_package(small_dataset, tmp_path):
     # --multi_gpu starts the processes with torchrun; on a machine without GPUs accelerate makes
     # them MULTI_CPU with gloo. (accelerate 1.15's --cpu starts several processes only via mpirun.)
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     launched = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                     str(ROOT / "train.py"), *tiny_training(examples_data, ddp)])
+                     str(ROOT / "train.py"), *tiny_training(small_dataset, ddp)])
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "data-parallel training on 2 processes (MULTI_CPU, cpu)" in launched.stdout
-    alone = _run([sys.executable, str(ROOT / "train.py"), *tiny_training(examples_data, single)])
+    alone = _run([sys.executable, str(ROOT / "train.py"), *tiny_training(small_dataset, single)])
     assert alone.returncode == 0, alone.stderr[-3000:]
 
     for fold in ("fold_0", "fold_1"):

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES
+from conftest import EXAMPLES, tiny_train_args as tiny_args
 
 import train
 from psfh.model.psfh_model import PSFHModel
 from psfh.training.batch_augment import AugmentRanges, BatchAugmentation
 from psfh.training.loss import distillation_loss, segmentation_loss
 from psfh.training.sources import ImageSource
-
-
-def tiny_args(data, out, *extra: str) -> list[str]:
-    return ["--data", str(data), "--out", str(out), "--base", "tiny-random", "--n-folds", "2", "--block-size", "2",
-            "--batch-size", "4", "--no-progress", *extra]
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("psfhs8_student")
-    for sub in ("image_mha", "label_mha"):
-        shutil.copytree(EXAMPLES / sub, root / sub)
-    return root
 
 
 @pytest.mark.slow  # trains a tiny teacher and a tiny student (about 20 s)

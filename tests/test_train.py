@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EMBEDDED, EXAMPLES, ROOT
+from conftest import EMBEDDED, EXAMPLES, ROOT, tiny_train_args
 from safetensors.torch import load_file
 
 import train
@@ -25,19 +25,7 @@ from psfh.model.psfh_model import PSFHModel
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--out", str(out), "--base", "tiny-random", "--n-folds", "2", "--block-size", "2",
-            "--epochs", "2", "--batch-size", "4", "--no-progress", *extra]
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory) -> Path:
-    """The 8 real image/label pairs of examples/ (published layout), copied."""
-    root = tmp_path_factory.mktemp("psfhs8")
-    for sub in ("image_mha", "label_mha"):
-        (root / sub).mkdir()
-        for path in sorted((EXAMPLES / sub).glob("*.mha")):
-            shutil.copy(path, root / sub / path.name)
-    return root
+    return tiny_train_args(data, out, "--epochs", "2", *extra)
 
 
 @pytest.mark.slow  # trains

@@ -7,25 +7,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import EXAMPLES
+from conftest import tiny_train_args as tiny_args
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 import train
 from psfh.training.warm_start import seen_validation_ids
-
-
-def tiny_args(data, out, *extra: str) -> list[str]:
-    return ["--data", str(data), "--out", str(out), "--base", "tiny-random", "--n-folds", "2", "--block-size", "2",
-            "--batch-size", "4", "--no-progress", *extra]
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("psfhs8_warm")
-    for sub in ("image_mha", "label_mha"):
-        shutil.copytree(EXAMPLES / sub, root / sub)
-    return root
 
 
 @pytest.fixture(scope="module")

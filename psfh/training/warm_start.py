@@ -67,15 +67,14 @@ def check_same_form(network, fold: str, package: Path, source: str | None = None
     return tensors
 
 
-def load_fold_adapter(network, fold: str, package: Path, source: str | None = None) -> None:
-    """Put ``package/source``'s weights (default: ``package/fold``'s) into the adapter ``fold`` of
-    the peft ``network`` (in place)."""
-    tensors = check_same_form(network, fold, package, source)
+def load_fold_adapter(network, fold: str, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Put ``tensors`` (from :func:`check_same_form`; ``where`` names them in errors) into the
+    adapter ``fold`` of the peft ``network`` (in place)."""
     set_peft_model_state_dict(network, tensors, adapter_name=fold)
     loaded = get_peft_model_state_dict(network, adapter_name=fold)
     for key, value in tensors.items():  # peft's key mapping is silent about what it skips: check
         if not torch.equal(loaded[key].cpu(), value.to(loaded[key].dtype)):
-            raise PSFHInputError(f"--init-adapters {package}: {source or fold}/{key} did not load")
+            raise PSFHInputError(f"--init-adapters {where}/{key} did not load")
 
 
 def seen_validation_ids(package: Path, fold: str, validation_ids: list[str]) -> list[str]:

@@ -29,7 +29,6 @@ import json
 import struct
 import zlib
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -359,14 +358,10 @@ def main(argv: list[str] | None = None) -> dict:
         model = PSFHModel.from_pretrained(device="cpu")
         model_words = "the embedded package's fold soup, flip TTA, the stability check"
     demo = app.build_demo(model)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options())
+    url = app.launch_locally(demo)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            client = Client(url, verbose=False)
             inputs = make_inputs(Path(tmp), reduced=args.reduced)
             rows = try_inputs(client, inputs, page_request(model, args.reduced), args.timeout)
             fuzz = fuzz_rows(Path(tmp), every) if every else []

@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -58,11 +57,6 @@ def load_fixtures():
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def single_frame(client: Client, kind: str) -> float:
     start = time.perf_counter()
@@ -91,10 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     demo = app.build_demo(model)
     if args.plain_lock:
         model._lock = threading.Lock()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options())
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    client = Client(app.launch_locally(demo), verbose=False)
     clip = fixtures.write_cine(Path(tempfile.mkdtemp()) / f"cine_{args.frames}f.dcm", count=args.frames)
     load_before = os.getloadavg()
 

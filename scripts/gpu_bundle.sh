@@ -23,7 +23,10 @@ if [ "${1:-}" = "--lossless" ]; then lossless=1; shift; fi
 data=${1:-../shared/data/psfhs}
 out=${GPU_BUNDLE_DIR:-.gpu}
 mkdir -p "$out"
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+# keep .gpu/ out of `git status` (a clean checkout may have no .git/info/, CI's has none)
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python - "$tmp/site" <<'PY'

@@ -9,6 +9,7 @@ from PIL import Image
 from scipy import ndimage
 
 from psfh.core.errors import PSFHInputError
+from psfh.io.images import load_image
 from psfh.model import inference
 from psfh.model.psfh_model import PSFHModel
 
@@ -92,6 +93,19 @@ def test_the_ensemble_averages_all_folds_and_views(model):
     result = model.predict(GRAY, folds=["fold_1"], tta=False)
     assert result.disagreement.max() == 0  # one member agrees with itself
     assert result.folds == ["fold_1"] and result.tta is False
+
+
+def test_a_batch_ensemble_equals_each_frames_members_averaged(embedded, example_images):
+    """ensemble_probabilities (the student's teacher pass) batches frames without mixing them up:
+    on the real package (the tiny random model answers every input alike)."""
+    frames = [embedded.preprocess(load_image(path).pixels) for path in example_images[:2]]
+    folds = embedded.folds[:2]
+    batched = embedded.ensemble_probabilities(torch.cat(frames), folds=folds, tta=True)
+    assert batched.shape == (2, 3, 256, 256)
+    for index, frame in enumerate(frames):
+        alone = embedded.fold_probabilities(frame, folds=folds, tta=True).flatten(0, 1).mean(0)
+        torch.testing.assert_close(batched[index], alone, atol=1e-4, rtol=0)
+    assert (batched[0] - batched[1]).abs().max() > 0.5  # two different frames, two answers
 
 
 def test_shared_encoder_path_equals_running_every_fold_in_full(tiny_package, monkeypatch):

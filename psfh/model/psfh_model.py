@@ -358,6 +358,17 @@ class PSFHModel:
             embeddings = self._encode(inference.tta_views(pixel_values, tta), folds)
             return self._decode_folds(embeddings, folds, tta)
 
+    @torch.inference_mode()
+    def ensemble_probabilities(self, pixel_values: torch.Tensor, folds: list[str] | None = None, tta: bool = True,
+                               precision: str = "fp32") -> torch.Tensor:
+        """The soft ensemble (mean over folds and TTA views, before any largest-component step) of a
+        batch: B x 3 x S x S normalised images -> B x 3 x S x S class probabilities. One encoder call
+        per fold for the whole batch (a teacher pass over a data set; on a GPU, batch 1 wastes it)."""
+        folds = self.members(folds)
+        with self._lock, self._autocast(precision):
+            embeddings = self._encode(inference.tta_views(pixel_values, tta), folds)
+            return self._decode_folds_batched(embeddings, folds, tta).float().mean(dim=(0, 1))
+
     @cached_property  # adapters are all in place once the model is built
     def encoder_scope(self) -> str:
         """What the fold adapters change in the image encoder: "none", "last_stage" or "all"."""
@@ -429,8 +440,12 @@ class PSFHModel:
         return self._merged_encoder.active(fold) if merge else nullcontext()
 
     def _decode_folds(self, embeddings: dict[str, torch.Tensor], folds: list[str], tta: bool) -> torch.Tensor:
-        """Each fold adapter's decoder on its embeddings of the views -> F x V x 3 x S x S class
-        probabilities in image orientation (adapters hot-swapped on the shared base). Call under the lock."""
+        """Each fold adapter's decoder on its embeddings of the views of ONE image -> F x V x 3 x S x S
+        class probabilities in image orientation (adapters hot-swapped on the shared base). Call under the lock."""
+        return self._decode_folds_batched(embeddings, folds, tta)[:, :, 0]
+
+    def _decode_folds_batched(self, embeddings: dict[str, torch.Tensor], folds: list[str], tta: bool) -> torch.Tensor:
+        """As :meth:`_decode_folds` for the views of B images ({fold: (V*B) x C x g x g}) -> F x V x B x 3 x S x S."""
         per_fold = []
         for fold in folds:
             if self._runtime is not None:
@@ -439,7 +454,7 @@ class PSFHModel:
                 self.network.set_adapter(fold)
                 logits = inference.mask_logits(self.network, self.config.input_size, image_embeddings=embeddings[fold])
                 probabilities = logits.float().softmax(dim=1)
-            per_fold.append(inference.undo_tta(probabilities, tta)[:, 0])
+            per_fold.append(inference.undo_tta(probabilities, tta))
         return torch.stack(per_fold)
 
     # ----------------------------------------------------------------------------- embed, decode, predict

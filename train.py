@@ -51,7 +51,7 @@ from psfh.training.loop import train_fold
 from psfh.training.recipe import AUGMENT_PLACES, LR_SCALINGS, PRESETS, preset, scaled_learning_rate
 from psfh.training.student import (STUDENT, check_student_options, describe_student, load_teacher,
                                    teacher_probabilities)
-from psfh.training.warm_start import check_same_form, load_fold_adapter, seen_validation_ids
+from psfh.training.warm_start import check_same_form, start_fold
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -237,16 +237,9 @@ def _main(argv=None) -> int:
         if teacher is not None:  # nothing held out: the training frames are "validated" for the record only
             val_idx = train_idx
         if init_package is not None:
-            source_adapter = args.init_from or fold
-            load_fold_adapter(model.network, fold, init_tensors[fold], f"{init_package}/{source_adapter}")
-            seen = seen_validation_ids(init_package, source_adapter, [i for i in cv_ids if assignment[i] == k])
-            warm_start[fold] = {"from": str(args.init_adapters), **({"adapter": source_adapter} if args.init_from else {})}
-            if teacher is None:  # a student holds nothing out: no count
-                warm_start[fold]["validation_frames_it_trained_on"] = len(seen)
-            if seen and accelerator.is_main_process and teacher is None:
-                print(f"warning: {fold} starts from {args.init_adapters}/{fold}, which trained on {len(seen)} of this "
-                      f"fold's {len(val_idx)} validation frames (other folds or data than it was made with): its "
-                      "validation Dice is not out of fold", file=sys.stderr)
+            warm_start[fold] = start_fold(model.network, fold, init_tensors[fold], init_package, args.init_from,
+                                          [i for i in cv_ids if assignment[i] == k], holds_out=teacher is None,
+                                          named=str(args.init_adapters), warn=accelerator.is_main_process)
         result = train_fold(model.network, fold, k, source, train_idx, val_idx, config, size,
                             out / "checkpoints" / fold, accelerator, resume=args.resume, progress=args.progress,
                             validate_start=init_package is not None and teacher is None, keep_best=teacher is None)

@@ -57,6 +57,23 @@ def test_a_warm_started_fold_starts_from_the_given_adapter_and_trains(small_data
     assert config["training"]["warm_start"] == {"fold_1": {"from": str(trained), "validation_frames_it_trained_on": 0}}
 
 
+@pytest.mark.slow  # trains once (tiny model)
+def test_a_start_that_trained_on_the_folds_validation_frames_is_counted_and_warned(small_dataset, trained, tmp_path,
+                                                                                   capsys):
+    # fold 1 starts from the other fold's adapter (--init-from fold_0), which trained on fold 1's validation frames
+    out = tmp_path / "crossed"
+    assert train.main(tiny_args(small_dataset, out, "--fold", "1", "--epochs", "1", "--init-adapters", str(trained),
+                                "--init-from", "fold_0")) == 0
+    held_out_by_1 = [i for i, f in json.loads((trained / "folds.json").read_text())["fold_of_id"].items() if f == "fold_1"]
+    config = json.loads((out / "psfh_config.json").read_text())
+    assert config["training"]["warm_start"] == {"fold_1": {"from": str(trained), "adapter": "fold_0",
+                                                           "validation_frames_it_trained_on": len(held_out_by_1)}}
+    assert len(held_out_by_1) > 0
+    err = capsys.readouterr().err
+    assert f"warning: fold_1 starts from {trained}/fold_0, which trained on {len(held_out_by_1)} of" in err
+    assert "not out of fold" in err
+
+
 def test_an_adapter_of_another_form_is_refused_before_any_work(small_dataset, tiny_package, tmp_path, capsys):
     # tiny_package's folds have decoder rank 4; this run trains rank 16: exit status 2, nothing written.
     out = tmp_path / "never"

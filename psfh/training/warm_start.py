@@ -14,6 +14,7 @@ on; train.py prints and records that count (0 for the GPU job on the shipped pac
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -85,3 +86,26 @@ def seen_validation_ids(package: Path, fold: str, validation_ids: list[str]) -> 
         return list(validation_ids)  # unknown: count every one as seen
     fold_of_id = json.loads(path.read_text()).get("fold_of_id", {})
     return [i for i in validation_ids if i in fold_of_id and fold_of_id[i] != fold]
+
+
+def start_fold(network, fold: str, tensors: dict[str, torch.Tensor], package: Path, source: str | None,
+               validation_ids: list[str], holds_out: bool, named: str, warn: bool) -> dict:
+    """Put the starting adapter (``tensors``, read by :func:`check_same_form`) in place of ``fold``
+    and say what it started from, for the package config's ``training.warm_start``.
+
+    ``holds_out`` is False for a student (it validates on its training frames, so no count of
+    validation frames seen is kept); ``named`` is the package as the user gave it; ``warn`` prints
+    to stderr when the start trained on this fold's validation frames (its Dice is then not out of fold)."""
+    source_adapter = source or fold
+    load_fold_adapter(network, fold, tensors, f"{package}/{source_adapter}")
+    record = {"from": named, **({"adapter": source_adapter} if source else {})}
+    if not holds_out:
+        return record
+    seen = seen_validation_ids(package, source_adapter, validation_ids)
+    record["validation_frames_it_trained_on"] = len(seen)
+    if seen and warn:
+        print(f"warning: {fold} starts from {named}/{source_adapter}, which trained on {len(seen)} of this fold's "
+              f"{len(validation_ids)} validation frames (other folds or data than it was made with): its "
+              "validation Dice is not out of fold", file=sys.stderr)
+    return record
+

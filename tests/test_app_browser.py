@@ -360,7 +360,7 @@ def test_a_waiting_clip_is_shown_its_place_in_the_queue(browser, url, model, tmp
     from gradio_client import Client, handle_file
 
     cine = fx.write_cine(tmp_path / "cine.dcm", count=3)
-    lock = model._lock  # app.build_demo put a psfh.serve.FairModelLock there
+    lock = model.model_lock  # app.build_demo put a psfh.serve.FairModelLock there
     saved, lock.max_wait_s = lock.max_wait_s, 600.0
     client = Client(url, verbose=False)
     page = open_page(browser, url)

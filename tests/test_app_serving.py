@@ -29,7 +29,7 @@ WAIT_S = 60  # a generous bound for a tiny-model request on a busy 2-core machin
 def served(tiny_model):
     """(url, the model's FairModelLock, the Blocks): two single frames and one clip at a time."""
     demo = app.build_demo(tiny_model, concurrency_limit=2, clip_concurrency_limit=1)
-    lock = tiny_model._lock
+    lock = tiny_model.model_lock
     lock.max_wait_s = 600  # a clip never cuts in during these tests
     yield app.launch_locally(demo), lock, demo
     demo.close()

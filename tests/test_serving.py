@@ -110,9 +110,16 @@ def test_the_lock_lets_one_call_at_a_time_whatever_the_role():
         lock.release()
 
 
+def test_a_model_lock_must_be_usable_in_with(tiny_model):
+    with pytest.raises(TypeError, match="not a context manager"):
+        tiny_model.use_model_lock(object())
+    with pytest.raises(TypeError, match="has no model lock"):
+        share_fairly(object())
+
+
 def test_share_fairly_puts_the_lock_in_the_model_and_every_prediction_takes_it(tiny_model, one_torch_thread):
     lock = share_fairly(tiny_model, max_wait_s=30)
-    assert share_fairly(tiny_model, max_wait_s=30) is lock and tiny_model._lock is lock
+    assert share_fairly(tiny_model, max_wait_s=30) is lock and tiny_model.model_lock is lock
     image = np.random.default_rng(0).integers(0, 255, (64, 80), dtype=np.uint8)
     results = []
 

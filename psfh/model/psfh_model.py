@@ -358,6 +358,20 @@ class PSFHModel:
             embeddings = self._encode(inference.tta_views(pixel_values, tta), folds)
             return self._decode_folds(embeddings, folds, tta)
 
+    @property
+    def model_lock(self):
+        """The lock (a ``with`` context) taken around every forward pass and adapter switch, and
+        nowhere else: what keeps the hot-swapped adapters of one shared base consistent across threads."""
+        return self._lock
+
+    def use_model_lock(self, lock) -> None:
+        """Take ``lock`` (anything usable in ``with``) in place of the plain threading.Lock, e.g.
+        psfh.serve.fair's lock that lets single frames go before clips. Call it before the model is
+        shared: a call holding the old lock at that moment would not exclude the new one."""
+        if not (hasattr(lock, "__enter__") and hasattr(lock, "__exit__")):
+            raise TypeError(f"a model lock is used in `with`: {type(lock).__name__} is not a context manager")
+        self._lock = lock
+
     @torch.inference_mode()
     def ensemble_probabilities(self, pixel_values: torch.Tensor, folds: list[str] | None = None, tta: bool = True,
                                precision: str = "fp32") -> torch.Tensor:

@@ -127,14 +127,14 @@ def share_fairly(model, max_wait_s: float = DEFAULT_MAX_WAIT_S) -> FairModelLock
     return the one it has (``max_wait_s`` set again). Call it before the model is shared: a call
     holding the old lock at that moment would not exclude the new one.
 
-    PSFHModel takes ``self._lock`` around every forward pass and adapter switch and nowhere else
-    (tests/test_serving.py checks that predictions go through it)."""
-    lock = getattr(model, "_lock", None)
+    PSFHModel takes its ``model_lock`` around every forward pass and adapter switch and nowhere
+    else (tests/test_serving.py checks that predictions go through it)."""
+    if not hasattr(model, "use_model_lock"):
+        raise TypeError(f"{type(model).__name__} has no model lock to replace")
+    lock = model.model_lock
     if isinstance(lock, FairModelLock):
         lock.max_wait_s = float(max_wait_s)
         return lock
-    if lock is None or not hasattr(lock, "__enter__"):
-        raise TypeError(f"{type(model).__name__} has no model lock to replace")
     lock = FairModelLock(max_wait_s)
-    model._lock = lock
+    model.use_model_lock(lock)
     return lock

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = PSFHModel.from_pretrained(device="cpu")
     demo = app.build_demo(model)
     if args.plain_lock:
-        model._lock = threading.Lock()
+        model.use_model_lock(threading.Lock())
     client = Client(app.launch_locally(demo), verbose=False)
     clip = fixtures.write_cine(Path(tempfile.mkdtemp()) / f"cine_{args.frames}f.dcm", count=args.frames)
     load_before = os.getloadavg()
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
             during.append({"kind": kind, "seconds": loaded[kind][-1], "clip_frames_before": before,
                            "clip_frames_after": after})
             print(during[-1], flush=True)
-    lock = model._lock
+    lock = model.model_lock
     summary = {
         kind: {"idle_s": [round(s, 2) for s in idle[kind]], "under_two_clips_s": [round(s, 2) for s in loaded[kind]],
                "idle_median_s": round(statistics.median(idle[kind]), 2),

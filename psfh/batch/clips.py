@@ -16,6 +16,7 @@ from pathlib import Path
 from psfh.batch.cine import analyse_clip, write_clip
 from psfh.batch.predict import read_manifest
 from psfh.core.errors import PSFHInputError
+from psfh.core.files import earlier_claimants
 from psfh.io.images import image_name
 from psfh.io.sequence import FrameSequence, read_sequence
 
@@ -50,17 +51,14 @@ def clip_inputs(clips: Iterable[str | os.PathLike], manifest: str | os.PathLike 
 def plan_clips(clips: Iterable[Path], out_dir: Path) -> list[ClipJob]:
     """OUT/NAME for each clip (NAME: a file's name without extension, a folder's name), refusing a
     folder that an earlier clip of the run already claimed (compared case-insensitively)."""
-    claimed: dict[str, Path] = {}
+    clips = list(clips)
+    folders = [out_dir / (image_name(clip) if clip.is_file() else clip.name) for clip in clips]
     jobs = []
-    for clip in clips:
-        folder = out_dir / (image_name(clip) if clip.is_file() else clip.name)
-        key = str(folder.resolve()).casefold()
+    for clip, folder, claimant in zip(clips, folders, earlier_claimants(clips, folders)):
         refused = None
-        if key in claimed:
-            refused = (f"{clip}: its results folder {folder} is already that of {claimed[key]} (same name); "
+        if claimant is not None:
+            refused = (f"{clip}: its results folder {folder} is already that of {claimant} (same name); "
                        "rename one of them or analyse them into different --out folders")
-        else:
-            claimed[key] = clip
         jobs.append(ClipJob(clip, folder, refused))
     return jobs
 

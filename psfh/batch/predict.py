@@ -43,7 +43,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from psfh.core.errors import PSFHInputError
-from psfh.core.files import format_cell, write_csv_atomic
+from psfh.core.files import earlier_claimants, format_cell, write_csv_atomic
 from psfh.core.options import check_precision
 from psfh.io.images import (
     DICOM_EXTENSIONS,
@@ -158,21 +158,18 @@ def output_path(path: Path, out_dir: Path) -> Path:
 def plan_outputs(files: Sequence[Path], out_dir: Path) -> list[Item]:
     """One Item per file, refusing outputs that are inputs or that an earlier file claimed."""
     inputs = {_identity(path): path for path in files}
-    claimed: dict[str, Path] = {}
+    outputs = [output_path(path, out_dir) for path in files]
+    clashes = [inputs.get(_identity(output)) for output in outputs]
+    earlier = earlier_claimants(files, [o if clash is None else None for o, clash in zip(outputs, clashes)])
     items = []
-    for path in files:
-        output = output_path(path, out_dir)
+    for path, output, clash, claimant in zip(files, outputs, clashes, earlier):
         refused = None
-        clash = inputs.get(_identity(output))
-        key = str(output.resolve()).casefold()
         if clash is not None:
             target = "the input itself" if clash == path else f"the input {clash}"
             refused = f"its label map {output} would overwrite {target}; choose another --out folder"
-        elif key in claimed:
-            refused = (f"its label map {output} is already the output of {claimed[key]} "
+        elif claimant is not None:
+            refused = (f"its label map {output} is already the output of {claimant} "
                        "(same name); rename one of them or predict them into different --out folders")
-        else:
-            claimed[key] = path
         items.append(Item(path, output, refused))
     return items
 

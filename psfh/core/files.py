@@ -75,3 +75,20 @@ def write_csv_atomic(path: str | os.PathLike, columns: Sequence[str], rows: Iter
 def cache_root() -> Path:
     """The persistent cache folder: ``$PSFH_CACHE``, else ``~/.cache/psfh``."""
     return Path(os.environ.get("PSFH_CACHE") or Path.home() / ".cache" / "psfh").expanduser()
+
+
+def earlier_claimants(sources: Sequence, targets: Sequence[Path | None]) -> list:
+    """For each (source, target) in order, the earlier source whose target is the same path
+    (resolved, compared case-insensitively: a case-insensitive file system would merge them), or
+    None when it is the first to claim it. A None target claims nothing (a refused item)."""
+    claimed: dict[str, object] = {}
+    earlier = []
+    for source, target in zip(sources, targets, strict=True):
+        if target is None:
+            earlier.append(None)
+            continue
+        key = str(Path(target).resolve()).casefold()
+        earlier.append(claimed.get(key))
+        claimed.setdefault(key, source)
+    return earlier
+

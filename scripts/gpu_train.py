@@ -168,7 +168,8 @@ def merge_variant(work: Path, variant: str, n_folds: int) -> Path | None:
     package = work / variant / "package"
     shutil.rmtree(package, ignore_errors=True)
     package.mkdir(parents=True)
-    done, seconds = [], {}
+    done = []
+    per_fold = {"seconds_per_fold": {}, "warm_start": {}}  # each run's config records its own fold only
     for k in range(n_folds):
         run = work / variant / f"run_{k}"
         fold = fold_name(k)
@@ -176,7 +177,9 @@ def merge_variant(work: Path, variant: str, n_folds: int) -> Path | None:
             continue
         shutil.copytree(run / fold, package / fold)
         done.append(fold)
-        seconds.update(json.loads((run / PackageConfig.FILENAME).read_text())["training"]["seconds_per_fold"])
+        training = json.loads((run / PackageConfig.FILENAME).read_text())["training"]
+        for key, merged in per_fold.items():
+            merged.update(training.get(key, {}))
         for name in (PackageConfig.FILENAME, FOLDS_FILE):
             if not (package / name).exists():
                 shutil.copy2(run / name, package / name)
@@ -184,7 +187,7 @@ def merge_variant(work: Path, variant: str, n_folds: int) -> Path | None:
         return None
     config = json.loads((package / PackageConfig.FILENAME).read_text())
     config["folds"] = done
-    config["training"]["seconds_per_fold"] = seconds
+    config["training"].update({key: merged for key, merged in per_fold.items() if merged})
     (package / PackageConfig.FILENAME).write_text(json.dumps(config, indent=2) + "\n")
     return package
 

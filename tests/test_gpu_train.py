@@ -91,6 +91,10 @@ def test_packed_variant_installs_as_a_package_that_predicts(dry_run, tmp_path, v
     assert model.encoder_scope == scope
     assert model.config.training["recipe"]["encoder_scope"] == scope
     assert model.config.training["recipe"]["ps_moment_weight"] == (0.5 if variant == "paper_ps_moments" else 0.0)
+    # the merged package keeps every fold's record, not the first run's only (the first draw kept fold_0's)
+    assert sorted(model.config.training["seconds_per_fold"]) == ["fold_0", "fold_1"]
+    if variant != "last_stage":
+        assert sorted(model.config.training["warm_start"]) == ["fold_0", "fold_1"]
     result = model.predict(EXAMPLES / "image_mha" / "03811.mha", folds=["fold_1"], tta=False)
     assert result.label_map.shape == (256, 256)
 

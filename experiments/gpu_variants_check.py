@@ -9,7 +9,8 @@ against the shipped package with 95 % intervals from resampling whole exams (psf
 
     python -m experiments.gpu_variants_check --baseline docs/results/ps_axis/baseline \
         --variant paper=docs/results/ps_axis/gpu26_paper \
-        --variant paper_ps_moments=docs/results/ps_axis/gpu26_paper_ps_moments > docs/results/ps_axis/gpu26.md
+        --variant paper_ps_moments=docs/results/ps_axis/gpu26_paper_ps_moments --baseline-name run2 \
+        > docs/results/ps_axis/gpu26.md
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True)
     parser.add_argument("--variant", action="append", required=True, help="NAME=FOLDER (aop_error_baseline's --out)")
+    parser.add_argument("--baseline-name", default="shipped", help="the baseline's name in the table")
     args = parser.parse_args()
     variants = dict(entry.split("=", 1) for entry in args.variant)
     print("| set | package | frames | AoP error mean / median | > 15 deg | PS axis error mean / median | Dice PS | "
-          + " | ".join(f"{key} vs shipped" for key in PAIRED) + " |")
+          + " | ".join(f"{key} vs {args.baseline_name}" for key in PAIRED) + " |")
     print("|" + "---|" * (7 + len(PAIRED)))
     for name in SETS:
         base_file = args.baseline / name / "per_image.csv"
@@ -60,7 +62,7 @@ def main() -> None:
             continue
         base = read_rows(base_file)
         exams = exam_of(base)
-        print(f"| {name} | shipped | {len(base)} | {describe(base)} |" + " |" * len(PAIRED))
+        print(f"| {name} | {args.baseline_name} | {len(base)} | {describe(base)} |" + " |" * len(PAIRED))
         for variant, folder in variants.items():
             path = Path(folder) / name / "per_image.csv"
             if not path.is_file():

@@ -1,4 +1,14 @@
-"""Put run 3's adapters (runs/ship-VARIANT, soup made by psfh-soup) into models/psfh-lite-medsam."""
+"""Put a GPU run's fold adapters and soup into the shipped package (how run 3's were adopted).
+
+    python -c "...install_package(...)"  # docs/GPU.md: /work/.device/N/VARIANT.tar.gz -> runs/gpu26-VARIANT
+    cp -r runs/gpu26-VARIANT runs/ship-VARIANT && psfh-soup runs/ship-VARIANT --default --max-rank 32
+    python scripts/adopt_gpu_adapters.py VARIANT
+
+Checks first that the run has the shipped package's base (same file, by hash), adapter form and
+fold assignment; then replaces fold_*/ and soup/, and writes the config with the run's training
+record (the previous one kept under training.previous). The text of the record (hardware,
+command, where the warm start came from) is run 3's: edit it for another run.
+"""
 import json, shutil, sys, hashlib
 from pathlib import Path
 variant = sys.argv[1]

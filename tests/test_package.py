@@ -203,4 +203,4 @@ def test_the_shipped_package_predicts_what_it_predicted_when_it_was_made(example
     prediction = example_predictions["03811"]  # PSFHModel.from_pretrained().predict(examples/image_mha/03811.mha)
     recorded = load_label_map(Path(__file__).parent / "golden" / "shipped_package_03811_labels.mha")
     np.testing.assert_array_equal(prediction.label_map, recorded)
-    assert prediction.aop.angle_deg == pytest.approx(125.252, abs=1e-3)  # the recorded aop.csv value
+    assert prediction.aop.angle_deg == pytest.approx(124.055, abs=1e-3)  # the recorded aop.csv value (run-3 adapters)
